@@ -1,0 +1,3 @@
+"""IoT data-forwarding engine."""
+
+__version__ = "0.1.0"

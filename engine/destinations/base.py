@@ -1,0 +1,77 @@
+"""The contract every destination implements.
+
+A destination (sink) receives batches of rule outputs and either delivers the
+whole batch or says, per item, what failed and whether retrying can help.
+Batching, retries, backlog and flow control live above this interface (in the
+runtime and policies); a sink only talks to its server.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import BaseModel
+
+
+class SinkError(Exception):
+    """A destination cannot be used at all (bad configuration or credentials,
+    missing queue/table/column). Permanent: retrying will not help."""
+
+
+class Failure(NamedTuple):
+    reason: str
+    retryable: bool
+
+
+@dataclass(slots=True)
+class Record:
+    """One rule output on its way to one action."""
+
+    payload: dict[str, Any]          # the rule's projected output (a JSON object)
+    key: str | None = None           # device id: ordering / partitioning key
+    event_time: str | None = None    # notification event_time, e.g. 20151212T121212Z
+    rule_id: str | None = None
+    action_id: str | None = None
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """Outcome of one `Sink.write`: an empty `failures` means every item was
+    acknowledged by the destination."""
+
+    failures: dict[int, Failure] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @classmethod
+    def all_failed(cls, n: int, reason: str, retryable: bool) -> WriteResult:
+        f = Failure(reason, retryable)
+        return cls({i: f for i in range(n)})
+
+
+class Sink(abc.ABC):
+    """Base class of every destination. Subclasses set the class attributes
+    and implement `open`, `write` and `close`."""
+
+    channel: ClassVar[str]               # IoTDA channel name, e.g. "HTTP_FORWARDING"
+    detail_key: ClassVar[str]            # key inside channel_detail, e.g. "http_forwarding"
+    Config: ClassVar[type[BaseModel]]    # the channel_detail model (IoTDA field names)
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and check the destination; raise SinkError if unusable."""
+
+    @abc.abstractmethod
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        """Deliver a batch. Never raises for delivery problems: report them in
+        the result (a destination error is never counted as success)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; pending writes have completed."""
