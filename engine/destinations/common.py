@@ -1,0 +1,215 @@
+"""Pieces shared by several destinations: the IoTDA address and column-mapping
+objects, json_key paths, identifier checks and event_time parsing."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a validation error must not echo a password or token.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class NetAddress(_Model):
+    """IoTDA NetAddress (Table 1-196). The seed makes every member optional;
+    a destination needs somewhere to connect, so `ip` or `domain` is required.
+    When both are given, `domain` is used (it is what a TLS certificate names)."""
+
+    ip: str | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    domain: str | None = Field(default=None, min_length=4, max_length=255)
+
+    @model_validator(mode="after")
+    def _need_host(self) -> NetAddress:
+        if not (self.ip or self.domain):
+            raise ValueError("address needs an ip or a domain")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.domain or self.ip or ""
+
+    def port_or(self, default: int) -> int:
+        # The seed allows port 0 and an absent port; neither is connectable.
+        return self.port or default
+
+
+class SupportPrivateLinkNetAddress(NetAddress):
+    """IoTDA SupportPrivateLinkNetAddress (Table 1-193): same members as NetAddress."""
+
+
+class ColumnMapping(_Model):
+    """IoTDA ColumnMapping (Table 1-197)."""
+
+    column_name: str = Field(min_length=1, max_length=256)
+    json_key: str = Field(min_length=1, max_length=256)
+
+    @field_validator("json_key")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        parse_json_key(v)  # raises ValueError on a malformed path
+        return v
+
+
+# ---------------------------------------------------------------- json_key paths
+
+_SEGMENT = re.compile(r'"([^"]+)"|([^.\[\]"]+)')
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def parse_json_key(key: str) -> tuple[str | int, ...]:
+    """`notify_data.body.services[0].service_id` ->
+    ("notify_data", "body", "services", 0, "service_id").
+
+    Members are separated by `.`, `[n]` indexes an array, and a member may be
+    written in double quotes to hold `.`, `[` or `]` (`data."a.b"`), as in the
+    rule language."""
+    steps: list[str | int] = []
+    pos = 0
+    n = len(key)
+    while True:
+        m = _SEGMENT.match(key, pos)
+        if not m:
+            raise ValueError(f"malformed json_key {key!r} at position {pos}")
+        steps.append(m.group(1) if m.group(1) is not None else m.group(2))
+        pos = m.end()
+        while (m := _INDEX.match(key, pos)) is not None:
+            steps.append(int(m.group(1)))
+            pos = m.end()
+        if pos == n:
+            return tuple(steps)
+        if key[pos] != ".":
+            raise ValueError(f"malformed json_key {key!r} at position {pos}")
+        pos += 1
+
+
+class JsonKey:
+    """A parsed json_key, resolved against one rule output.
+
+    A rule that selects a path without an alias emits it under the path's own
+    text (`SELECT notify_data.body.services[0].service_id` gives the key
+    "notify_data.body.services[0].service_id"), while `SELECT *` emits the
+    nested object. So the literal top-level key is tried first, then the path
+    is walked. A missing member or index resolves to None (SQL NULL)."""
+
+    __slots__ = ("key", "steps")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.steps = parse_json_key(key)
+
+    def resolve(self, payload: dict[str, Any]) -> Any:
+        if self.key in payload:
+            return payload[self.key]
+        cur: Any = payload
+        for step in self.steps:
+            if isinstance(step, int):
+                if not isinstance(cur, list) or step >= len(cur):
+                    return None
+            elif not isinstance(cur, dict) or step not in cur:
+                return None
+            cur = cur[step]
+        return cur
+
+
+def to_sql_scalar(value: Any) -> Any:
+    """Objects and arrays go to SQL columns as JSON text."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+# ---------------------------------------------------------------- identifiers
+
+# Table and column names are interpolated into SQL (quoted); values never are.
+# Strict on purpose: no quotes, backquotes, spaces, dots or control characters.
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,63}$")
+# The seed's db_name alphabet: letters, digits, _ and -, at most 64.
+DB_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def check_identifier(name: str, what: str) -> str:
+    if not IDENTIFIER.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a plain identifier "
+            "(letters, digits, _, $ or -, starting with a letter or _, at most 64)"
+        )
+    return name
+
+
+# ---------------------------------------------------------------- time
+
+
+def event_time_ms(event_time: str | None) -> int | None:
+    """Epoch milliseconds of a notification time: the compact
+    `20151212T121212Z` or the ISO `2015-12-12T12:12:12.000Z`; None if absent
+    or unparseable (callers then use the current time)."""
+    if not event_time:
+        return None
+    try:
+        if len(event_time) == 16 and event_time[8] == "T":
+            dt = datetime.strptime(event_time, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        else:
+            dt = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(dt.timestamp() * 1000)
+
+
+def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
+    """A client TLS context: system CAs (or `ca_file`), hostname checked,
+    unless `verify` is explicitly turned off."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# ---------------------------------------------------------------- SQL tables
+
+
+class SqlForwarding(_Model):
+    """The shape of IoTDA MysqlForwarding (Table 1-194), shared by the MySQL
+    channel and the PostgreSQL extension, plus engine options."""
+
+    address: NetAddress
+    db_name: str = Field(max_length=64, pattern=DB_NAME)
+    username: str = Field(min_length=1, max_length=256)
+    password: SecretStr = Field(min_length=1, max_length=256)
+    enable_ssl: bool = True
+    table_name: str = Field(min_length=1, max_length=64)
+    column_mappings: list[ColumnMapping] = Field(min_length=1, max_length=32)
+    # --- engine options (not in the seed) ---
+    ca_file: str | None = None
+    """PEM CA bundle that verifies the server when enable_ssl is true.
+    Default: the system CAs."""
+    verify_tls: bool = True
+    """With enable_ssl, check the server certificate and host name."""
+    pool_size: int = Field(default=4, ge=1, le=100)
+    timeout_s: float = Field(default=15.0, gt=0, le=600)
+    """Connect timeout and per-statement wait."""
+
+    @field_validator("table_name")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        return check_identifier(v, "table_name")
+
+    @model_validator(mode="after")
+    def _columns(self) -> SqlForwarding:
+        seen: set[str] = set()
+        for m in self.column_mappings:
+            check_identifier(m.column_name, "column_name")
+            if m.column_name.lower() in seen:
+                raise ValueError(f"column_name {m.column_name!r} is mapped twice")
+            seen.add(m.column_name.lower())
+        return self
