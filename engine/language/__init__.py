@@ -1,0 +1,21 @@
+"""The rule language: grammar, AST, checker, compiler, reference interpreter."""
+
+from __future__ import annotations
+
+from engine.language import ast
+from engine.language.checker import check_select, check_where
+from engine.language.errors import RuleError, RuleSemanticError, RuleSyntaxError
+from engine.language.parser import parse_select, parse_where
+
+
+def parse_rule(select: str | None = None, where: str | None = None) -> ast.Rule:
+    """Parse and check both clauses. Parse errors are reported before semantic
+    errors (both clauses are parsed first), and nothing but RuleError escapes."""
+    sel = parse_select(select)
+    whr = parse_where(where)
+    check_select(sel, select or "")
+    check_where(whr, where or "")
+    return ast.Rule(sel, whr)
+
+
+__all__ = ["RuleError", "RuleSemanticError", "RuleSyntaxError", "ast", "parse_rule"]

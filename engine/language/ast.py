@@ -1,0 +1,194 @@
+"""Typed syntax tree of a rule (frozen dataclasses).
+
+The parser builds it, the checker validates it, the compiler turns it into
+core evaluators and the reference interpreter walks it. `pos` is the
+(line, column) where the node starts in its clause text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Pos = tuple[int, int]
+NOPOS: Pos = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    value: Any                 # str, int, float, bool or None (JSON null)
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    steps: tuple[str | int, ...]   # member names (str) and array indices (int)
+    pos: Pos = field(default=NOPOS, compare=False)
+
+    @property
+    def text(self) -> str:
+        """Canonical text: members joined with '.', quotes dropped, [n] kept."""
+        out = []
+        for s in self.steps:
+            if isinstance(s, int):
+                out.append(f"[{s}]")
+            else:
+                out.append(("." if out else "") + s)
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Neg:
+    operand: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Arith:
+    op: str                    # '+', '-', '*', '/'
+    left: Expr
+    right: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    left: Expr
+    right: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str                    # '=', '<>', '<', '>', '<=', '>=' ('!=' is folded to '<>')
+    left: Expr
+    right: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Like:
+    operand: Expr
+    pattern: Expr
+    negated: bool
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InList:
+    operand: Expr
+    items: tuple[Expr, ...]    # constants after checking
+    negated: bool
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    operand: Expr
+    low: Expr
+    high: Expr
+    negated: bool
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    operand: Expr
+    negated: bool
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    left: Expr
+    right: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    left: Expr
+    right: Expr
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    whens: tuple[tuple[Expr, Expr], ...]   # (condition, value) pairs
+    else_: Expr | None
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    name: str                  # upper-cased function name
+    args: tuple[Expr, ...]
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+Expr = Union[  # noqa: UP007 - a runtime alias, | of classes needs 3.10 types
+    Literal, Path, Neg, Arith, Concat, Compare, Like, InList, Between,
+             IsNull, Not, And, Or, Case, Call]
+
+
+@dataclass(frozen=True, slots=True)
+class SelectItem:
+    expr: Expr | None          # None for `*`
+    alias: str | None
+    pos: Pos = field(default=NOPOS, compare=False)
+    alias_pos: Pos = field(default=NOPOS, compare=False)
+
+    @property
+    def is_star(self) -> bool:
+        return self.expr is None
+
+    @property
+    def key(self) -> str | None:
+        """Output key: the alias, else a plain path's canonical text."""
+        if self.alias is not None:
+            return self.alias
+        if isinstance(self.expr, Path):
+            return self.expr.text
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    items: tuple[SelectItem, ...]   # empty clause text gives a single `*`
+
+
+def children(node: Expr) -> tuple[Expr, ...]:
+    """Direct sub-expressions, for generic walks (checker, pre-filter)."""
+    match node:
+        case Literal() | Path():
+            return ()
+        case Neg(o) | Not(o) | IsNull(o):
+            return (o,)
+        case Arith(_, a, b) | Concat(a, b) | Compare(_, a, b) | And(a, b) | Or(a, b):
+            return (a, b)
+        case Like(a, b, _):
+            return (a, b)
+        case InList(a, items, _):
+            return (a, *items)
+        case Between(a, lo, hi, _):
+            return (a, lo, hi)
+        case Case(whens, els):
+            out = [x for pair in whens for x in pair]
+            return (*out, els) if els is not None else tuple(out)
+        case Call(_, args):
+            return args
+    raise TypeError(f"not an expression node: {node!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A parsed and checked rule: both clauses."""
+
+    select: Select
+    where: Expr | None
