@@ -1,0 +1,1 @@
+"""Configuration: rule files (YAML/JSON) -> a validated `EngineConfig`."""

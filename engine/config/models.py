@@ -1,0 +1,490 @@
+"""The rule-file schema as pydantic models.
+
+Rules, actions and policies use Huawei IoTDA's own field names, shapes and
+limits (API reference sections 1.4.8.1, 1.4.8.6, 1.4.21, 1.4.22) so a request
+body from the IoTDA API can be pasted in. Everything else (sources, metrics,
+dead_letter, api, worker) is this engine's own.
+
+These models check one object at a time. Checks that span objects (unique
+ids, references between rules/actions/policies, rule-text compilation) live
+in `engine.config.validate`; always go through `validate_config_dict` or
+`load_config` rather than `EngineConfig.model_validate` alone.
+
+Secrets are `SecretStr` (masked in reprs and dumps); read them with
+`.get_secret_value()` at the point of use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from engine.config import channels
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: pydantic must never echo a value (it may be a secret).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+# ------------------------------------------------------------------ shared types
+
+# IoTDA: "a maximum of 36 characters. Only letters, digits, underscores (_),
+# and hyphens (-) are allowed" (rule_id, action_id, app_id). IoTDA generates
+# rule/action/policy ids; in a file the user chooses them, so they must be
+# present and follow the same alphabet, which keeps them usable in URLs.
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
+
+# IoTDA names (rule_name, policy_name): letters, digits and _?'#(),.&%@!-
+# ("letters" includes non-ASCII letters, as IoTDA accepts Chinese names).
+_NAME_PATTERN = r"^[\w?'#(),.&%@!-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=_NAME_PATTERN)]
+
+
+def _split_host_port(value: str) -> str:
+    """Check a `host:port` listen address (`[::1]:8080` for IPv6); port 0
+    means "any free port" (useful in tests)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise PydanticCustomError("listen", "must be host:port with a port from 0 to 65535")
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_split_host_port)]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`"127.0.0.1:8088"` -> `("127.0.0.1", 8088)`; `"[::1]:80"` -> `("::1", 80)`."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _comma_list(value: Any) -> Any:
+    # Kafka users write bootstrap servers either way; normalise to a list.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+HostPorts = Annotated[list[Listen], BeforeValidator(_comma_list), Field(min_length=1)]
+
+
+def _amqp_url(value: SecretStr) -> SecretStr:
+    scheme = urlsplit(value.get_secret_value()).scheme
+    if scheme not in ("amqp", "amqps"):
+        raise PydanticCustomError("amqp_url", "must be an amqp:// or amqps:// URL")
+    return value
+
+
+AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
+
+
+# ------------------------------------------------------------------ rules
+
+# Rule subject resource -> its events (IoTDA Table 1-164; the 12 notification kinds).
+RESOURCE_EVENTS: dict[str, tuple[str, ...]] = {
+    "device": ("create", "delete", "update"),
+    "device.property": ("report",),
+    "device.message": ("report",),
+    "device.message.status": ("update",),
+    "device.status": ("update",),
+    "batchtask": ("update",),
+    "product": ("create", "delete", "update"),
+    "device.command.status": ("update",),
+}
+
+Resource = Literal[
+    "device",
+    "device.property",
+    "device.message",
+    "device.message.status",
+    "device.status",
+    "batchtask",
+    "product",
+    "device.command.status",
+]
+
+
+class RuleSubject(_Model):
+    """RoutingRuleSubject: which notification kind the rule receives."""
+
+    resource: Resource
+    event: str = Field(min_length=1, max_length=50)
+
+    @field_validator("event")
+    @classmethod
+    def _event_of_resource(cls, event: str, info: ValidationInfo) -> str:
+        resource = info.data.get("resource")  # absent if resource itself was invalid
+        allowed = RESOURCE_EVENTS.get(resource or "")
+        if allowed is not None and event not in allowed:
+            raise PydanticCustomError(
+                "event_for_resource",
+                "'{event}' is not a valid event for resource '{resource}' "
+                "(expected one of: {allowed})",
+                {"event": event, "resource": resource, "allowed": ", ".join(allowed)},
+            )
+        return event
+
+
+class Rule(_Model):
+    """A rule triggering condition (IoTDA 1.4.8.1) plus a file-given rule_id."""
+
+    rule_id: Id
+    rule_name: Name | None = None
+    description: str | None = Field(default=None, max_length=256)
+    subject: RuleSubject
+    app_type: Literal["GLOBAL", "APP"] = "GLOBAL"
+    app_id: Id | None = None
+    select: str | None = Field(default=None, max_length=2500)
+    where: str | None = Field(default=None, max_length=2500)
+    # IoTDA creates rules inactive and activates them by a later update; a rule
+    # written in a file is meant to run, so here the default is true.
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _app_scope(self) -> Rule:
+        # IoTDA falls back to a "default resource space"; a self-hosted engine
+        # has none, so an APP rule must say which app it is for.
+        if self.app_type == "APP" and not self.app_id:
+            raise PydanticCustomError("app_id_required", "app_type APP requires app_id")
+        return self
+
+
+# ------------------------------------------------------------------ actions
+
+
+class Action(_Model):
+    """A rule action (IoTDA 1.4.8.6) plus a file-given action_id.
+
+    After validation `channel_detail` maps the channel's detail key to the
+    destination's validated Config model, e.g.
+    `{"http_forwarding": HttpForwarding(...)}`; `detail` returns that model.
+    """
+
+    action_id: Id
+    rule_id: Id
+    # Only in IoTDA responses (the rule's app); accepted so a response body
+    # pastes, not used: an action follows its rule.
+    app_id: Id | None = None
+    channel: str = Field(min_length=1)
+    channel_detail: dict[str, Any]
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, channel: str) -> str:
+        channels.check_channel(channel)
+        return channel
+
+    @field_validator("channel_detail")
+    @classmethod
+    def _detail(cls, detail: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        channel = info.data.get("channel")
+        if channel is None:  # the channel error is already reported
+            return detail
+        # A ValidationError raised here is nested by pydantic under this
+        # field's location, e.g. channel_detail.http_forwarding.url.
+        return channels.validate_detail(channel, detail)
+
+    @property
+    def detail(self) -> BaseModel:
+        (config,) = self.channel_detail.values()
+        return config
+
+
+# ------------------------------------------------------------------ policies
+
+PolicyScope = Literal["USER", "CHANNEL", "RULE", "ACTION"]
+
+# IoTDA caps flow control at 1000 TPS (its own platform limit). A self-hosted
+# engine can go much faster, so larger limits are accepted; the upper bound
+# only catches typos.
+FLOW_LIMIT_MAX = 1_000_000
+
+
+class _ScopedPolicy(_Model):
+    policy_id: Id
+    policy_name: Name | None = None
+    description: Name | None = None  # IoTDA limits policy descriptions like names
+    scope: PolicyScope = "USER"
+    scope_value: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _scope_value(self) -> _ScopedPolicy:
+        if self.scope != "USER" and not self.scope_value:
+            raise PydanticCustomError(
+                "scope_value_required",
+                "scope {scope} requires scope_value (a {what})",
+                {"scope": self.scope, "what": _SCOPE_WHAT[self.scope]},
+            )
+        return self
+
+
+_SCOPE_WHAT = {"CHANNEL": "channel name", "RULE": "rule_id", "ACTION": "action_id"}
+
+
+class FlowControlPolicy(_ScopedPolicy):
+    """Data forwarding flow control policy (IoTDA 1.4.22): at most `limit`
+    forwarded messages per second within the scope."""
+
+    limit: int = Field(default=1000, ge=1, le=FLOW_LIMIT_MAX)
+
+
+class BacklogPolicy(_ScopedPolicy):
+    """Data transfer stacking (backlog) policy (IoTDA 1.4.21): how much
+    undeliverable data is kept, by size and by age; the first limit reached
+    applies, and 0 disables backlog. IoTDA's backlog policy has no scope (it
+    is tenant-wide); `scope`/`scope_value` are an extension with the flow
+    control meanings, default USER (tenant-wide, as in IoTDA)."""
+
+    backlog_size: int = Field(default=1073741823, ge=0, le=1073741823)  # bytes
+    backlog_time: int = Field(default=86399, ge=0, le=86399)  # seconds
+
+
+# ------------------------------------------------------------------ sources
+
+
+class KafkaConnection(_Model):
+    """How to reach a Kafka cluster (shared by the source and dead letters)."""
+
+    bootstrap_servers: HostPorts
+    client_id: str = "iot-forwarding-engine"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConnection:
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise PydanticCustomError(
+                "sasl",
+                "security_protocol {protocol} needs sasl_mechanism, sasl_username "
+                "and sasl_password",
+                {"protocol": self.security_protocol},
+            )
+        if not uses_sasl and self.sasl_mechanism:
+            raise PydanticCustomError(
+                "sasl", "sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
+
+
+class KafkaSource(KafkaConnection):
+    """Consume notifications (one JSON object per message) from Kafka topics."""
+
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(default="forwarder", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    max_batch: int = Field(default=500, ge=1, le=100_000)
+    """Most records taken per poll."""
+
+
+class AmqpConnection(_Model):
+    url: AmqpUrl
+    """amqp[s]://user:password@host:port/vhost - a secret (it holds the password)."""
+
+
+class AmqpSource(AmqpConnection):
+    """Consume notifications from an AMQP 0-9-1 queue (e.g. RabbitMQ)."""
+
+    queue: str = Field(min_length=1, max_length=255)
+    prefetch: int = Field(default=256, ge=1, le=65_535)
+    """Unacknowledged messages the broker may send ahead."""
+
+
+class HttpSource(_Model):
+    """Receive notifications pushed by HTTP POST (IoTDA HTTP push format)."""
+
+    listen: Listen = "127.0.0.1:8088"
+    path: str = Field(default="/v1/notifications", pattern=r"^/")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_inflight: int = Field(default=1000, ge=1, le=100_000)
+    """Requests being processed at once; more get 503 (back-pressure)."""
+
+
+class FileSource(_Model):
+    """Read notifications from an NDJSON file; `-` reads standard input."""
+
+    path: str = Field(min_length=1)
+
+
+Kind = RuleSubject  # a notification kind is a resource/event pair
+
+
+class SimulatorSource(_Model):
+    """Generate synthetic notifications (demo, benchmarks)."""
+
+    rate: float = Field(default=1000.0, gt=0, le=10_000_000)
+    """Events per second."""
+    devices: int = Field(default=100, ge=1, le=10_000_000)
+    kinds: list[Kind] | None = None
+    """Notification kinds to generate; default: all 12."""
+    seed: int | None = None
+    """Random seed for a reproducible stream."""
+    count: int | None = Field(default=None, ge=1)
+    """Stop after this many events (default: run until stopped)."""
+    duration: float | None = Field(default=None, gt=0)
+    """Stop after this many seconds."""
+
+
+def _given(model: BaseModel) -> list[str]:
+    """Fields of a one-of model that hold a value (`kafka: null` is not given)."""
+    return [name for name in type(model).model_fields if getattr(model, name) is not None]
+
+
+SourceKind = Literal["kafka", "amqp", "http", "file", "simulator"]
+
+
+class SourceEntry(_Model):
+    """One item of `sources:` - an object with exactly one key naming the
+    kind, e.g. `{kafka: {...}}`. Use `.kind` and `.options`."""
+
+    kafka: KafkaSource | None = None
+    amqp: AmqpSource | None = None
+    http: HttpSource | None = None
+    file: FileSource | None = None
+    simulator: SimulatorSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceEntry:
+        if len(_given(self)) != 1:
+            raise PydanticCustomError(
+                "one_source", "a source needs exactly one of: kafka, amqp, http, file, simulator"
+            )
+        return self
+
+    @property
+    def kind(self) -> SourceKind:
+        (kind,) = _given(self)
+        return kind  # type: ignore[return-value]
+
+    @property
+    def options(self) -> KafkaSource | AmqpSource | HttpSource | FileSource | SimulatorSource:
+        return getattr(self, self.kind)
+
+
+# ------------------------------------------------------------------ outputs of the engine
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics endpoint."""
+
+    listen: Listen = "127.0.0.1:9108"
+    path: str = Field(default="/metrics", pattern=r"^/")
+
+
+class DeadLetterKafka(KafkaConnection):
+    topic: str = Field(min_length=1)
+
+
+class DeadLetterAmqp(AmqpConnection):
+    queue: str = Field(min_length=1, max_length=255)
+
+
+class DeadLetterConfig(_Model):
+    """Where records that cannot be delivered go: exactly one of a JSONL
+    `file`, a Kafka topic or an AMQP queue."""
+
+    file: str | None = Field(default=None, min_length=1)
+    kafka: DeadLetterKafka | None = None
+    amqp: DeadLetterAmqp | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DeadLetterConfig:
+        if len(_given(self)) != 1:
+            raise PydanticCustomError(
+                "one_dead_letter", "dead_letter needs exactly one of: file, kafka, amqp"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["file", "kafka", "amqp"]:
+        (kind,) = _given(self)
+        return kind  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ management API
+
+
+class AccessKey(_Model):
+    ak: str = Field(pattern=r"^[A-Za-z0-9]{1,128}$")
+    sk: SecretStr = Field(min_length=1, max_length=256)
+
+
+class ProjectAuth(_Model):
+    tokens: list[SecretStr] = Field(default_factory=list)
+    """Accepted X-Auth-Token values."""
+    access_keys: list[AccessKey] = Field(default_factory=list)
+    """AK/SK pairs for request signing."""
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> ProjectAuth:
+        if not self.tokens and not self.access_keys:
+            raise PydanticCustomError(
+                "no_credentials", "a project needs tokens or access_keys (nobody could use it)"
+            )
+        return self
+
+
+ProjectId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ApiConfig(_Model):
+    """The IoTDA-compatible management REST API (validated only, for now)."""
+
+    listen: Listen = "127.0.0.1:8080"
+    storage: str | None = None
+    """Where API-made changes are stored (a path); none: kept in memory."""
+    projects: dict[ProjectId, ProjectAuth] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ worker
+
+
+class WorkerConfig(_Model):
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    """Most records handed to a destination in one write."""
+    linger_ms: int = Field(default=20, ge=0, le=60_000)
+    """How long a partial batch may wait for more records."""
+    shutdown_timeout: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds to drain in-flight batches on shutdown before giving up."""
+
+
+# ------------------------------------------------------------------ the whole file
+
+
+class EngineConfig(_Model):
+    rules: list[Rule] = Field(default_factory=list)
+    actions: list[Action] = Field(default_factory=list)
+    flowcontrol_policies: list[FlowControlPolicy] = Field(default_factory=list)
+    backlog_policies: list[BacklogPolicy] = Field(default_factory=list)
+    sources: list[SourceEntry] = Field(default_factory=list)
+    metrics: MetricsConfig | None = None
+    dead_letter: DeadLetterConfig | None = None
+    api: ApiConfig | None = None
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    def actions_of(self, rule_id: str) -> list[Action]:
+        return [a for a in self.actions if a.rule_id == rule_id]
+
+
+# Top-level keys that hold lists (merged across files) and single sections
+# (allowed in one file only).
+LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources")
+SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker")
