@@ -29,6 +29,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Validate and compile rule files: every problem, one per line, exit 2."""
+    from engine.config import ConfigError, load_config
+    from engine.config.validate import rule_compiler
+
+    try:
+        config = load_config(args.files)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        count = len(err.issues)
+        print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+        return EXIT_ERROR
+    if rule_compiler() is None:
+        print("warning: rule texts were not compiled (no rule compiler available)",
+              file=sys.stderr)
+    active = sum(rule.active for rule in config.rules)
+    print(
+        f"OK: {len(config.rules)} rules ({active} active), {len(config.actions)} actions, "
+        f"{len(config.flowcontrol_policies)} flow control policies, "
+        f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
@@ -45,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate and compile rule files")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(func=_not_implemented("check"))
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("run", help="run the forwarding worker")
     p.add_argument("files", nargs="+", metavar="FILE")

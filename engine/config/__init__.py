@@ -1,1 +1,51 @@
-"""Configuration: rule files (YAML/JSON) -> a validated `EngineConfig`."""
+"""Configuration: rule files (YAML/JSON) -> a validated `EngineConfig`.
+
+    from engine.config import load_config, ConfigError
+    config = load_config(["rules.yaml"])        # raises ConfigError
+
+`validate_config_dict` validates an already-parsed tree the same way (for
+the REST API). See docs/configuration.md for the file format.
+"""
+
+from engine.config.errors import ConfigError, Issue
+from engine.config.loader import load_config
+from engine.config.models import (
+    Action,
+    AmqpSource,
+    ApiConfig,
+    BacklogPolicy,
+    DeadLetterConfig,
+    EngineConfig,
+    FileSource,
+    FlowControlPolicy,
+    HttpSource,
+    KafkaSource,
+    MetricsConfig,
+    Rule,
+    SimulatorSource,
+    SourceEntry,
+    WorkerConfig,
+)
+from engine.config.validate import validate_config_dict
+
+__all__ = [
+    "Action",
+    "AmqpSource",
+    "ApiConfig",
+    "BacklogPolicy",
+    "ConfigError",
+    "DeadLetterConfig",
+    "EngineConfig",
+    "FileSource",
+    "FlowControlPolicy",
+    "HttpSource",
+    "Issue",
+    "KafkaSource",
+    "MetricsConfig",
+    "Rule",
+    "SimulatorSource",
+    "SourceEntry",
+    "WorkerConfig",
+    "load_config",
+    "validate_config_dict",
+]

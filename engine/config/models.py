@@ -16,6 +16,7 @@ Secrets are `SecretStr` (masked in reprs and dumps); read them with
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -46,12 +47,30 @@ class _Model(BaseModel):
 # and hyphens (-) are allowed" (rule_id, action_id, app_id). IoTDA generates
 # rule/action/policy ids; in a file the user chooses them, so they must be
 # present and follow the same alphabet, which keeps them usable in URLs.
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
+_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 
-# IoTDA names (rule_name, policy_name): letters, digits and _?'#(),.&%@!-
-# ("letters" includes non-ASCII letters, as IoTDA accepts Chinese names).
-_NAME_PATTERN = r"^[\w?'#(),.&%@!-]+$"
-Name = Annotated[str, Field(min_length=1, max_length=256, pattern=_NAME_PATTERN)]
+# IoTDA names (rule_name, policy_name): at most 256 letters, digits and
+# _?'#(),.&%@!- ("letters" includes non-ASCII letters: IoTDA accepts Chinese
+# names; no spaces).
+_NAME = re.compile(r"[\w?'#(),.&%@!-]{1,256}")
+
+
+def _check_id(value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise PydanticCustomError("id", "must be 1 to 36 letters, digits, _ or -")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "name", "must be 1 to 256 letters, digits or _?'#(),.&%@!- (no spaces)"
+        )
+    return value
+
+
+Id = Annotated[str, AfterValidator(_check_id)]
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 def _split_host_port(value: str) -> str:
@@ -423,7 +442,7 @@ class DeadLetterConfig(_Model):
 
 
 class AccessKey(_Model):
-    ak: str = Field(pattern=r"^[A-Za-z0-9]{1,128}$")
+    ak: str = Field(min_length=1, max_length=128)
     sk: SecretStr = Field(min_length=1, max_length=256)
 
 
@@ -442,7 +461,13 @@ class ProjectAuth(_Model):
         return self
 
 
-ProjectId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+def _check_project_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise PydanticCustomError("project_id", "must be 1 to 64 letters, digits, _ or -")
+    return value
+
+
+ProjectId = Annotated[str, AfterValidator(_check_project_id)]
 
 
 class ApiConfig(_Model):
