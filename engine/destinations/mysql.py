@@ -1,16 +1,75 @@
-"""MYSQL_FORWARDING: insert rule outputs as rows of a MySQL/MariaDB table."""
+"""MYSQL_FORWARDING: insert rule outputs as rows of a MySQL/MariaDB table.
+
+Each column mapping's json_key is resolved against the rule output (missing
+-> NULL; objects/arrays -> JSON text). A batch is one transaction of
+multi-row parameterised INSERTs (asyncmy's executemany builds
+`INSERT INTO `t` (`c1`,...) VALUES (%s,...),(...)` statements of up to 1 MB).
+When the server rejects a row's data (value too long in strict mode, NULL in a
+NOT NULL column, duplicate key...) the batch is split in halves until the bad
+rows are isolated: they fail permanently, the others are stored.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
-from engine.destinations.base import Record, Sink, WriteResult
-from engine.destinations.common import SqlForwarding
+import asyncmy
+from asyncmy import errors as my_errors
+
+from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.common import JsonKey, SqlForwarding, client_ssl_context, to_sql_scalar
 from engine.destinations.registry import register
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3306
+
+# Error codes (https://mariadb.com/kb/en/mariadb-error-codes/).
+_FATAL = {
+    1044: "access to the database denied",
+    1045: "login refused (check username and password)",
+    1049: "unknown database",
+    1142: "INSERT denied on the table",
+    1146: "table does not exist",
+    1054: "unknown column",
+    1227: "access denied",
+}
+# Transient server states: retrying later can succeed.
+_RETRY = {1040, 1053, 1205, 1213, 1290, 2002, 2003, 2006, 2013, 2055}
 
 
 class MysqlForwarding(SqlForwarding):
     """IoTDA MysqlForwarding (Table 1-194); address.port defaults to 3306."""
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """-> (kind, reason); kind is "row" (this row's data), "retry" or "fatal"."""
+    if isinstance(e, my_errors.MySQLError) and len(e.args) >= 2:
+        code, msg = e.args[0], str(e.args[1])
+        if code in _FATAL:
+            return "fatal", f"MySQL {code}: {_FATAL[code]}: {msg}"
+        if "SSL" in msg or "CERTIFICATE" in msg:
+            return "fatal", f"MySQL TLS failure (enable_ssl is true): {msg}"
+        sqlstate = getattr(e, "sqlstate", None) or ""
+        if isinstance(e, my_errors.DataError | my_errors.IntegrityError) or sqlstate[:2] in ("22", "23"):
+            return "row", f"MySQL {code}: {msg}"
+        if code in _RETRY or isinstance(e, my_errors.OperationalError | my_errors.InterfaceError):
+            return "retry", f"MySQL {code}: {msg}"
+        return "fatal", f"MySQL {code}: {msg}"
+    if isinstance(e, my_errors.MySQLError | OSError | TimeoutError | ConnectionError):
+        return "retry", f"MySQL connection problem: {type(e).__name__}: {e}"
+    raise e
+
+
+def quote_ident(name: str) -> str:
+    # Names were checked against IDENTIFIER (no backquotes) in the Config.
+    return f"`{name}`"
 
 
 @register
@@ -18,6 +77,113 @@ class MysqlSink(Sink):
     channel = "MYSQL_FORWARDING"
     detail_key = "mysql_forwarding"
     Config = MysqlForwarding
+    config: MysqlForwarding
+
+    def __init__(self, config: MysqlForwarding) -> None:
+        super().__init__(config)
+        self._keys = [JsonKey(m.json_key) for m in config.column_mappings]
+        cols = ", ".join(quote_ident(m.column_name) for m in config.column_mappings)
+        marks = ", ".join(["%s"] * len(config.column_mappings))
+        self._sql = f"INSERT INTO {quote_ident(config.table_name)} ({cols}) VALUES ({marks})"
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        """Connect and check the table and columns. A server that is down is
+        not an error here (writes report retryable failures and reconnect)."""
+        try:
+            await self._connect()
+        except _Unavailable as e:
+            log.warning("MySQL sink for table %r: %s; will retry on write", self.config.table_name, e)
+
+    async def _connect(self) -> None:
+        if self._pool is not None:
+            return
+        c = self.config
+        try:
+            pool = await asyncmy.create_pool(
+                minsize=1, maxsize=c.pool_size,
+                host=c.address.host, port=c.address.port_or(DEFAULT_PORT),
+                user=c.username, password=c.password.get_secret_value(), database=c.db_name,
+                ssl=client_ssl_context(c.ca_file, c.verify_tls) if c.enable_ssl else None,
+                connect_timeout=c.timeout_s, autocommit=False, charset="utf8mb4",
+            )
+        except Exception as e:
+            kind, reason = _classify(e)
+            if kind == "retry":
+                raise _Unavailable(reason) from None
+            raise SinkError(reason) from None
+        try:
+            await self._check_table(pool)
+        except BaseException:
+            pool.close()
+            await pool.wait_closed()
+            raise
+        self._pool = pool
+
+    async def _check_table(self, pool: Any) -> None:
+        c = self.config
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", (c.db_name, c.table_name))
+            rows = await cur.fetchall()
+            await conn.commit()
+        if not rows:
+            raise SinkError(f"MySQL table {c.db_name}.{c.table_name} does not exist "
+                            "(or the user cannot see it)")
+        have = {r[0].lower() for r in rows}
+        missing = [m.column_name for m in c.column_mappings if m.column_name.lower() not in have]
+        if missing:
+            raise SinkError(f"MySQL table {c.db_name}.{c.table_name} has no column "
+                            + ", ".join(repr(x) for x in missing))
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    def rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
+        keys = self._keys
+        return [tuple(to_sql_scalar(k.resolve(r.payload)) for k in keys) for r in records]
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
-        return WriteResult.all_failed(len(records), "not implemented yet", False)
+        if not records:
+            return WriteResult()
+        try:
+            await self._connect()
+        except SinkError as e:
+            return WriteResult.all_failed(len(records), str(e), False)
+        except _Unavailable as e:
+            return WriteResult.all_failed(len(records), str(e), True)
+        failures: dict[int, Failure] = {}
+        try:
+            async with self._pool.acquire() as conn:
+                await self._insert(conn, self.rows(records), list(range(len(records))), failures)
+        except Exception as e:  # acquiring a connection failed
+            kind, reason = _classify(e)
+            return WriteResult.all_failed(len(records), reason, kind == "retry")
+        return WriteResult(failures)
+
+    async def _insert(self, conn: Any, rows: list[tuple[Any, ...]], idx: list[int],
+                      failures: dict[int, Failure]) -> None:
+        try:
+            await conn.begin()
+            async with conn.cursor() as cur:
+                await cur.executemany(self._sql, rows)
+            await conn.commit()
+            return
+        except Exception as e:
+            kind, reason = _classify(e)
+            try:
+                await conn.rollback()
+            except Exception:  # the connection is gone; the pool discards it
+                pass
+        if kind == "row" and len(rows) > 1:
+            mid = len(rows) // 2
+            await self._insert(conn, rows[:mid], idx[:mid], failures)
+            await self._insert(conn, rows[mid:], idx[mid:], failures)
+            return
+        f = Failure(reason, kind == "retry")
+        for i in idx:
+            failures[i] = f
