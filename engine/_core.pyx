@@ -1,5 +1,1176 @@
-# cython: language_level=3
-"""Compiled evaluators (placeholder until the rule core lands)."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled evaluators: the hot path of rule evaluation.
 
-def compiled() -> bool:
-    return True
+Rules are compiled (engine/language/compiler.py) into trees of the node
+classes below. Evaluation never raises for any event shape: a missing
+member or a type mismatch yields MISSING (values) or UNKNOWN (conditions),
+exactly as the language reference says. Only this file runs per event; all
+analysis (typing, constant folding, index and pre-filter derivation) is done
+once, in Python, at compile time.
+"""
+
+from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+import orjson
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItem(object d, object key)
+    bint PyDict_Check(object o)
+    bint PyList_Check(object o)
+    bint PyUnicode_Check(object o)
+    bint PyUnicode_CheckExact(object o)
+    bint PyLong_Check(object o)
+    bint PyLong_CheckExact(object o)
+    bint PyFloat_Check(object o)
+    bint PyFloat_CheckExact(object o)
+    bint PyBool_Check(object o)
+    Py_ssize_t PyList_GET_SIZE(object o)
+    PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
+    double PyFloat_AS_DOUBLE(object o)
+
+cdef extern from "string.h":
+    void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
+    void* memchr(const void* s, int c, size_t n) nogil
+
+
+# ---------------------------------------------------------------- values
+
+cdef class _Missing:
+    """The MISSING marker: a path that does not resolve, a function without a result."""
+
+    def __repr__(self):
+        return "MISSING"
+
+    def __bool__(self):
+        return False
+
+    def __reduce__(self):
+        return "MISSING"
+
+
+MISSING = _Missing()
+cdef object _MISSING = MISSING
+
+# Truth values of the three-valued logic.
+cdef enum:
+    T_FALSE = 0
+    T_TRUE = 1
+    T_UNKNOWN = 2
+
+# Value kinds, per the typing rules.
+cdef enum:
+    K_NULL = 0      # MISSING or JSON null
+    K_BOOL = 1
+    K_NUM = 2
+    K_STR = 3
+    K_OTHER = 4     # object, array, anything else
+
+cdef inline int kind_of(object v) noexcept:
+    if PyUnicode_CheckExact(v):
+        return K_STR
+    if PyLong_CheckExact(v) or PyFloat_CheckExact(v):
+        return K_NUM
+    if PyBool_Check(v):
+        return K_BOOL
+    if v is None or v is _MISSING:
+        return K_NULL
+    if PyUnicode_Check(v):
+        return K_STR
+    if PyLong_Check(v) or PyFloat_Check(v):
+        return K_NUM
+    return K_OTHER
+
+cdef inline object truth_value(int t):
+    if t == T_TRUE:
+        return True
+    if t == T_FALSE:
+        return False
+    return _MISSING
+
+cdef inline int value_truth(object v) noexcept:
+    if v is True:
+        return T_TRUE
+    if v is False:
+        return T_FALSE
+    return T_UNKNOWN
+
+
+cdef object render(object v):
+    """Text rendering of a scalar (5.1), or MISSING."""
+    cdef int k = kind_of(v)
+    if k == K_STR:
+        return v
+    if k == K_NUM:
+        if PyFloat_Check(v):
+            return repr(v)
+        return str(v)
+    if k == K_BOOL:
+        return "true" if v else "false"
+    return _MISSING
+
+
+cdef object deep_copy(object v):
+    """Outputs never alias the input: copy JSON containers."""
+    cdef list out_l
+    if PyDict_Check(v):
+        return {k: deep_copy(x) for k, x in (<dict>v).items()}
+    if PyList_Check(v):
+        out_l = [deep_copy(x) for x in <list>v]
+        return out_l
+    return v
+
+
+cdef inline int compare_values(object a, object b, int op) except -1:
+    """Comparison under the dialect's typing rules (no coercion)."""
+    cdef int ka = kind_of(a)
+    cdef int kb = kind_of(b)
+    if ka != kb or ka == K_NULL or ka == K_OTHER:
+        return T_UNKNOWN
+    if ka == K_BOOL:
+        if op == Py_EQ:
+            return T_TRUE if (a is b) else T_FALSE
+        if op == Py_NE:
+            return T_FALSE if (a is b) else T_TRUE
+        return T_UNKNOWN
+    if ka == K_NUM and PyFloat_CheckExact(a) and PyFloat_CheckExact(b):
+        return _cmp_double(PyFloat_AS_DOUBLE(a), PyFloat_AS_DOUBLE(b), op)
+    return T_TRUE if PyObject_RichCompareBool(a, b, op) else T_FALSE
+
+cdef inline int _cmp_double(double x, double y, int op) noexcept:
+    cdef bint r
+    if op == Py_EQ:
+        r = x == y
+    elif op == Py_NE:
+        r = x != y
+    elif op == Py_LT:
+        r = x < y
+    elif op == Py_LE:
+        r = x <= y
+    elif op == Py_GT:
+        r = x > y
+    else:
+        r = x >= y
+    return T_TRUE if r else T_FALSE
+
+
+# ---------------------------------------------------------------- nodes
+
+cdef class Expr:
+    """A compiled expression. `value` gives a JSON value or MISSING;
+    `truth` gives T_TRUE / T_FALSE / T_UNKNOWN."""
+
+    cdef object value(self, object ev):
+        return _MISSING
+
+    cdef int truth(self, object ev) except -1:
+        return value_truth(self.value(ev))
+
+    def eval(self, event):
+        """Python-level access (tests, the SQL tester)."""
+        return self.value(event)
+
+
+cdef class Cond(Expr):
+    """Base of condition nodes: their value is their truth as a boolean."""
+
+    cdef object value(self, object ev):
+        return truth_value(self.truth(ev))
+
+
+cdef class Const(Expr):
+    cdef object v
+
+    def __init__(self, v):
+        self.v = v
+
+    cdef object value(self, object ev):
+        return self.v
+
+
+cdef class Path(Expr):
+    """Member and index steps from the root; never raises."""
+    cdef tuple keys            # member name (str) or index (int) per step
+    cdef Py_ssize_t[16] idx    # -1 for a member step, else the index (first 16 steps)
+    cdef Py_ssize_t n
+
+    def __init__(self, steps):
+        self.keys = tuple(steps)
+        self.n = len(self.keys)
+        if self.n > 16:
+            raise ValueError("path too long for the fast form")
+        for i, s in enumerate(self.keys):
+            self.idx[i] = s if isinstance(s, int) else -1
+
+    cdef object value(self, object ev):
+        cdef PyObject* cur = <PyObject*>ev
+        cdef Py_ssize_t i, j
+        for i in range(self.n):
+            j = self.idx[i]
+            if j < 0:
+                if not PyDict_Check(<object>cur):
+                    return _MISSING
+                cur = PyDict_GetItem(<object>cur, self.keys[i])
+                if cur == NULL:
+                    return _MISSING
+            else:
+                if not PyList_Check(<object>cur) or j >= PyList_GET_SIZE(<object>cur):
+                    return _MISSING
+                cur = PyList_GET_ITEM(<object>cur, j)
+        return <object>cur
+
+
+cdef class LongPath(Expr):
+    """Paths of more than 16 steps (rare): same semantics, Python loop."""
+    cdef tuple keys
+
+    def __init__(self, steps):
+        self.keys = tuple(steps)
+
+    cdef object value(self, object ev):
+        cdef object cur = ev
+        cdef PyObject* p
+        for s in self.keys:
+            if type(s) is int:
+                if not PyList_Check(cur) or s >= PyList_GET_SIZE(cur):
+                    return _MISSING
+                cur = <object>PyList_GET_ITEM(cur, s)
+            else:
+                if not PyDict_Check(cur):
+                    return _MISSING
+                p = PyDict_GetItem(cur, s)
+                if p == NULL:
+                    return _MISSING
+                cur = <object>p
+        return cur
+
+
+cdef class Neg(Expr):
+    cdef Expr a
+
+    def __init__(self, Expr a):
+        self.a = a
+
+    cdef object value(self, object ev):
+        v = self.a.value(ev)
+        if kind_of(v) != K_NUM:
+            return _MISSING
+        return -v
+
+
+cdef class Arith(Expr):
+    cdef Expr a, b
+    cdef int op   # '+', '-', '*', '/' as chars
+
+    def __init__(self, str op, Expr a, Expr b):
+        self.op = ord(op)
+        self.a = a
+        self.b = b
+
+    cdef object value(self, object ev):
+        x = self.a.value(ev)
+        if kind_of(x) != K_NUM:
+            return _MISSING
+        y = self.b.value(ev)
+        if kind_of(y) != K_NUM:
+            return _MISSING
+        try:
+            if self.op == 43:      # +
+                return x + y
+            if self.op == 45:      # -
+                return x - y
+            if self.op == 42:      # *
+                return x * y
+            if not y:
+                return _MISSING    # division by zero
+            if PyLong_Check(x) and PyLong_Check(y):
+                q, r = divmod(x, y)
+                return q if r == 0 else x / y
+            return x / y
+        except (OverflowError, ValueError):
+            return _MISSING        # beyond float range: no value, never an error
+
+
+cdef class Concat(Expr):
+    cdef Expr a, b
+
+    def __init__(self, Expr a, Expr b):
+        self.a = a
+        self.b = b
+
+    cdef object value(self, object ev):
+        x = render(self.a.value(ev))
+        if x is _MISSING:
+            return _MISSING
+        y = render(self.b.value(ev))
+        if y is _MISSING:
+            return _MISSING
+        return x + y
+
+
+cdef class Compare(Cond):
+    cdef Expr a, b
+    cdef int op
+
+    def __init__(self, int op, Expr a, Expr b):
+        self.op = op
+        self.a = a
+        self.b = b
+
+    cdef int truth(self, object ev) except -1:
+        return compare_values(self.a.value(ev), self.b.value(ev), self.op)
+
+
+cdef class PathCompareStr(Cond):
+    """path OP 'constant': the most common predicate, fused into one node."""
+    cdef Path path
+    cdef str c
+    cdef int op
+
+    def __init__(self, int op, Path path, str c):
+        self.op = op
+        self.path = path
+        self.c = c
+
+    cdef int truth(self, object ev) except -1:
+        v = self.path.value(ev)
+        if not PyUnicode_Check(v):
+            return T_UNKNOWN
+        return T_TRUE if PyObject_RichCompareBool(v, self.c, self.op) else T_FALSE
+
+
+cdef class PathCompareNum(Cond):
+    """path OP number constant, fused; float paths compare in C."""
+    cdef Path path
+    cdef object c
+    cdef double cd
+    cdef int op
+
+    def __init__(self, int op, Path path, c):
+        self.op = op
+        self.path = path
+        self.c = c
+        self.cd = float(c) if isinstance(c, float) else 0.0
+
+    cdef int truth(self, object ev) except -1:
+        v = self.path.value(ev)
+        if PyFloat_CheckExact(v) and PyFloat_CheckExact(self.c):
+            return _cmp_double(PyFloat_AS_DOUBLE(v), self.cd, self.op)
+        if kind_of(v) != K_NUM:
+            return T_UNKNOWN
+        return T_TRUE if PyObject_RichCompareBool(v, self.c, self.op) else T_FALSE
+
+
+cdef class And(Cond):
+    """Kleene AND over n operands, short-circuit on FALSE."""
+    cdef tuple items
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    cdef int truth(self, object ev) except -1:
+        cdef int r = T_TRUE
+        cdef int t
+        for item in self.items:
+            t = (<Expr>item).truth(ev)
+            if t == T_FALSE:
+                return T_FALSE
+            if t == T_UNKNOWN:
+                r = T_UNKNOWN
+        return r
+
+
+cdef class Or(Cond):
+    """Kleene OR over n operands, short-circuit on TRUE."""
+    cdef tuple items
+
+    def __init__(self, items):
+        self.items = tuple(items)
+
+    cdef int truth(self, object ev) except -1:
+        cdef int r = T_FALSE
+        cdef int t
+        for item in self.items:
+            t = (<Expr>item).truth(ev)
+            if t == T_TRUE:
+                return T_TRUE
+            if t == T_UNKNOWN:
+                r = T_UNKNOWN
+        return r
+
+
+cdef class Not(Cond):
+    cdef Expr a
+
+    def __init__(self, Expr a):
+        self.a = a
+
+    cdef int truth(self, object ev) except -1:
+        cdef int t = self.a.truth(ev)
+        if t == T_UNKNOWN:
+            return T_UNKNOWN
+        return T_FALSE if t == T_TRUE else T_TRUE
+
+
+cdef class IsNull(Cond):
+    cdef Expr a
+    cdef bint negated
+
+    def __init__(self, Expr a, bint negated):
+        self.a = a
+        self.negated = negated
+
+    cdef int truth(self, object ev) except -1:
+        v = self.a.value(ev)
+        cdef bint is_null = v is None or v is _MISSING or (PyList_Check(v) and PyList_GET_SIZE(v) == 0)
+        return T_TRUE if is_null != self.negated else T_FALSE
+
+
+cdef class Between(Cond):
+    cdef Expr a, lo, hi
+    cdef bint negated
+
+    def __init__(self, Expr a, Expr lo, Expr hi, bint negated):
+        self.a = a
+        self.lo = lo
+        self.hi = hi
+        self.negated = negated
+
+    cdef int truth(self, object ev) except -1:
+        v = self.a.value(ev)
+        cdef int t1 = compare_values(v, self.lo.value(ev), Py_GE)
+        cdef int t2, r
+        if t1 == T_FALSE:
+            r = T_FALSE
+        else:
+            t2 = compare_values(v, self.hi.value(ev), Py_LE)
+            if t2 == T_FALSE:
+                r = T_FALSE
+            elif t1 == T_TRUE and t2 == T_TRUE:
+                r = T_TRUE
+            else:
+                r = T_UNKNOWN
+        if self.negated and r != T_UNKNOWN:
+            return T_FALSE if r == T_TRUE else T_TRUE
+        return r
+
+
+cdef class InList(Cond):
+    """x [NOT] IN (constants of one kind)."""
+    cdef Expr a
+    cdef frozenset items
+    cdef int kind
+    cdef bint negated
+
+    def __init__(self, Expr a, items, int kind, bint negated):
+        self.a = a
+        self.items = frozenset(items)
+        self.kind = kind
+        self.negated = negated
+
+    cdef int truth(self, object ev) except -1:
+        v = self.a.value(ev)
+        if kind_of(v) != self.kind:
+            return T_UNKNOWN
+        cdef bint found = v in self.items
+        return T_TRUE if found != self.negated else T_FALSE
+
+
+# LIKE modes, chosen at compile time from a constant pattern.
+cdef enum:
+    LIKE_EQ = 0
+    LIKE_PREFIX = 1
+    LIKE_SUFFIX = 2
+    LIKE_CONTAINS = 3
+    LIKE_REGEX = 4
+    LIKE_DYNAMIC = 5
+
+
+def like_to_regex(str pattern):
+    """SQL LIKE -> anchored regex: % any run, _ one character, no escape."""
+    import re
+    parts = []
+    for ch in pattern:
+        if ch == "%":
+            parts.append(".*")
+        elif ch == "_":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+cdef class Like(Cond):
+    cdef Expr a, pat
+    cdef int mode
+    cdef str lit
+    cdef object rx
+    cdef dict cache
+    cdef bint negated
+
+    def __init__(self, Expr a, Expr pat, bint negated, constant=None):
+        self.a = a
+        self.pat = pat
+        self.negated = negated
+        self.cache = {}
+        if constant is None:
+            self.mode = LIKE_DYNAMIC
+            return
+        body = constant
+        lead = len(body) - len(body.lstrip("%"))
+        trail = len(body) - len(body.rstrip("%"))
+        inner = body.strip("%")
+        if "_" not in body and "%" not in inner:
+            # The common shapes need no regex: 'abc', 'abc%', '%abc', '%abc%'.
+            self.lit = inner
+            if lead == 0 and trail == 0:
+                self.mode = LIKE_EQ
+            elif lead == 0:
+                self.mode = LIKE_PREFIX
+            elif trail == 0:
+                self.mode = LIKE_SUFFIX
+            else:
+                self.mode = LIKE_CONTAINS
+            return
+        self.mode = LIKE_REGEX
+        self.rx = like_to_regex(body)
+
+    cdef int truth(self, object ev) except -1:
+        v = self.a.value(ev)
+        if not PyUnicode_Check(v):
+            return T_UNKNOWN
+        cdef bint m
+        cdef str s = v
+        if self.mode == LIKE_EQ:
+            m = s == self.lit
+        elif self.mode == LIKE_PREFIX:
+            m = s.startswith(self.lit)
+        elif self.mode == LIKE_SUFFIX:
+            m = s.endswith(self.lit)
+        elif self.mode == LIKE_CONTAINS:
+            m = self.lit in s
+        elif self.mode == LIKE_REGEX:
+            m = self.rx.fullmatch(s) is not None
+        else:
+            p = self.pat.value(ev)
+            if not PyUnicode_Check(p):
+                return T_UNKNOWN
+            rx = self.cache.get(p)
+            if rx is None:
+                if len(self.cache) > 256:
+                    self.cache.clear()
+                rx = like_to_regex(p)
+                self.cache[p] = rx
+            m = rx.fullmatch(s) is not None
+        return T_TRUE if m != self.negated else T_FALSE
+
+
+cdef class Case(Expr):
+    cdef tuple conds, values
+    cdef Expr else_
+
+    def __init__(self, conds, values, Expr else_=None):
+        self.conds = tuple(conds)
+        self.values = tuple(values)
+        self.else_ = else_
+
+    cdef object value(self, object ev):
+        cdef Py_ssize_t i
+        for i in range(len(self.conds)):
+            if (<Expr>self.conds[i]).truth(ev) == T_TRUE:
+                return (<Expr>self.values[i]).value(ev)
+        if self.else_ is not None:
+            return self.else_.value(ev)
+        return _MISSING
+
+
+# ---------------------------------------------------------------- functions
+
+cdef object _get(object d, str key):
+    """d[key] for a dict, else NULL-safe MISSING."""
+    cdef PyObject* p
+    if not PyDict_Check(d):
+        return _MISSING
+    p = PyDict_GetItem(d, key)
+    if p == NULL:
+        return _MISSING
+    return <object>p
+
+
+cdef object _tags(object ev):
+    nd = _get(ev, "notify_data")
+    tags = _get(_get(nd, "header"), "tags")
+    if PyList_Check(tags):
+        return tags
+    tags = _get(_get(nd, "body"), "tags")
+    if PyList_Check(tags):
+        return tags
+    return None
+
+
+cdef object _services(object ev):
+    """The services array of a property report; None on any other message."""
+    if not PyDict_Check(ev):
+        return None
+    r = _get(ev, "resource")
+    if not (PyUnicode_Check(r) and r == "device.property"):
+        return None
+    s = _get(_get(_get(ev, "notify_data"), "body"), "services")
+    if PyList_Check(s):
+        return s
+    return []
+
+
+cdef inline bint _service_matches(object svc, str sid, bint fuzzy):
+    cdef object v = _get(svc, "service_id")
+    if not PyUnicode_Check(v):
+        return False
+    if fuzzy:
+        return sid in <str>v
+    return <str>v == sid
+
+
+cdef class GetTag(Expr):
+    cdef Expr key
+
+    def __init__(self, Expr key):
+        self.key = key
+
+    cdef object value(self, object ev):
+        k = self.key.value(ev)
+        if not PyUnicode_Check(k):
+            return _MISSING
+        tags = _tags(ev)
+        if tags is None:
+            return _MISSING
+        for t in <list>tags:
+            tk = _get(t, "tag_key")
+            if PyUnicode_Check(tk) and tk == k:
+                return _get(t, "tag_value")
+        return _MISSING
+
+
+cdef class ContainsTag(Cond):
+    cdef Expr key
+
+    def __init__(self, Expr key):
+        self.key = key
+
+    cdef int truth(self, object ev) except -1:
+        k = self.key.value(ev)
+        if not PyUnicode_Check(k):
+            return T_FALSE
+        tags = _tags(ev)
+        if tags is None:
+            return T_FALSE
+        for t in <list>tags:
+            tk = _get(t, "tag_key")
+            if PyUnicode_Check(tk) and tk == k:
+                return T_TRUE
+        return T_FALSE
+
+
+# service function variants
+cdef enum:
+    SVC_GET = 0
+    SVC_GET_ALL = 1
+    SVC_CONTAINS = 2
+    SVC_PROPERTIES = 3
+    SVC_PROPERTY = 4
+
+
+cdef class ServiceFn(Expr):
+    cdef Expr sid, prop
+    cdef int fn
+    cdef bint fuzzy
+
+    def __init__(self, int fn, Expr sid, bint fuzzy=False, Expr prop=None):
+        self.fn = fn
+        self.sid = sid
+        self.fuzzy = fuzzy
+        self.prop = prop
+
+    cdef object value(self, object ev):
+        services = _services(ev)
+        if services is None:
+            return False if self.fn == SVC_CONTAINS else _MISSING
+        sid = self.sid.value(ev)
+        if not PyUnicode_Check(sid):
+            return False if self.fn == SVC_CONTAINS else _MISSING
+        cdef list found
+        if self.fn == SVC_GET_ALL:
+            found = [s for s in <list>services if _service_matches(s, sid, self.fuzzy)]
+            return found
+        for s in <list>services:
+            if _service_matches(s, sid, self.fuzzy):
+                if self.fn == SVC_GET:
+                    return s
+                if self.fn == SVC_CONTAINS:
+                    return True
+                props = _get(s, "properties")
+                if self.fn == SVC_PROPERTIES:
+                    return props if PyDict_Check(props) else _MISSING
+                k = self.prop.value(ev)
+                if not PyUnicode_Check(k):
+                    return _MISSING
+                return _get(props, k)
+        return False if self.fn == SVC_CONTAINS else _MISSING
+
+
+cdef class StartsEnds(Expr):
+    cdef Expr s, affix
+    cdef bint ends
+
+    def __init__(self, Expr s, Expr affix, bint ends):
+        self.s = s
+        self.affix = affix
+        self.ends = ends
+
+    cdef object value(self, object ev):
+        v = self.s.value(ev)
+        if not PyUnicode_Check(v):
+            return _MISSING
+        a = self.affix.value(ev)
+        if not PyUnicode_Check(a):
+            return _MISSING
+        return (<str>v).endswith(a) if self.ends else (<str>v).startswith(a)
+
+
+cdef class ConcatFn(Expr):
+    cdef Expr a, b
+
+    def __init__(self, Expr a, Expr b):
+        self.a = a
+        self.b = b
+
+    cdef object value(self, object ev):
+        x = render(self.a.value(ev))
+        if x is _MISSING:
+            return _MISSING
+        y = render(self.b.value(ev))
+        if y is _MISSING:
+            return _MISSING
+        return x + y
+
+
+cdef inline object _text_or_number(object v):
+    """REPLACE/SUBSTRING input: a string, or a number rendered; else MISSING."""
+    cdef int k = kind_of(v)
+    if k == K_STR or k == K_NUM:
+        return render(v)
+    return _MISSING
+
+
+cdef class ReplaceFn(Expr):
+    cdef Expr s, target, repl
+
+    def __init__(self, Expr s, Expr target, Expr repl):
+        self.s = s
+        self.target = target
+        self.repl = repl
+
+    cdef object value(self, object ev):
+        v = _text_or_number(self.s.value(ev))
+        if v is _MISSING:
+            return _MISSING
+        t = self.target.value(ev)
+        r = self.repl.value(ev)
+        if not PyUnicode_Check(t) or not PyUnicode_Check(r):
+            return _MISSING
+        if not t:
+            return v
+        return (<str>v).replace(t, r)
+
+
+cdef inline Py_ssize_t _clamp_index(object x, Py_ssize_t n) except? -2:
+    """Index argument: a number truncated toward zero, clamped to [0, n]; -2 if not a number."""
+    if kind_of(x) != K_NUM:
+        return -2
+    if PyFloat_Check(x):
+        d = <double>x
+        if d != d:
+            return -2          # NaN has no position
+        if d <= 0:
+            return 0
+        if d >= n:
+            return n
+        return <Py_ssize_t>d   # C cast truncates toward zero
+    if x <= 0:
+        return 0
+    if x >= n:
+        return n
+    return <Py_ssize_t>x
+
+
+cdef class SubstringFn(Expr):
+    cdef Expr s, begin, end
+
+    def __init__(self, Expr s, Expr begin, Expr end=None):
+        self.s = s
+        self.begin = begin
+        self.end = end
+
+    cdef object value(self, object ev):
+        v = _text_or_number(self.s.value(ev))
+        if v is _MISSING:
+            return _MISSING
+        cdef Py_ssize_t n = len(<str>v)
+        cdef Py_ssize_t b = _clamp_index(self.begin.value(ev), n)
+        cdef Py_ssize_t e = n
+        if b == -2:
+            return _MISSING
+        if self.end is not None:
+            e = _clamp_index(self.end.value(ev), n)
+            if e == -2:
+                return _MISSING
+        if b >= e:
+            return ""
+        return (<str>v)[b:e]
+
+
+cdef class CaseFn(Expr):
+    """LOWER / UPPER."""
+    cdef Expr s
+    cdef bint upper
+
+    def __init__(self, Expr s, bint upper):
+        self.s = s
+        self.upper = upper
+
+    cdef object value(self, object ev):
+        v = self.s.value(ev)
+        if not PyUnicode_Check(v):
+            return _MISSING
+        return (<str>v).upper() if self.upper else (<str>v).lower()
+
+
+cdef class AppIs(Cond):
+    """Rule app scope: the notification's app_id (header, else body) equals `app_id`."""
+    cdef str app_id
+
+    def __init__(self, str app_id):
+        self.app_id = app_id
+
+    cdef int truth(self, object ev) except -1:
+        nd = _get(ev, "notify_data")
+        a = _get(_get(nd, "header"), "app_id")
+        if not PyUnicode_Check(a):
+            a = _get(_get(nd, "body"), "app_id")
+        if not PyUnicode_Check(a):
+            return T_FALSE
+        return T_TRUE if a == self.app_id else T_FALSE
+
+
+# ---------------------------------------------------------------- SELECT
+
+cdef class Projection:
+    """Builds the output object of a SELECT (8.5)."""
+    cdef bint star
+    cdef tuple keys
+    cdef tuple exprs
+
+    def __init__(self, bint star, keys, exprs):
+        self.star = star
+        self.keys = tuple(keys)
+        self.exprs = tuple(exprs)
+
+    cdef dict build(self, object ev):
+        cdef dict out
+        cdef Py_ssize_t i
+        if self.star and PyDict_Check(ev):
+            out = {k: deep_copy(v) for k, v in (<dict>ev).items()}
+        else:
+            out = {}
+        for i in range(len(self.keys)):
+            v = (<Expr>self.exprs[i]).value(ev)
+            if v is _MISSING:
+                continue
+            if PyDict_Check(v) or PyList_Check(v):
+                v = deep_copy(v)
+            out[self.keys[i]] = v
+        return out
+
+
+# ---------------------------------------------------------------- raw bytes
+
+cdef class MalformedEvent:
+    """An input that is not a JSON object (returned, never raised)."""
+    cdef readonly str reason
+
+    def __init__(self, str reason):
+        self.reason = reason
+
+    def __repr__(self):
+        return f"MalformedEvent({self.reason!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, MalformedEvent) and (<MalformedEvent>other).reason == self.reason
+
+    def __hash__(self):
+        return hash(self.reason)
+
+
+MAX_DEPTH = 400
+cdef Py_ssize_t _MAX_DEPTH = 400
+
+
+cdef bint _too_deep(const char* s, Py_ssize_t n) noexcept nogil:
+    """Nesting deeper than MAX_DEPTH? Brackets inside strings do not count."""
+    cdef Py_ssize_t i, depth = 0
+    cdef bint in_str = False
+    cdef char c
+    i = 0
+    while i < n:
+        c = s[i]
+        if in_str:
+            if c == 92:        # backslash: skip the escaped byte
+                i += 1
+            elif c == 34:
+                in_str = False
+        elif c == 34:
+            in_str = True
+        elif c == 123 or c == 91:
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return True
+        elif c == 125 or c == 93:
+            depth -= 1
+        i += 1
+    return False
+
+
+cdef object decode(object data):
+    """Raw JSON bytes -> dict, or a MalformedEvent with the reason."""
+    cdef Py_ssize_t n
+    if not isinstance(data, bytes):
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif isinstance(data, str):
+            data = (<str>data).encode("utf-8", "surrogatepass")
+        else:
+            return MalformedEvent(f"input is {type(data).__name__}, not bytes")
+    n = PyBytes_GET_SIZE(data)
+    # An object nested past MAX_DEPTH needs at least 2 bytes a level.
+    if n > 2 * _MAX_DEPTH and _too_deep(PyBytes_AS_STRING(data), n):
+        return MalformedEvent(f"JSON nested deeper than {_MAX_DEPTH} levels")
+    try:
+        ev = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        return MalformedEvent(f"invalid JSON: {e}")
+    if not PyDict_Check(ev):
+        return MalformedEvent(f"a notification must be a JSON object, not {_json_type(ev)}")
+    return ev
+
+
+cdef str _json_type(object v):
+    if v is None:
+        return "null"
+    if PyBool_Check(v):
+        return "a boolean"
+    if PyUnicode_Check(v):
+        return "a string"
+    if PyList_Check(v):
+        return "an array"
+    return "a number"
+
+
+cdef class Prefilter:
+    """Necessary conditions on the raw bytes, in conjunctive normal form:
+    every clause needs one of its needles to occur. Only applied to inputs
+    without a backslash, where every JSON string appears verbatim."""
+    cdef tuple clauses   # tuple of tuples of bytes
+
+    def __init__(self, clauses):
+        self.clauses = tuple(tuple(c) for c in clauses)
+
+    @property
+    def clause_list(self):
+        return [list(c) for c in self.clauses]
+
+    cdef bint may_match(self, const char* s, Py_ssize_t n):
+        cdef bint found
+        for clause in self.clauses:
+            found = False
+            for needle in <tuple>clause:
+                if memmem(s, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle)) != NULL:
+                    found = True
+                    break
+            if not found:
+                return False
+        return True
+
+    def check(self, bytes data):
+        """True when the event may match (or the filter does not apply)."""
+        return _prefilter_pass(self, data)
+
+
+cdef inline bint _prefilter_pass(Prefilter pf, bytes data):
+    cdef const char* s = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if memchr(s, 92, n) != NULL:      # escapes present: strings may not be verbatim
+        return True
+    return pf.may_match(s, n)
+
+
+# ---------------------------------------------------------------- rules
+
+cdef class CompiledRule:
+    """A compiled rule: `apply`, `matches` and their batch and raw-bytes forms.
+    Build one with engine.compile_rule()."""
+    cdef Expr where
+    cdef Projection proj
+    cdef readonly Prefilter prefilter
+    cdef readonly object select_text, where_text
+
+    def __init__(self, Expr where, Projection proj, Prefilter prefilter, select_text, where_text):
+        self.where = where
+        self.proj = proj
+        self.prefilter = prefilter
+        self.select_text = select_text
+        self.where_text = where_text
+
+    cdef inline bint _holds(self, object ev) except -1:
+        return self.where is None or self.where.truth(ev) == T_TRUE
+
+    def matches(self, event):
+        """True when WHERE is TRUE for `event`."""
+        return self._holds(event)
+
+    def apply(self, event):
+        """The projected output when WHERE holds, else None."""
+        if self._holds(event):
+            return self.proj.build(event)
+        return None
+
+    def apply_many(self, list events):
+        """One result (output dict or None) per event, same order."""
+        cdef list out = []
+        for ev in events:
+            out.append(self.proj.build(ev) if self._holds(ev) else None)
+        return out
+
+    def matches_many(self, list events):
+        cdef list out = []
+        for ev in events:
+            out.append(self._holds(ev))
+        return out
+
+    cdef object _raw(self, object data):
+        if self.prefilter is not None and type(data) is bytes and not _prefilter_pass(self.prefilter, data):
+            return None
+        ev = decode(data)
+        if type(ev) is MalformedEvent:
+            return ev
+        return self.proj.build(ev) if self._holds(ev) else None
+
+    def apply_raw(self, data):
+        """Raw JSON bytes -> output dict, None (no match) or MalformedEvent.
+        The pre-filter may skip decoding of events that cannot match."""
+        return self._raw(data)
+
+    def apply_raw_many(self, list datas):
+        cdef list out = []
+        for d in datas:
+            out.append(self._raw(d))
+        return out
+
+
+cdef class RuleSet:
+    """Many compiled rules evaluated together. Rules carrying an equality on
+    the index path are found through a dict, so an event only evaluates the
+    rules that can match; results keep rule order."""
+    cdef tuple rules        # CompiledRule per rule
+    cdef tuple keys         # user key per rule
+    cdef Expr index_path    # None: no index
+    cdef dict buckets       # index value -> tuple of rule positions (ascending)
+    cdef tuple always       # positions of rules without an index entry
+    cdef tuple prefilters   # per-rule Prefilter; None if decoding cannot be skipped
+
+    def __init__(self, rules, keys, index_path, buckets, always, prefilters):
+        self.rules = tuple(rules)
+        self.keys = tuple(keys)
+        self.index_path = index_path
+        self.buckets = {k: tuple(v) for k, v in buckets.items()}
+        self.always = tuple(always)
+        self.prefilters = None if prefilters is None else tuple(prefilters)
+
+    def __len__(self):
+        return len(self.rules)
+
+    cdef list _evaluate(self, object ev):
+        cdef list out = []
+        cdef tuple bucket = ()
+        cdef PyObject* p
+        cdef Py_ssize_t i = 0, j = 0, na, nb, pos
+        cdef CompiledRule r
+        if self.index_path is not None:
+            v = self.index_path.value(ev)
+            if PyUnicode_Check(v):
+                p = PyDict_GetItem(self.buckets, v)
+                if p != NULL:
+                    bucket = <tuple>p
+        na = len(self.always)
+        nb = len(bucket)
+        # Merge the two ascending position lists so results keep rule order.
+        while i < na or j < nb:
+            if j >= nb or (i < na and <Py_ssize_t>self.always[i] < <Py_ssize_t>bucket[j]):
+                pos = self.always[i]
+                i += 1
+            else:
+                pos = bucket[j]
+                j += 1
+            r = <CompiledRule>self.rules[pos]
+            if r._holds(ev):
+                out.append((self.keys[pos], r.proj.build(ev)))
+        return out
+
+    def evaluate(self, event):
+        """[(key, output), …] for every rule that matches `event`, in rule order."""
+        return self._evaluate(event)
+
+    def evaluate_many(self, list events):
+        cdef list out = []
+        for ev in events:
+            out.append(self._evaluate(ev))
+        return out
+
+    cdef object _raw(self, object data):
+        cdef Prefilter pf
+        cdef const char* s
+        cdef Py_ssize_t n
+        if self.prefilters is not None and type(data) is bytes:
+            s = PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            if memchr(s, 92, n) == NULL:
+                for pf in self.prefilters:
+                    if pf.may_match(s, n):
+                        break
+                else:
+                    return []
+        ev = decode(data)
+        if type(ev) is MalformedEvent:
+            return ev
+        return self._evaluate(ev)
+
+    def evaluate_raw(self, data):
+        """Raw JSON bytes -> [(key, output), …] or a MalformedEvent."""
+        return self._raw(data)
+
+    def evaluate_raw_many(self, list datas):
+        cdef list out = []
+        for d in datas:
+            out.append(self._raw(d))
+        return out
+
+
+def decode_event(data):
+    """Raw bytes -> dict or MalformedEvent (the decoder the raw forms use)."""
+    return decode(data)
+
+
+# Comparison operator codes for the compiler.
+OPS = {"=": Py_EQ, "<>": Py_NE, "<": Py_LT, "<=": Py_LE, ">": Py_GT, ">=": Py_GE}
+KIND_STR = K_STR
+KIND_NUM = K_NUM
+SVC = {"GET_SERVICE": SVC_GET, "GET_SERVICES": SVC_GET_ALL, "CONTAINS_SERVICES": SVC_CONTAINS,
+       "GET_SERVICE_PROPERTIES": SVC_PROPERTIES, "GET_SERVICE_PROPERTY": SVC_PROPERTY}

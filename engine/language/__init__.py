@@ -18,4 +18,8 @@ def parse_rule(select: str | None = None, where: str | None = None) -> ast.Rule:
     return ast.Rule(sel, whr)
 
 
-__all__ = ["RuleError", "RuleSemanticError", "RuleSyntaxError", "ast", "parse_rule"]
+from engine.language.compiler import compile_rule  # noqa: E402 - needs parse_rule
+from engine.language.ruleset import RuleSpec, compile_ruleset  # noqa: E402
+
+__all__ = ["RuleError", "RuleSemanticError", "RuleSpec", "RuleSyntaxError", "ast",
+           "compile_rule", "compile_ruleset", "parse_rule"]

@@ -1,0 +1,171 @@
+"""AST -> core evaluators (engine._core).
+
+Everything that can be decided once is decided here: fused nodes for
+`path OP constant`, LIKE patterns classified (prefix/suffix/contains/regex),
+IN lists turned into frozensets, AND/OR chains flattened, literal `fuzzy`
+flags read. The core then only evaluates.
+"""
+
+from __future__ import annotations
+
+from engine import _core
+from engine.language import ast
+from engine.language.checker import constant_value
+from engine.language.errors import RuleError, RuleSemanticError
+from engine.language.prefilter import derive_prefilter
+
+_SWAP = {"=": "=", "<>": "<>", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float)
+
+
+def compile_path(node: ast.Path) -> _core.Expr:
+    if len(node.steps) <= 16:
+        return _core.Path(node.steps)
+    return _core.LongPath(node.steps)
+
+
+def compile_expr(node: ast.Expr) -> _core.Expr:
+    match node:
+        case ast.Literal(value):
+            return _core.Const(value)
+        case ast.Path():
+            return compile_path(node)
+        case ast.Neg(operand):
+            if isinstance(operand, ast.Literal) and _is_number(operand.value):
+                return _core.Const(-operand.value)
+            return _core.Neg(compile_expr(operand))
+        case ast.Arith(op, left, right):
+            return _core.Arith(op, compile_expr(left), compile_expr(right))
+        case ast.Concat(left, right):
+            return _core.Concat(compile_expr(left), compile_expr(right))
+        case ast.Compare():
+            return _compile_compare(node)
+        case ast.Like(operand, pattern, negated):
+            const = pattern.value if isinstance(pattern, ast.Literal) and \
+                isinstance(pattern.value, str) else None
+            return _core.Like(compile_expr(operand), compile_expr(pattern), negated, const)
+        case ast.InList(operand, items, negated):
+            values = [constant_value(i) for i in items]
+            kind = _core.KIND_STR if isinstance(values[0], str) else _core.KIND_NUM
+            return _core.InList(compile_expr(operand), values, kind, negated)
+        case ast.Between(operand, low, high, negated):
+            return _core.Between(compile_expr(operand), compile_expr(low), compile_expr(high),
+                                 negated)
+        case ast.IsNull(operand, negated):
+            return _core.IsNull(compile_expr(operand), negated)
+        case ast.Not(operand):
+            return _core.Not(compile_expr(operand))
+        case ast.And():
+            return _core.And([compile_expr(x) for x in _flatten(node, ast.And)])
+        case ast.Or():
+            return _core.Or([compile_expr(x) for x in _flatten(node, ast.Or)])
+        case ast.Case(whens, else_):
+            return _core.Case([compile_expr(c) for c, _ in whens],
+                              [compile_expr(v) for _, v in whens],
+                              compile_expr(else_) if else_ is not None else None)
+        case ast.Call():
+            return _compile_call(node)
+    raise TypeError(f"cannot compile {node!r}")
+
+
+def _flatten(node: ast.Expr, cls: type) -> list[ast.Expr]:
+    """a AND (b AND c) -> [a, b, c] without recursion."""
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, cls):
+            stack.append(n.right)
+            stack.append(n.left)
+        else:
+            out.append(n)
+    return out
+
+
+def _compile_compare(node: ast.Compare) -> _core.Expr:
+    op, left, right = node.op, node.left, node.right
+    if isinstance(left, ast.Literal) and isinstance(right, ast.Path):
+        op, left, right = _SWAP[op], right, left
+    if isinstance(left, ast.Path) and isinstance(right, ast.Literal) and len(left.steps) <= 16:
+        v = right.value
+        if isinstance(v, str):
+            return _core.PathCompareStr(_core.OPS[op], _core.Path(left.steps), v)
+        if _is_number(v):
+            return _core.PathCompareNum(_core.OPS[op], _core.Path(left.steps), v)
+    return _core.Compare(_core.OPS[op], compile_expr(left), compile_expr(right))
+
+
+def _compile_call(node: ast.Call) -> _core.Expr:
+    name, args = node.name, [compile_expr(a) for a in node.args]
+    match name:
+        case "GET_TAG":
+            return _core.GetTag(args[0])
+        case "CONTAINS_TAG":
+            return _core.ContainsTag(args[0])
+        case "GET_SERVICE" | "GET_SERVICES" | "CONTAINS_SERVICES":
+            fuzzy = len(node.args) > 1 and node.args[1].value is True
+            return _core.ServiceFn(_core.SVC[name], args[0], fuzzy)
+        case "GET_SERVICE_PROPERTIES":
+            return _core.ServiceFn(_core.SVC[name], args[0])
+        case "GET_SERVICE_PROPERTY":
+            return _core.ServiceFn(_core.SVC[name], args[0], False, args[1])
+        case "STARTS_WITH":
+            return _core.StartsEnds(args[0], args[1], False)
+        case "ENDS_WITH":
+            return _core.StartsEnds(args[0], args[1], True)
+        case "CONCAT":
+            return _core.ConcatFn(args[0], args[1])
+        case "REPLACE":
+            return _core.ReplaceFn(args[0], args[1], args[2])
+        case "SUBSTRING":
+            return _core.SubstringFn(*args)
+        case "LOWER":
+            return _core.CaseFn(args[0], False)
+        case "UPPER":
+            return _core.CaseFn(args[0], True)
+    raise TypeError(f"no compiled form for {name}")
+
+
+def compile_projection(select: ast.Select) -> _core.Projection:
+    star = any(i.is_star for i in select.items)
+    items = [i for i in select.items if not i.is_star]
+    return _core.Projection(star, [i.key for i in items], [compile_expr(i.expr) for i in items])
+
+
+def build_rule(rule: ast.Rule, select_text, where_text, extra_conditions=(),
+               prefilter: list[list[bytes]] | None = None) -> _core.CompiledRule:
+    """Compile a checked rule. `extra_conditions` are core conditions ANDed
+    before the WHERE (a rule set's subject and app scope); `prefilter` is the
+    CNF of needles from derive_prefilter (None: decode every event)."""
+    conds = list(extra_conditions)
+    if rule.where is not None:
+        conds.append(compile_expr(rule.where))
+    where = None if not conds else conds[0] if len(conds) == 1 else _core.And(conds)
+    pf = _core.Prefilter(prefilter) if prefilter else None
+    return _core.CompiledRule(where, compile_projection(rule.select), pf, select_text, where_text)
+
+
+def guarded(fn):
+    """The contract of the public compile functions: nothing but RuleError escapes."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuleError:
+            raise
+        except RecursionError:
+            raise RuleSemanticError("rule is nested too deeply to compile") from None
+        except Exception as e:  # pragma: no cover - a bug; still honour the contract
+            raise RuleSemanticError(f"internal error while compiling the rule: {e!r}") from None
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+@guarded
+def compile_rule(select: str | None = None, where: str | None = None) -> _core.CompiledRule:
+    """Compile one rule. Raises RuleError (RuleSyntaxError / RuleSemanticError)."""
+    from engine.language import parse_rule
+
+    rule = parse_rule(select, where)
+    return build_rule(rule, select, where, prefilter=derive_prefilter(rule.where))

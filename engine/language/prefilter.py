@@ -1,0 +1,116 @@
+"""Necessary conditions on raw JSON bytes, derived from a WHERE clause.
+
+If an event's bytes contain no backslash, every JSON string in it appears
+verbatim between quotes. Then `path = 'X'` can only be TRUE if the bytes
+contain `"X"`, `path LIKE 'ab%'` only if they contain `"ab`, and so on. The
+core checks these needles with memmem before decoding and skips events that
+cannot match. The result is a CNF: a list of clauses, each a list of
+needles of which at least one must occur. Dropping a clause only weakens
+the filter, so every size cap below is sound.
+"""
+
+from __future__ import annotations
+
+from engine.language import ast
+
+MAX_CLAUSES = 8
+MAX_NEEDLES = 16     # per clause
+
+Clause = frozenset[bytes]
+
+
+def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -> list[list[bytes]]:
+    """CNF of needles that every matching event's bytes must contain ([] = none)."""
+    cnf = [frozenset(c) for c in required if c]
+    if where is not None:
+        cnf += _cnf(where)
+    # Longest needles first within the cap: they reject most.
+    cnf = sorted(set(cnf), key=lambda c: -min(len(n) for n in c))[:MAX_CLAUSES]
+    return [sorted(c, key=len, reverse=True) for c in cnf]
+
+
+def json_string_needle(s: str, prefix: bytes = b'"', suffix: bytes = b'"') -> bytes | None:
+    """The bytes of s inside a JSON document without escapes, or None when s
+    cannot appear unescaped (quote, backslash, control characters)."""
+    if any(c in s for c in '"\\') or any(ord(c) < 0x20 for c in s):
+        return None
+    try:
+        return prefix + s.encode("utf-8") + suffix
+    except UnicodeEncodeError:   # lone surrogates never occur in valid UTF-8 input
+        return None
+
+
+def _verbatim(node: ast.Expr) -> bool:
+    """Expressions whose string value is copied unchanged from the event."""
+    return isinstance(node, ast.Path) or (
+        isinstance(node, ast.Call) and node.name in ("GET_TAG", "GET_SERVICE_PROPERTY"))
+
+
+def _str_literal(node: ast.Expr) -> str | None:
+    if isinstance(node, ast.Literal) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _one(needle: bytes | None) -> list[Clause]:
+    return [frozenset([needle])] if needle is not None else []
+
+
+def _cnf(node: ast.Expr) -> list[Clause]:
+    match node:
+        case ast.And(a, b):
+            return _cnf(a) + _cnf(b)
+        case ast.Or(a, b):
+            ca, cb = _cnf(a), _cnf(b)
+            if not ca or not cb:
+                return []
+            out = [x | y for x in ca for y in cb]
+            return [c for c in out if len(c) <= MAX_NEEDLES][:MAX_CLAUSES]
+        case ast.Compare("=", left, right):
+            for val, lit in ((left, right), (right, left)):
+                s = _str_literal(lit)
+                if s is not None and _verbatim(val):
+                    return _one(json_string_needle(s))
+            return []
+        case ast.InList(operand, items, False) if _verbatim(operand):
+            needles = [json_string_needle(i.value) for i in items
+                       if isinstance(i, ast.Literal) and isinstance(i.value, str)]
+            if len(needles) == len(items) and all(needles) and len(needles) <= MAX_NEEDLES:
+                return [frozenset(needles)]
+            return []
+        case ast.Like(operand, pattern, False) if _verbatim(operand):
+            p = _str_literal(pattern)
+            return _like_needles(p) if p is not None else []
+        case ast.Call("STARTS_WITH", (val, lit)) if _verbatim(val) and _str_literal(lit):
+            return _one(json_string_needle(lit.value, suffix=b""))
+        case ast.Call("ENDS_WITH", (val, lit)) if _verbatim(val) and _str_literal(lit):
+            return _one(json_string_needle(lit.value, prefix=b""))
+        case ast.Call("CONTAINS_TAG", (lit,)) if _str_literal(lit) is not None:
+            return _one(json_string_needle(lit.value))
+        case ast.Call("CONTAINS_SERVICES", (lit, *fuzzy)) if _str_literal(lit) is not None:
+            fz = bool(fuzzy) and fuzzy[0].value is True
+            needle = json_string_needle(lit.value, *((b"", b"") if fz else ()))
+            return _one(needle) + _one(json_string_needle("device.property"))
+    return []
+
+
+def _like_needles(pattern: str) -> list[Clause]:
+    """Each literal run of a LIKE pattern must occur; runs at either end are
+    anchored by the string's quotes."""
+    out: list[Clause] = []
+    runs, run, start = [], [], 0
+    for i, ch in enumerate(pattern + "%"):
+        if ch in "%_":
+            if run:
+                runs.append(("".join(run), start, i))
+            run = []
+            start = i + 1
+        else:
+            run.append(ch)
+    for text, b, e in runs:
+        needle = json_string_needle(text, prefix=b'"' if b == 0 else b"",
+                                    suffix=b'"' if e == len(pattern) else b"")
+        out += _one(needle)
+    if not pattern:
+        out += _one(b'""')
+    return out

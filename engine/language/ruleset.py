@@ -1,0 +1,109 @@
+"""Compiling many rules into one indexed `RuleSet`.
+
+Each rule's subject (resource/event) and app scope become conditions ANDed
+before its WHERE. Top-level equality conjuncts `path = 'constant'` (the
+subject included) are collected per rule; the path with the most distinct
+constants becomes the index, so with 10,000 rules keyed by product_id an
+event evaluates only the rules of its own product plus those without such a
+conjunct.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from engine import _core
+from engine.language import ast, parse_rule
+from engine.language.compiler import build_rule, guarded
+from engine.language.errors import RuleError
+from engine.language.prefilter import derive_prefilter, json_string_needle
+
+MAX_PREFILTER_RULES = 64   # beyond this, checking needles costs more than decoding
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One rule of a rule set. `resource`/`event` restrict it to a subject,
+    `app_id` to one application (IoTDA app_type APP); None means any."""
+
+    key: Hashable
+    select: str | None = None
+    where: str | None = None
+    resource: str | None = None
+    event: str | None = None
+    app_id: str | None = None
+
+
+def _eq_conjuncts(where: ast.Expr | None) -> dict[tuple, str]:
+    """Top-level AND-ed `path = 'string'` predicates of a WHERE clause."""
+    out: dict[tuple, str] = {}
+    stack = [where] if where is not None else []
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.And):
+            stack += [n.right, n.left]
+        elif isinstance(n, ast.Compare) and n.op == "=":
+            for p, lit in ((n.left, n.right), (n.right, n.left)):
+                if isinstance(p, ast.Path) and isinstance(lit, ast.Literal) \
+                        and isinstance(lit.value, str) and len(p.steps) <= 16:
+                    out.setdefault(p.steps, lit.value)
+    return out
+
+
+@guarded
+def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
+    """Compile rules into an indexed RuleSet. A bad rule raises its RuleError
+    with `rule_key` set to the spec's key."""
+    specs = list(specs)
+    rules, conjuncts, prefilters = [], [], []
+    for spec in specs:
+        try:
+            rule = parse_rule(spec.select, spec.where)
+        except RuleError as e:
+            e.rule_key = spec.key
+            raise
+        extra, eqs, required = [], {}, []
+        for steps, value in ((("resource",), spec.resource), (("event",), spec.event)):
+            if value is not None:
+                extra.append(_core.PathCompareStr(_core.OPS["="], _core.Path(steps), value))
+                eqs[steps] = value
+                required.append([n] if (n := json_string_needle(value)) else [])
+        if spec.app_id is not None:
+            extra.append(_core.AppIs(spec.app_id))
+            required.append([n] if (n := json_string_needle(spec.app_id)) else [])
+        eqs.update({k: v for k, v in _eq_conjuncts(rule.where).items() if k not in eqs})
+        conjuncts.append(eqs)
+        prefilters.append(derive_prefilter(rule.where, required))
+        rules.append(build_rule(rule, spec.select, spec.where, extra))
+
+    index_steps = _choose_index(conjuncts)
+    buckets: dict[str, list[int]] = defaultdict(list)
+    always: list[int] = []
+    for pos, eqs in enumerate(conjuncts):
+        if index_steps is not None and index_steps in eqs:
+            buckets[eqs[index_steps]].append(pos)
+        else:
+            always.append(pos)
+    use_pf = 0 < len(specs) <= MAX_PREFILTER_RULES and all(prefilters)
+    return _core.RuleSet(
+        rules, [s.key for s in specs],
+        _core.Path(index_steps) if index_steps is not None else None,
+        buckets, always,
+        [_core.Prefilter(p) for p in prefilters] if use_pf else None,
+    )
+
+
+def _choose_index(conjuncts: list[dict[tuple, str]]) -> tuple | None:
+    """The path whose constants split the rules most finely."""
+    values: dict[tuple, set[str]] = defaultdict(set)
+    covered: Counter = Counter()
+    for eqs in conjuncts:
+        for steps, v in eqs.items():
+            values[steps].add(v)
+            covered[steps] += 1
+    if not values:
+        return None
+    best = max(values, key=lambda s: (len(values[s]), covered[s]))
+    return best if len(values[best]) > 1 else None
