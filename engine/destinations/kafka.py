@@ -1,14 +1,29 @@
-"""DMS_KAFKA_FORWARDING: produce rule outputs to a Kafka topic."""
+"""DMS_KAFKA_FORWARDING: produce rule outputs to a Kafka topic.
+
+acks=all; the record key (the device id) is the message key, so one device's
+events land on one partition in order. Messages are batched by the producer
+(linger_ms, max_batch_bytes, optional compression); a record succeeds when
+its own delivery future resolves. The idempotent producer is not enabled
+(several Kafka-wire brokers do not implement it), so a retried batch can
+duplicate messages: delivery is at-least-once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import ssl
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
+from aiokafka.conn import create_conn
 from pydantic import Field, SecretStr, model_validator
 
-from engine.destinations.base import Record, Sink, WriteResult
-from engine.destinations.common import SupportPrivateLinkNetAddress, _Model
+from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.common import SupportPrivateLinkNetAddress, _Model, client_ssl_context
 from engine.destinations.registry import register
 
 
@@ -46,11 +61,170 @@ class DmsKafkaForwarding(_Model):
         return self
 
 
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9092
+
+_AUTH_ERRORS = (
+    kafka_errors.SaslAuthenticationFailed,
+    kafka_errors.UnsupportedSaslMechanismError,
+    kafka_errors.IllegalSaslStateError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+)
+
+
+def producer_kwargs(c: DmsKafkaForwarding) -> dict[str, Any]:
+    """The AIOKafkaProducer arguments for a channel_detail (pure; holds the
+    password, so never log the result)."""
+    servers = []
+    for a in c.addresses:
+        host = f"[{a.host}]" if ":" in a.host else a.host  # IPv6 literal
+        servers.append(f"{host}:{a.port_or(DEFAULT_PORT)}")
+    kw: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "acks": "all",
+        "enable_idempotence": False,
+        "compression_type": None if c.compression == "none" else c.compression,
+        "linger_ms": c.linger_ms,
+        "max_batch_size": c.max_batch_bytes,
+        "request_timeout_ms": int(c.timeout_s * 1000),
+    }
+    if c.mechanism in (None, "PAAS"):
+        # IoTDA: security_protocol does not apply without SASL.
+        kw["security_protocol"] = "PLAINTEXT"
+        return kw
+    protocol = c.security_protocol or "SASL_SSL"
+    assert c.username is not None and c.password is not None  # checked by the model
+    kw.update(
+        security_protocol=protocol,
+        sasl_mechanism=c.mechanism,
+        sasl_plain_username=c.username,
+        sasl_plain_password=c.password.get_secret_value(),
+    )
+    if protocol == "SASL_SSL":
+        kw["ssl_context"] = client_ssl_context(c.ca_file, c.verify_tls)
+    return kw
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _failure(e: BaseException) -> Failure:
+    if isinstance(e, _AUTH_ERRORS):
+        return Failure(f"Kafka refused: {type(e).__name__}", False)
+    if isinstance(e, kafka_errors.KafkaTimeoutError | asyncio.TimeoutError):
+        return Failure("Kafka delivery timed out", True)
+    if isinstance(e, kafka_errors.KafkaError):
+        return Failure(f"Kafka error: {type(e).__name__}: {e}", bool(e.retriable))
+    if isinstance(e, Exception):
+        return Failure(f"Kafka error: {type(e).__name__}: {e}", True)
+    raise e
+
+
 @register
 class KafkaSink(Sink):
     channel = "DMS_KAFKA_FORWARDING"
     detail_key = "dms_kafka_forwarding"
     Config = DmsKafkaForwarding
+    config: DmsKafkaForwarding
+
+    def __init__(self, config: DmsKafkaForwarding) -> None:
+        super().__init__(config)
+        self._producer: AIOKafkaProducer | None = None
+
+    async def open(self) -> None:
+        """Connect and look the topic up. A broker that is down is not an
+        error here (writes report retryable failures and reconnect); refused
+        credentials or TLS raise SinkError."""
+        try:
+            await self._connect()
+        except _Unavailable as e:
+            log.warning("Kafka sink for topic %r: %s; will retry on write", self.config.topic, e)
+
+    async def _connect(self) -> None:
+        if self._producer is not None:
+            return
+        kw = producer_kwargs(self.config)
+        producer = AIOKafkaProducer(**kw)
+        try:
+            await producer.start()
+            # Metadata for the topic: fails if it does not exist and the broker
+            # does not create topics on demand.
+            await producer.partitions_for(self.config.topic)
+        except Exception as e:
+            await producer.stop()
+            if isinstance(e, kafka_errors.UnknownTopicOrPartitionError):
+                raise SinkError(f"Kafka topic {self.config.topic!r} does not exist") from None
+            if isinstance(e, _AUTH_ERRORS):
+                raise SinkError(f"Kafka refused the client: {type(e).__name__}") from None
+            # The producer reports every bootstrap failure alike; one direct
+            # connection tells a refused login or certificate from a down broker.
+            await self._diagnose(kw)
+            raise _Unavailable(f"cannot reach the Kafka brokers ({type(e).__name__})") from None
+        self._producer = producer
+
+    async def _diagnose(self, kw: dict[str, Any]) -> None:
+        for server in kw["bootstrap_servers"]:
+            host, _, port = server.rpartition(":")
+            try:
+                conn = await create_conn(
+                    host.strip("[]"), int(port),
+                    request_timeout_ms=kw["request_timeout_ms"],
+                    ssl_context=kw.get("ssl_context"),
+                    security_protocol=kw["security_protocol"],
+                    sasl_mechanism=kw.get("sasl_mechanism"),
+                    sasl_plain_username=kw.get("sasl_plain_username"),
+                    sasl_plain_password=kw.get("sasl_plain_password"),
+                )
+                conn.close()
+                return
+            except kafka_errors.UnsupportedSaslMechanismError:
+                raise SinkError(f"Kafka broker {server} does not offer SASL mechanism "
+                                f"{self.config.mechanism}") from None
+            except (kafka_errors.SaslAuthenticationFailed, kafka_errors.IllegalSaslStateError):
+                raise SinkError(f"Kafka broker {server} refused the SASL login "
+                                "(check username and password)") from None
+            except ssl.SSLCertVerificationError as e:
+                raise SinkError(f"Kafka broker {server}: TLS certificate not trusted: "
+                                f"{e.verify_message}") from None
+            except Exception:  # down or unreachable: try the next address
+                continue
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()  # flushes what is still batched
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
-        return WriteResult.all_failed(len(records), "not implemented yet", False)
+        if not records:
+            return WriteResult()
+        try:
+            await self._connect()
+        except SinkError as e:
+            return WriteResult.all_failed(len(records), str(e), False)
+        except _Unavailable as e:
+            return WriteResult.all_failed(len(records), str(e), True)
+        assert self._producer is not None
+        topic = self.config.topic
+        failures: dict[int, Failure] = {}
+        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        for i, rec in enumerate(records):
+            try:
+                # send() only enqueues (waiting if the producer buffer is full);
+                # the returned future resolves on the broker's acknowledgement.
+                fut = await self._producer.send(
+                    topic,
+                    value=orjson.dumps(rec.payload),
+                    key=rec.key.encode() if rec.key is not None else None,
+                )
+            except Exception as e:  # e.g. message larger than max_request_size
+                failures[i] = _failure(e)
+            else:
+                pending.append((i, fut))
+        outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        for (i, _), out in zip(pending, outcomes, strict=True):
+            if isinstance(out, BaseException):
+                failures[i] = _failure(out)
+        return WriteResult(failures)
