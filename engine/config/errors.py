@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.config.secrets import is_secret_key
+
 Loc = tuple[str | int, ...]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -68,6 +70,14 @@ def pydantic_message(error: Any) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field"
+    ctx = error.get("ctx") or {}
+    if kind in ("too_short", "too_long") and is_secret_key(
+        error["loc"][-1] if error["loc"] else ""
+    ):
+        # pydantic words SecretStr lengths as "items"; they are characters.
+        if kind == "too_short":
+            return f"must have at least {ctx.get('min_length')} characters"
+        return f"must have at most {ctx.get('max_length')} characters"
     message: str = error["msg"]
     # Validators raising ValueError/AssertionError get these prefixes.
     for prefix in ("Value error, ", "Assertion failed, "):

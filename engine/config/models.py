@@ -441,8 +441,14 @@ class DeadLetterConfig(_Model):
 # ------------------------------------------------------------------ management API
 
 
+def _check_ak(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]{1,128}", value):
+        raise PydanticCustomError("ak", "must be 1 to 128 letters or digits")
+    return value
+
+
 class AccessKey(_Model):
-    ak: str = Field(min_length=1, max_length=128)
+    ak: Annotated[str, AfterValidator(_check_ak)]
     sk: SecretStr = Field(min_length=1, max_length=256)
 
 
