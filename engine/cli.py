@@ -32,7 +32,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     """Validate and compile rule files: every problem, one per line, exit 2."""
     from engine.config import ConfigError, load_config
-    from engine.config.validate import rule_compiler
 
     try:
         config = load_config(args.files)
@@ -42,9 +41,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
         count = len(err.issues)
         print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
         return EXIT_ERROR
-    if rule_compiler() is None:
-        print("warning: rule texts were not compiled (no rule compiler available)",
-              file=sys.stderr)
     active = sum(rule.active for rule in config.rules)
     print(
         f"OK: {len(config.rules)} rules ({active} active), {len(config.actions)} actions, "

@@ -10,7 +10,6 @@ elsewhere is invalid: a user sees every problem in one pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +18,7 @@ from engine.config import channels
 from engine.config.errors import ConfigError, Issue, Loc, format_loc, pydantic_message
 from engine.config.models import EngineConfig
 from engine.config.secrets import collect_secrets, redact
+from engine.language import RuleError, compile_rule
 
 Problem = tuple[Loc, str]
 
@@ -130,29 +130,7 @@ def _channel_problem(channel: str) -> str:
 # ------------------------------------------------------------------ rule texts
 
 
-def rule_compiler() -> tuple[Callable[[str | None, str | None], Any], type[Exception]] | None:
-    """The rule compiler and its error class, imported only when needed:
-    `engine.compile_rule` / `engine.RuleError`, or while those are not
-    exported yet the language's parse-and-check entry point (same errors);
-    None when neither exists."""
-    try:
-        from engine import RuleError, compile_rule  # type: ignore[attr-defined]
-
-        return compile_rule, RuleError
-    except ImportError:
-        pass
-    try:
-        from engine.language import RuleError, parse_rule
-    except ImportError:
-        return None
-    return parse_rule, RuleError
-
-
 def _compile_rules(data: dict[str, Any]) -> list[Problem]:
-    compiler = rule_compiler()
-    if compiler is None:
-        return []
-    compile_rule, rule_error = compiler
     problems: list[Problem] = []
     for i, rule in _items(data, "rules"):
         select, where = rule.get("select"), rule.get("where")
@@ -161,7 +139,7 @@ def _compile_rules(data: dict[str, Any]) -> list[Problem]:
         try:
             # Every rule, active or not: activating one later must not fail.
             compile_rule(select or None, where or None)
-        except rule_error as err:
+        except RuleError as err:
             problems.append((("rules", i, err.clause or "where"), _rule_message(err)))
     return problems
 
