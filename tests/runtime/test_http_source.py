@@ -1,0 +1,82 @@
+import asyncio
+
+import aiohttp
+import pytest
+
+from engine.runtime.sources.http import BodyError, HttpSource, split_body
+
+OBJ = b'{"resource": "device", "event": "delete", "notify_data": {}}'
+
+
+def test_split_body_forms():
+    assert split_body(OBJ) == [OBJ]
+    assert split_body(b'[{"a": 1}, {"b": [2]}, 3]') == [b'{"a":1}', b'{"b":[2]}', b"3"]
+    assert split_body(b'{"a":1}\n\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
+    # Undeclared NDJSON with one bad line: the bad line goes on (to be dead-lettered).
+    assert split_body(b'{"a":1}\n{oops\n') == [b'{"a":1}', b"{oops"]
+    # Declared NDJSON is not parsed here at all.
+    assert split_body(b"x\ny", "application/x-ndjson") == [b"x", b"y"]
+    assert split_body(b"[]") == []
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"nope\nnever", b"42", b'"str"'])
+def test_split_body_refuses_unusable_bodies(body):
+    with pytest.raises(BodyError):
+        split_body(body)
+
+
+@pytest.fixture
+async def source():
+    src = HttpSource(listen="127.0.0.1:0", path="/in", max_inflight=2, timeout=2)
+    await src.start()
+    yield src
+    src.stop()
+    await src.close()
+
+
+async def test_answer_comes_only_after_the_ack(source):
+    async with aiohttp.ClientSession() as s:
+        post = asyncio.create_task(s.post(source.url, data=b'[{"a":1},{"a":2}]'))
+        it = source.batches().__aiter__()
+        batch = await asyncio.wait_for(it.__anext__(), 2)
+        assert batch.items == [b'{"a":1}', b'{"a":2}']
+        await asyncio.sleep(0.1)
+        assert not post.done()  # not answered before the pipeline acked
+        await batch.ack()
+        resp = await asyncio.wait_for(post, 2)
+        assert resp.status == 200
+        assert await resp.json() == {"accepted": 2}
+
+
+async def test_malformed_body_is_400_with_reason(source):
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(source.url, data=b"{not json")
+        assert resp.status == 400
+        assert "neither JSON nor NDJSON" in (await resp.json())["error"]
+
+
+async def test_backpressure_429_then_503_on_stop(source):
+    async with aiohttp.ClientSession() as s:
+        pending = [asyncio.create_task(s.post(source.url, data=OBJ)) for _ in range(2)]
+        it = source.batches().__aiter__()
+        batches = [await asyncio.wait_for(it.__anext__(), 2) for _ in range(2)]
+        resp = await s.post(source.url, data=OBJ)
+        assert resp.status == 429 and resp.headers["Retry-After"]
+        for b in batches:
+            await b.ack()
+        assert [(await p).status for p in pending] == [200, 200]
+        source.stop()
+        resp = await s.post(source.url, data=OBJ)
+        assert resp.status == 503
+
+
+async def test_unprocessed_batch_times_out_with_503():
+    src = HttpSource(listen="127.0.0.1:0", timeout=0.3)
+    await src.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(src.url, data=OBJ)
+            assert resp.status == 503
+            assert "not processed" in (await resp.json())["error"]
+    finally:
+        await src.close()
