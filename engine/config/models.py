@@ -334,7 +334,7 @@ class HttpSource(_Model):
     path: str = Field(default="/v1/notifications", pattern=r"^/")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_inflight: int = Field(default=1000, ge=1, le=100_000)
-    """Requests being processed at once; more get 503 (back-pressure)."""
+    """Requests being processed at once (back-pressure above that)."""
 
 
 class FileSource(_Model):
