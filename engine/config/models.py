@@ -308,7 +308,9 @@ class KafkaSource(KafkaConnection):
 
     topics: list[str] = Field(min_length=1)
     group_id: str = Field(default="forwarder", min_length=1)
-    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    # Where a group without committed offsets starts. "earliest": a new
+    # forwarder processes what is already in the topic (at-least-once).
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
     max_batch: int = Field(default=500, ge=1, le=100_000)
     """Most records taken per poll."""
