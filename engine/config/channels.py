@@ -87,7 +87,3 @@ def validate_detail(channel: str, detail: dict[str, Any]) -> dict[str, BaseModel
     model = _detail_model(channel)
     validated = model.model_validate(detail)
     return {key: getattr(validated, key) for key in type(validated).model_fields}
-
-
-def detail_key(channel: str) -> str:
-    return registry()[channel].detail_key
