@@ -8,7 +8,7 @@ import pytest
 
 from engine.destinations.amqp import AmqpForwarding, AmqpSink
 from engine.destinations.base import SinkError
-from tests.destinations.conftest import AMQP_URL, HOST, closed_port, records, require, uid
+from tests.destinations.support import AMQP_URL, HOST, closed_port, records, require, uid
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from engine.destinations.http import HttpForwarding, HttpSink, sign, verify_signature
-from tests.destinations.conftest import HOST, closed_port, records
+from tests.destinations.support import HOST, closed_port, records
 
 TOKEN = "myToken42"
 

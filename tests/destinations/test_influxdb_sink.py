@@ -23,7 +23,7 @@ from engine.destinations.influxdb import (
     escape_string_field,
     field_value,
 )
-from tests.destinations.conftest import (
+from tests.destinations.support import (
     HOST,
     INFLUX_PORT,
     VM_PORT,

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from engine.destinations.base import Record, SinkError
 from engine.destinations.kafka import DmsKafkaForwarding, KafkaSink, producer_kwargs
-from tests.destinations.conftest import HOST, KAFKA_PORT, closed_port, records, require, uid
+from tests.destinations.support import HOST, KAFKA_PORT, closed_port, records, require, uid
 
 SECRET = "Kafka-S3cret"
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from engine.destinations.base import Record, SinkError
 from engine.destinations.mysql import MysqlForwarding, MysqlSink
-from tests.destinations.conftest import HOST, MYSQL, closed_port, records, require, uid
+from tests.destinations.support import HOST, MYSQL, closed_port, records, require, uid
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from engine.destinations.base import Record, SinkError
 from engine.destinations.postgresql import PostgresqlForwarding, PostgresqlSink
-from tests.destinations.conftest import HOST, PG, closed_port, records, require, uid
+from tests.destinations.support import HOST, PG, closed_port, records, require, uid
 
 pytestmark = pytest.mark.services
 
