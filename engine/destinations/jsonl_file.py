@@ -78,7 +78,7 @@ class JsonlFileSink(Sink):
         await self.open()
         async with self._lock:
             try:
-                await asyncio.to_thread(_append, self._fd, data)
+                await asyncio.to_thread(append_durably, self._fd, data)
             except OSError as e:
                 return WriteResult.all_failed(
                     len(records), f"writing {self.config.path}: {e.strerror or e}",
@@ -86,7 +86,9 @@ class JsonlFileSink(Sink):
         return WriteResult()
 
 
-def _append(fd: int, data: bytes) -> None:
+def append_durably(fd: int, data: bytes) -> None:
+    """Append `data` to `fd` (opened O_APPEND) and fsync; on failure cut the
+    file back to where it was."""
     start = os.lseek(fd, 0, os.SEEK_END)
     try:
         view = memoryview(data)

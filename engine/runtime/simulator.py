@@ -30,9 +30,9 @@ KINDS: dict[tuple[str, str], float] = {
     ("device.message.status", "update"): 0.04,
     ("batchtask", "update"): 0.02,
     ("device.message", "report"): 0.08,
-    ("device", "create"): 0.01,
+    ("device", "create"): 0.0075,   # as many as deletions: the fleet size stays put
     ("device", "update"): 0.015,
-    ("device", "delete"): 0.005,
+    ("device", "delete"): 0.0075,
     ("product", "create"): 0.0025,
     ("product", "update"): 0.005,
     ("product", "delete"): 0.0025,
@@ -109,12 +109,18 @@ class Device:
 
 
 class Fleet:
-    def __init__(self, seed: int = 0, devices: int = 100, start: float = 1.7e9) -> None:
+    def __init__(self, seed: int = 0, devices: int = 100, start: float = 1.7e9,
+                 kinds: list[tuple[str, str]] | None = None) -> None:
+        """`kinds`: generate only these (resource, event) pairs, keeping their
+        relative shares; default all 12."""
         if devices < 1:
             raise ValueError("a fleet needs at least one device")
+        unknown = set(kinds or ()) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown notification kinds: {sorted(unknown)}")
         self.rng = random.Random(seed)
-        self._kinds = list(KINDS)
-        self._weights = list(KINDS.values())
+        self._kinds = list(kinds or KINDS)
+        self._weights = [KINDS[k] for k in self._kinds]
         self.products = {name: self._new_product(name, APPS[i % len(APPS)])
                          for i, name in enumerate(PRODUCTS)}
         self.extra_products: list[Product] = []  # created at run time
@@ -306,10 +312,14 @@ class Fleet:
 
     def _device_create(self, t: float) -> dict[str, Any]:
         gone = [d for d in self.devices if d.deleted]
-        if not gone:  # nothing to (re-)provision: an update is the closest event
-            return {**self._device_update(t), "event": "update"}
-        d = gone[0]
-        d.deleted, d.online, d.created = False, False, t
+        if gone:  # re-provision a deleted device
+            d = gone[0]
+            d.deleted, d.online, d.created = False, False, t
+        else:  # a new device joins the fleet
+            template = self.rng.choice(["Thermometer", "WaterMeter", "Tracker"])
+            d = self._new_device(self.products[template], t)
+            d.online = False
+            self.devices.append(d)
         return {"body": self._device_body(d, "INACTIVE")}
 
     def _device_update(self, t: float) -> dict[str, Any]:
@@ -357,9 +367,10 @@ class Fleet:
         return {"body": self._product_body(p)}
 
     def _product_delete(self, t: float) -> dict[str, Any]:
-        if not self.extra_products:  # products in use by the fleet are never deleted
-            return {**self._product_create(t), "event": "create"}
-        p = self.extra_products.pop(0)
+        if self.extra_products:  # products in use by the fleet are never deleted
+            p = self.extra_products.pop(0)
+        else:  # an unused product that was created before the simulation began
+            p = self._new_product(self.rng.choice(list(PRODUCTS)), self.rng.choice(APPS))
         return {"body": {"app_id": p.app[0], "product_id": p.product_id, "name": p.name}}
 
     def _device_command_status_update(self, t: float) -> dict[str, Any]:

@@ -86,12 +86,24 @@ def test_event_times_follow_the_simulated_clock():
     assert times[20] == "2023-11-14T22:13:22.000Z"
 
 
-def test_fleet_size_is_honoured():
+def test_devices_report_only_once_known():
     fleet = Fleet(seed=1, devices=7)
-    assert len(fleet.devices) == 7
-    ids = {fleet.notification(1.7e9)["notify_data"].get("header", {}).get("device_id")
-           for _ in range(500)}
-    assert len(ids - {None}) <= 7
+    known = {d.device_id for d in fleet.devices}
+    assert len(known) == 7
+    for _ in range(3000):
+        e = fleet.notification(1.7e9)
+        nd = e["notify_data"]
+        if (e["resource"], e["event"]) == ("device", "create"):
+            known.add(nd["body"]["device_id"])
+        elif "header" in nd:
+            assert nd["header"]["device_id"] in known
+
+
+def test_kinds_filter():
+    kinds = [("device", "create"), ("product", "delete")]
+    src = SimulatorSource(rate=100, seed=2, start=1.7e9, kinds=kinds)
+    got = {(e["resource"], e["event"]) for e in map(orjson.loads, src.make(300))}
+    assert got == set(kinds)
 
 
 async def test_rate_and_count_are_bounds():

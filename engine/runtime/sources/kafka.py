@@ -26,8 +26,9 @@ class KafkaSource(Source):
 
     def __init__(self, *, bootstrap_servers: str | list[str] = "127.0.0.1:9092",
                  topics: list[str], group_id: str, batch_size: int = 1000,
-                 session_timeout_ms: int = 10000, heartbeat_interval_ms: int = 3000,
-                 name: str | None = None, **consumer_options) -> None:
+                 auto_offset_reset: str = "earliest", session_timeout_ms: int = 10000,
+                 heartbeat_interval_ms: int = 3000, name: str | None = None,
+                 **consumer_options) -> None:
         super().__init__(name)
         self.topics = topics
         self.batch_size = batch_size
@@ -36,9 +37,10 @@ class KafkaSource(Source):
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             enable_auto_commit=False,
-            # "earliest" + committed offsets: a new group starts at the
-            # beginning, an existing one where it committed.
-            auto_offset_reset="earliest",
+            # Only for a group without committed offsets: an existing group
+            # resumes where it committed. ("latest" is unreliable on some
+            # Kafka-wire brokers, e.g. tansu.)
+            auto_offset_reset=auto_offset_reset,
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_records=batch_size,

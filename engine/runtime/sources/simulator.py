@@ -28,7 +28,7 @@ class SimulatorSource(Source):
     def __init__(self, *, rate: float = 1000.0, devices: int = 100, seed: int = 0,
                  count: int | None = None, duration: float | None = None,
                  start: float | None = None, batch_size: int = 500,
-                 name: str | None = None) -> None:
+                 kinds: list[tuple[str, str]] | None = None, name: str | None = None) -> None:
         super().__init__(name)
         if rate <= 0:
             raise ValueError("rate must be positive (events per second)")
@@ -37,7 +37,7 @@ class SimulatorSource(Source):
         self.duration = duration
         self.start_time = time.time() if start is None else start
         self.batch_size = batch_size
-        self.fleet = Fleet(seed=seed, devices=devices, start=self.start_time)
+        self.fleet = Fleet(seed=seed, devices=devices, start=self.start_time, kinds=kinds)
         self.produced = 0
         self._stopped = False
 

@@ -1,0 +1,139 @@
+"""Prometheus metrics of the worker, plus `/healthz` and `/readyz`.
+
+The counters balance, which is how an operator (and a test) checks that
+nothing is lost:
+
+    per source:  received = malformed + (matched + not_matched)   for every rule
+    per action:  matched = forwarded + backlogged + dead_lettered + inflight
+
+(`matched` of an action = rule outputs handed to it.) Counters move once per
+batch, never per event. Each `Metrics` has its own registry, so several
+workers (tests) can live in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class Totals:
+    """Plain running totals over all labels, for status lines and summaries."""
+
+    received: int = 0
+    malformed: int = 0
+    matched: int = 0          # rule matches (one event may match several rules)
+    forwarded: int = 0        # records acknowledged by a destination
+    dead_lettered: int = 0    # malformed events + permanently failed records
+    retried: int = 0          # records whose write failed retryably (per attempt)
+    inflight: int = 0         # records handed to actions, not yet settled
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.totals = Totals()
+        self.ready = False
+        self.received = Counter("engine_source_received", "Notifications received", ["source"],
+                                registry=r)
+        self.malformed = Counter("engine_source_malformed",
+                                 "Notifications that are not a JSON object (dead-lettered)",
+                                 ["source"], registry=r)
+        self.rules = RuleStats()
+        r.register(self.rules)
+        labels = ["action", "rule", "channel"]
+        self.action_matched = Counter("engine_action_matched", "Rule outputs handed to the action",
+                                      labels, registry=r)
+        self.action_forwarded = Counter("engine_action_forwarded",
+                                        "Records the destination acknowledged", labels, registry=r)
+        self.action_failed = Counter("engine_action_failed",
+                                     "Failed write attempts, per record (retried or dead-lettered)",
+                                     labels, registry=r)
+        self.action_backlogged = Counter("engine_action_backlogged",
+                                         "Records handed to the durable backlog", labels, registry=r)
+        self.action_dead_lettered = Counter("engine_action_dead_lettered",
+                                            "Records that failed permanently", labels, registry=r)
+        self.action_inflight = Gauge("engine_action_inflight",
+                                     "Records handed to the action and not yet settled", labels,
+                                     registry=r)
+        self.latency = Histogram("engine_delivery_latency_seconds",
+                                 "Receipt of the source batch to the destination's ack",
+                                 labels, buckets=LATENCY_BUCKETS, registry=r)
+
+    def matched_of(self, rule: str) -> int:
+        return self.rules.matched.get(rule, 0)
+
+    # -- the HTTP endpoint -----------------------------------------------------
+
+    async def serve(self, host: str, port: int, path: str = "/metrics") -> web.AppRunner:
+        """Serve /metrics, /healthz (the process answers) and /readyz (sources
+        started and destinations open, not shutting down)."""
+        app = web.Application()
+        app.router.add_get(path, self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return runner
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+
+class RuleStats:
+    """Per-rule counters, kept as plain dicts and exported at scrape time.
+
+    Every well-formed event is evaluated against every rule, so
+    `not_matched = well_formed - matched` per rule: the hot path only counts
+    the matches of a batch (cost proportional to matches, not to rules x
+    batches), however many thousand rules there are.
+    """
+
+    def __init__(self) -> None:
+        self.well_formed = 0
+        self.matched: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+
+    def set_rules(self, keys: list[str]) -> None:
+        for k in keys:  # exported from the start, at 0
+            self.matched.setdefault(k, 0)
+            self.failed.setdefault(k, 0)
+
+    def collect(self):
+        matched = CounterMetricFamily("engine_rule_matched", "Events the rule matched", labels=["rule"])
+        not_matched = CounterMetricFamily("engine_rule_not_matched",
+                                          "Well-formed events the rule did not match",
+                                          labels=["rule"])
+        failed = CounterMetricFamily("engine_rule_failed",
+                                     "Rule outputs an action could not deliver (dead-lettered)",
+                                     labels=["rule"])
+        for rule, n in list(self.matched.items()):
+            matched.add_metric([rule], n)
+            not_matched.add_metric([rule], self.well_formed - n)
+            failed.add_metric([rule], self.failed.get(rule, 0))
+        return [matched, not_matched, failed]

@@ -1,0 +1,230 @@
+"""Pipeline behaviour with the real rule set and in-memory sinks."""
+
+import asyncio
+
+import orjson
+import pytest
+
+from engine import RuleSpec, compile_ruleset
+from engine.destinations.base import Failure
+from engine.runtime.actions import ActionRunner
+from engine.runtime.deadletter import DeadLetters
+from engine.runtime.metrics import Metrics
+from engine.runtime.sources.simulator import SimulatorSource
+from engine.runtime.worker import Worker
+from tests.runtime.support import ListSource, MemorySink, assert_balanced, scrape
+
+RULES = [
+    RuleSpec("battery-low",
+             "notify_data.header.device_id AS device_id, "
+             "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') AS level",
+             "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') < 30",
+             resource="device.property", event="report"),
+    RuleSpec("status", "notify_data.body.status AS status", None,
+             resource="device.status", event="update"),
+    RuleSpec("everything", "resource, event", None),   # no subject: sees malformed input too
+]
+
+
+def battery_low(e):
+    if e["resource"] != "device.property":
+        return None
+    for s in e["notify_data"]["body"]["services"]:
+        if s["service_id"] == "Battery":
+            level = s["properties"]["batteryLevel"]
+            return {"device_id": e["notify_data"]["header"]["device_id"], "level": level} \
+                if level < 30 else None
+    return None
+
+
+def events(n, seed=1):
+    return SimulatorSource(rate=1000, devices=30, seed=seed, start=1.7e9).make(n)
+
+
+def batches_of(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def make_worker(sources, sinks, dead_letter_path=None, **kw):
+    metrics = Metrics()
+    dl = DeadLetters(str(dead_letter_path) if dead_letter_path else None)
+    runners = [ActionRunner(action_id, rule, sink, metrics=metrics, dead_letters=dl,
+                            batch_size=kw.pop("batch_size", 100), linger=0.001,
+                            retry_initial=0.01, retry_max=0.05)
+               for action_id, (rule, sink) in sinks.items()]
+    return Worker(compile_ruleset(RULES), runners, sources, metrics=metrics, dead_letters=dl,
+                  metrics_listen="127.0.0.1:0", rule_keys=[r.key for r in RULES], **kw)
+
+
+async def test_matches_reach_every_action_of_their_rule_with_key_and_time(tmp_path):
+    items = events(3000)
+    src = ListSource(batches_of(items, 250))
+    a, b, c = MemorySink(), MemorySink(), MemorySink()
+    w = make_worker([src], {"alert": ("battery-low", a), "audit": ("battery-low", b),
+                            "status-sink": ("status", c)})
+    await asyncio.wait_for(w.run(), 20)
+
+    decoded = [orjson.loads(x) for x in items]
+    expected = [(battery_low(e), e["notify_data"]["header"]["device_id"], e["event_time"])
+                for e in decoded if battery_low(e)]
+    assert expected, "the simulator should produce some low batteries"
+    for sink, action in ((a, "alert"), (b, "audit")):
+        assert [(r.payload, r.key, r.event_time) for r in sink.records] == expected
+        assert {(r.rule_id, r.action_id) for r in sink.records} == {("battery-low", action)}
+    statuses = [e["notify_data"]["body"]["status"] for e in decoded
+                if e["resource"] == "device.status"]
+    assert [r.payload["status"] for r in c.records] == statuses
+    assert src.acked == list(range(12))  # all acked, in order
+    assert a.closed and a.opened
+
+
+async def test_batch_is_acked_only_after_delivery_and_in_order():
+    gate = asyncio.Event()
+    items = events(1000)
+    src = ListSource(batches_of(items, 100))
+    sink = MemorySink(gate=gate)
+    w = make_worker([src], {"all": ("everything", sink)})
+    task = asyncio.create_task(w.run())
+    await asyncio.sleep(0.3)
+    assert src.acked == []          # nothing delivered yet: nothing acked
+    assert src.taken <= 8 + 2       # backpressure: bounded batches ahead of the sink
+    gate.set()
+    await asyncio.wait_for(task, 10)
+    assert src.acked == list(range(10))
+    assert len(sink.records) == 1000
+
+
+async def test_retryable_failures_are_retried_until_delivered():
+    attempts: dict[str, int] = {}
+
+    def flaky(record):
+        k = record.payload["event"] + str(id(record))
+        attempts[k] = attempts.get(k, 0) + 1
+        return Failure("HTTP 503", True) if attempts[k] <= 3 else None
+
+    src = ListSource(batches_of(events(300), 100))
+    sink = MemorySink(fail=flaky)
+    w = make_worker([src], {"all": ("everything", sink)})
+    await asyncio.wait_for(w.run(), 10)
+    assert len(sink.records) == 300
+    assert sink.writes >= 4
+    assert src.acked == [0, 1, 2]
+    assert w.metrics.totals.dead_lettered == 0
+
+
+async def test_permanent_failures_and_malformed_input_are_dead_lettered(tmp_path):
+    dl = tmp_path / "dead.jsonl"
+    good = events(200)
+    items = good[:100] + [b"{not json", b"[1, 2]", b'"just a string"'] + good[100:]
+
+    def refuse_status(record):
+        return Failure("HTTP 400 Bad Request", False) if record.payload["resource"] == \
+            "device.status" else None
+
+    src = ListSource(batches_of(items, 50))
+    sink = MemorySink(fail=refuse_status)
+    w = make_worker([src], {"all": ("everything", sink)}, dead_letter_path=dl)
+    await asyncio.wait_for(w.run(), 10)
+
+    entries = [orjson.loads(line) for line in dl.read_bytes().splitlines()]
+    malformed = [e for e in entries if e["source"] == "list"]
+    assert [e["payload"] for e in malformed] == ["{not json", "[1, 2]", '"just a string"']
+    assert "invalid JSON" in malformed[0]["reason"]
+    assert "not an array" in malformed[1]["reason"] or "array" in malformed[1]["reason"]
+    refused = [e for e in entries if e["source"] == "action:all"]
+    n_status = sum(orjson.loads(x)["resource"] == "device.status" for x in good)
+    assert len(refused) == n_status > 0
+    assert all(e["reason"] == "HTTP 400 Bad Request" and e["rule_id"] == "everything"
+               for e in refused)
+    assert all(set(e) >= {"time", "reason", "source", "payload"} for e in entries)
+    assert len(sink.records) == 200 - n_status
+    assert src.acked == list(range(len(batches_of(items, 50))))
+
+
+async def test_counts_balance_after_a_mixed_run(tmp_path):
+    good = events(2000, seed=5)
+    items = good[:1000] + [b"garbage"] * 7 + good[1000:]
+    n_attempt: dict[int, int] = {}
+
+    def mixed(record):
+        h = hash(orjson.dumps(record.payload)) % 10
+        if h == 0:
+            return Failure("HTTP 404 Not Found", False)
+        if h == 1:
+            n_attempt[id(record)] = n_attempt.get(id(record), 0) + 1
+            return Failure("timeout", True) if n_attempt[id(record)] < 2 else None
+        return None
+
+    sinks = {"alert": ("battery-low", MemorySink(fail=mixed)),
+             "status-sink": ("status", MemorySink()),
+             "all": ("everything", MemorySink(fail=mixed))}
+    w = make_worker([ListSource(batches_of(items, 300))], sinks,
+                    dead_letter_path=tmp_path / "dl.jsonl")
+    task = asyncio.create_task(w.run())
+    while w.metrics.totals.received < len(items):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    samples = await scrape(f"http://127.0.0.1:{w.metrics.port}/metrics")
+    assert_balanced(samples)  # mid-run: inflight is part of the balance
+    await asyncio.wait_for(task, 10)
+    t = w.metrics.totals
+    assert t.received == 2007 and t.malformed == 7 and t.inflight == 0
+    assert t.forwarded > 0 and t.dead_lettered > 7
+
+
+async def test_metrics_endpoint_balances_at_the_end_and_health(tmp_path):
+    import aiohttp
+
+    gate = asyncio.Event()
+    sinks = {"all": ("everything", MemorySink(gate=gate))}
+    w = make_worker([ListSource(batches_of(events(500) + [b"x"], 100))], sinks,
+                    dead_letter_path=tmp_path / "dl.jsonl")
+    task = asyncio.create_task(w.run())
+    await asyncio.sleep(0.2)
+    base = f"http://127.0.0.1:{w.metrics.port}"
+    async with aiohttp.ClientSession() as s:
+        assert (await s.get(base + "/healthz")).status == 200
+        assert (await s.get(base + "/readyz")).status == 200
+    samples = await scrape(base + "/metrics")
+    assert samples[("engine_action_inflight", (("action", "all"), ("channel", "MEMORY"),
+                                               ("rule", "everything")))] > 0
+    assert_balanced(samples)
+    w.stop()
+    async with aiohttp.ClientSession() as s:
+        assert (await s.get(base + "/readyz")).status == 503
+    gate.set()
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+async def test_graceful_stop_drains_or_gives_up_after_the_timeout(blocked):
+    gate = asyncio.Event()
+    if not blocked:
+        gate.set()
+    src = SimulatorSource(rate=20000, seed=1)      # endless until stopped
+    sink = MemorySink(gate=gate)
+    acked = []
+    real_batches = src.batches
+
+    async def counting_batches():
+        async for b in real_batches():
+            n, ack = len(b.items), b.ack
+
+            async def counted(n=n, ack=ack):
+                acked.append(n)
+                await ack()
+            b.ack = counted
+            yield b
+    src.batches = counting_batches
+    w = make_worker([src], {"all": ("everything", sink)}, shutdown_timeout=0.5)
+    task = asyncio.create_task(w.run())
+    await asyncio.sleep(0.3)
+    w.stop()
+    await asyncio.wait_for(task, 5)          # run() returns normally either way
+    assert w.timed_out == blocked
+    if blocked:
+        assert acked == [] and sink.records == []
+    else:
+        # Every batch taken was delivered and acked: nothing in flight is lost.
+        assert sum(acked) == len(sink.records) == w.metrics.totals.received > 0
+    assert sink.closed
