@@ -70,6 +70,7 @@ fail() {
     local svc=$1 logf=$2
     shift 2
     err "$svc: $* (log: $logf)"
+    logf=${logf%% and *} # messages may name more files; show the first one
     if [[ -f $logf && -s $logf ]]; then
         printf -- '--- last lines of %s ---\n' "$logf" >&2
         tail -n 20 "$logf" >&2 || true
@@ -281,6 +282,8 @@ rabbitmq_configure() {
     touch "$envf" "$conf"
     grep -q '^NODENAME=' "$envf" || echo 'NODENAME=rabbit@localhost  # scripts/services.sh' >>"$envf"
     grep -q '^NODE_IP_ADDRESS=' "$envf" || echo "NODE_IP_ADDRESS=$HOST  # scripts/services.sh" >>"$envf"
+    # NODE_PORT also places the distribution port (NODE_PORT + 20000).
+    grep -q '^NODE_PORT=' "$envf" || echo "NODE_PORT=$RABBITMQ_PORT  # scripts/services.sh" >>"$envf"
     grep -q '^ERL_EPMD_ADDRESS=' "$envf" || echo "ERL_EPMD_ADDRESS=$HOST  # scripts/services.sh" >>"$envf"
     grep -q 'inet_dist_use_interface' "$envf" \
         || echo 'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"  # scripts/services.sh' >>"$envf"
@@ -311,11 +314,17 @@ up_rabbitmq() {
         fail rabbitmq "$logf" "a RabbitMQ node runs but does not listen on $HOST:$RABBITMQ_PORT"
     fi
     printf '\n=== %s: rabbitmq-server -detached\n' "$(date -Is)" >>"$LOG_DIR/rabbitmq.log"
+    touch "$RUN_DIR/rabbitmq-start"
     (cd / && setsid rabbitmq-server -detached) >>"$LOG_DIR/rabbitmq.log" 2>&1 </dev/null 9>&- \
         || fail rabbitmq "$logf" "rabbitmq-server -detached failed"
     # await_startup exits 69 until the node has registered with epmd: retry, bounded.
     local deadline=$((SECONDS + TIMEOUT))
     until rabbitmq_started; do
+        # A detached node that dies at boot leaves only a crash dump behind.
+        if [[ -n $(find /var/lib/rabbitmq -maxdepth 1 -name erl_crash.dump -newer "$RUN_DIR/rabbitmq-start" 2>/dev/null) ]]; then
+            fail rabbitmq "$logf and /var/lib/rabbitmq/erl_crash.dump" \
+                "the node crashed at startup: $(head -c 400 /var/lib/rabbitmq/erl_crash.dump | sed -n 's/^Slogan: //p')"
+        fi
         ((SECONDS < deadline)) || fail rabbitmq "$logf" "node not started within ${TIMEOUT}s"
         sleep 1
     done
@@ -365,8 +374,9 @@ up_postgresql() {
             pg_createcluster "$ver" "$PG_CLUSTER" -p "$POSTGRES_PORT" >>"$logf" 2>&1 \
                 || fail postgresql "$logf" "pg_createcluster $ver $PG_CLUSTER failed"
         fi
-        local info datadir clog
+        local info datadir clog cport
         info=$(pg_lsclusters -h | awk -v v="$ver" -v c="$PG_CLUSTER" '$1 == v && $2 == c') || true
+        cport=$(awk '{print $3}' <<<"$info")
         datadir=$(awk '{print $6}' <<<"$info")
         clog=$(awk '{print $7}' <<<"$info")
         [[ -z $clog ]] || logf="$logf and $clog"  # from here on only named in messages
@@ -374,13 +384,18 @@ up_postgresql() {
             say "postgresql: started by the package's postinst; reusing it"
         elif [[ $(awk '{print $4}' <<<"$info") == online ]]; then
             fail postgresql "$logf" "cluster $ver/$PG_CLUSTER runs but does not answer on $HOST:$POSTGRES_PORT"
+        elif [[ $cport != "$POSTGRES_PORT" ]]; then
+            # pg_ctlcluster checks the configured port; it cannot be overridden at start.
+            fail postgresql "$logf" "cluster $ver/$PG_CLUSTER is configured for port ${cport:-?}, not $POSTGRES_PORT (pg_conftool $ver $PG_CLUSTER set port $POSTGRES_PORT)"
         else
             printf '\n=== %s: pg_ctlcluster %s %s start\n' "$(date -Is)" "$ver" "$PG_CLUSTER" >>"$LOG_DIR/postgresql.log"
+            local rc=0
             (cd / && setsid pg_ctlcluster --skip-systemctl-redirect "$ver" "$PG_CLUSTER" start -- \
-                -o "-c listen_addresses=$HOST -c port=$POSTGRES_PORT") \
-                >>"$LOG_DIR/postgresql.log" 2>&1 </dev/null 9>&- \
-                || fail postgresql "$logf" "pg_ctlcluster $ver $PG_CLUSTER start failed"
+                -o "-c listen_addresses=$HOST") \
+                >>"$LOG_DIR/postgresql.log" 2>&1 </dev/null 9>&- || rc=$?
+            # Record the postmaster even if pg_ctlcluster complained, so `down` can stop it.
             head -n 1 "$datadir/postmaster.pid" >"$PID_DIR/postgresql.pid" 2>/dev/null || true
+            ((rc == 0)) || fail postgresql "$logf" "pg_ctlcluster $ver $PG_CLUSTER start failed (exit $rc)"
             ready_or_fail postgresql "$logf" "pg_isready on $HOST:$POSTGRES_PORT" pg_ready
             say "postgresql: started cluster $ver/$PG_CLUSTER on $HOST:$POSTGRES_PORT (pid $(recorded_pid postgresql))"
         fi
