@@ -14,8 +14,33 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import orjson
 
+cdef extern from *:
+    """
+    /* Hot-path helpers. Dict lookups with str keys cannot fail, so the
+       variant that skips saving/restoring the error indicator is safe. */
+    static inline PyObject* eng_dict_get(PyObject* d, PyObject* key) {
+        PyObject* r = PyDict_GetItemWithError(d, key);
+        if (r == NULL && PyErr_Occurred()) PyErr_Clear();
+        return r;
+    }
+    /* Equality of two exact-or-subclass str objects without the generic
+       rich-compare machinery. */
+    static inline int eng_str_eq(PyObject* a, PyObject* b) {
+        Py_ssize_t n;
+        int k;
+        if (a == b) return 1;
+        n = PyUnicode_GET_LENGTH(a);
+        if (n != PyUnicode_GET_LENGTH(b)) return 0;
+        k = PyUnicode_KIND(a);
+        if (k != PyUnicode_KIND(b)) return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * k) == 0;
+    }
+    """
+    PyObject* PyDict_GetItem "eng_dict_get" (object d, object key)
+    bint str_eq "eng_str_eq" (object a, object b)
+
 cdef extern from "Python.h":
-    PyObject* PyDict_GetItem(object d, object key)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow)
     bint PyDict_Check(object o)
     bint PyList_Check(object o)
     bint PyUnicode_Check(object o)
@@ -188,29 +213,42 @@ cdef class Const(Expr):
         return self.v
 
 
+cdef extern from "Python.h":
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+
+
 cdef class Path(Expr):
     """Member and index steps from the root; never raises."""
-    cdef tuple keys            # member name (str) or index (int) per step
-    cdef Py_ssize_t[16] idx    # -1 for a member step, else the index (first 16 steps)
+    cdef list keys             # member name (str) or index (int) per step
+    cdef Py_ssize_t[16] idx    # -1 for a member step, else the index
     cdef Py_ssize_t n
+    cdef unsigned int calls
 
     def __init__(self, steps):
-        self.keys = tuple(steps)
+        self.keys = list(steps)
         self.n = len(self.keys)
         if self.n > 16:
             raise ValueError("path too long for the fast form")
         for i, s in enumerate(self.keys):
             self.idx[i] = s if isinstance(s, int) else -1
 
+    @property
+    def steps(self):
+        return tuple(self.keys)
+
     cdef object value(self, object ev):
         cdef PyObject* cur = <PyObject*>ev
         cdef Py_ssize_t i, j
+        self.calls += 1
+        if (self.calls & 4095) == 1:
+            self._adopt_keys(ev)
         for i in range(self.n):
             j = self.idx[i]
             if j < 0:
                 if not PyDict_Check(<object>cur):
                     return _MISSING
-                cur = PyDict_GetItem(<object>cur, self.keys[i])
+                cur = PyDict_GetItem(<object>cur, <object>PyList_GET_ITEM(self.keys, i))
                 if cur == NULL:
                     return _MISSING
             else:
@@ -218,6 +256,37 @@ cdef class Path(Expr):
                     return _MISSING
                 cur = PyList_GET_ITEM(<object>cur, j)
         return <object>cur
+
+    cdef void _adopt_keys(self, object ev):
+        """Use the event's own key objects. JSON decoders (orjson) reuse one
+        object per key name across events, and a dict lookup whose key is
+        the very object stored skips the string comparison. Done once every
+        4096 lookups, so the cost is negligible and a change of decoder is
+        picked up."""
+        cdef PyObject* cur = <PyObject*>ev
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef Py_ssize_t i, j, pos
+        for i in range(self.n):
+            j = self.idx[i]
+            if j >= 0:
+                if not PyList_Check(<object>cur) or j >= PyList_GET_SIZE(<object>cur):
+                    return
+                cur = PyList_GET_ITEM(<object>cur, j)
+                continue
+            if not PyDict_Check(<object>cur):
+                return
+            ours = self.keys[i]
+            pos = 0
+            found = False
+            while PyDict_Next(<object>cur, &pos, &k, &v):
+                if PyUnicode_CheckExact(<object>k) and str_eq(<object>k, ours):
+                    self.keys[i] = <object>k
+                    cur = v
+                    found = True
+                    break
+            if not found:
+                return
 
 
 cdef class LongPath(Expr):
@@ -336,7 +405,14 @@ cdef class PathCompareStr(Cond):
         v = self.path.value(ev)
         if not PyUnicode_Check(v):
             return T_UNKNOWN
+        if self.op == Py_EQ:
+            return T_TRUE if str_eq(v, self.c) else T_FALSE
+        if self.op == Py_NE:
+            return T_FALSE if str_eq(v, self.c) else T_TRUE
         return T_TRUE if PyObject_RichCompareBool(v, self.c, self.op) else T_FALSE
+
+
+cdef long long _EXACT_INT = 9007199254740992   # 2**53: larger ints may not be exact doubles
 
 
 cdef class PathCompareNum(Cond):
@@ -344,18 +420,28 @@ cdef class PathCompareNum(Cond):
     cdef Path path
     cdef object c
     cdef double cd
+    cdef bint exact_double   # the constant is exactly representable as a double
     cdef int op
 
     def __init__(self, int op, Path path, c):
         self.op = op
         self.path = path
         self.c = c
-        self.cd = float(c) if isinstance(c, float) else 0.0
+        self.cd = float(c)
+        self.exact_double = isinstance(c, float) or abs(c) <= 2**53
 
     cdef int truth(self, object ev) except -1:
+        cdef int overflow = 0
+        cdef long long x
         v = self.path.value(ev)
-        if PyFloat_CheckExact(v) and PyFloat_CheckExact(self.c):
-            return _cmp_double(PyFloat_AS_DOUBLE(v), self.cd, self.op)
+        if self.exact_double:
+            # Both sides exactly representable as doubles -> compare in C.
+            if PyFloat_CheckExact(v):
+                return _cmp_double(PyFloat_AS_DOUBLE(v), self.cd, self.op)
+            if PyLong_CheckExact(v):
+                x = PyLong_AsLongLongAndOverflow(v, &overflow)
+                if not overflow and -_EXACT_INT <= x <= _EXACT_INT:
+                    return _cmp_double(<double>x, self.cd, self.op)
         if kind_of(v) != K_NUM:
             return T_UNKNOWN
         return T_TRUE if PyObject_RichCompareBool(v, self.c, self.op) else T_FALSE
