@@ -24,6 +24,32 @@ def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from engine.language.tester import render_json, test_rule
+
+    try:
+        if args.event == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.event, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        print(f"engine eval: cannot read event: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    result = test_rule(args.select, args.where, data)
+    if result.error is not None:
+        print(result.error, file=sys.stderr)
+        return EXIT_ERROR
+    if result.event_error is not None:
+        print(f"engine eval: {args.event}: {result.event_error}", file=sys.stderr)
+        return EXIT_ERROR
+    if not result.matched:
+        print("no match")
+        return EXIT_NO_MATCH
+    print(render_json(result.output))
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print("engine demo: the demo arrives with the runtime (forwarding worker); nothing to run yet.")
     return EXIT_OK
@@ -62,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", default=None, help="SELECT text (default: *)")
     p.add_argument("--where", default=None, help="WHERE text (default: always true)")
     p.add_argument("event", metavar="EVENT.json", help="event file, or - for stdin")
-    p.set_defaults(func=_not_implemented("eval"))
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("check", help="validate and compile rule files")
     p.add_argument("files", nargs="+", metavar="FILE")
