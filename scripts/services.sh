@@ -99,7 +99,17 @@ cmd_of() {
         influxdb) echo influxd ;;
         victoria-metrics) echo victoria-metrics ;;
         kafka) echo tansu ;;
+        rabbitmq-epmd) echo epmd ;;
     esac
+}
+
+# PIDs of running epmd daemons (RabbitMQ's CLI and server start one when none runs).
+epmd_pids() {
+    local d
+    for d in /proc/[0-9]*; do
+        [[ $(cat "$d/comm" 2>/dev/null) == epmd ]] && echo "${d#/proc/}"
+    done
+    return 0
 }
 
 # port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
@@ -307,6 +317,8 @@ up_rabbitmq() {
         return 0
     fi
     logf="$logf and /var/log/rabbitmq/"  # from here on only named in messages
+    local epmd_before
+    epmd_before=$(epmd_pids)
     rabbitmq_configure
     # A second `rabbitmq-server -detached` deletes the running node's pid file: never start
     # one while a node runs, even if it does not listen where we expect.
@@ -332,6 +344,11 @@ up_rabbitmq() {
     pid=$(timeout 30 rabbitmqctl -q eval 'os:getpid().' 2>/dev/null | tr -dc '0-9') || true
     [[ -n $pid ]] || fail rabbitmq "$logf" "started, but could not read the node's OS pid"
     echo "$pid" >"$PID_DIR/rabbitmq.pid"
+    # The epmd that starting the node brought up is ours to stop too.
+    local e
+    for e in $(epmd_pids); do
+        grep -qx "$e" <<<"$epmd_before" || { echo "$e" >"$PID_DIR/rabbitmq-epmd.pid"; break; }
+    done
     say "rabbitmq: started on $HOST:$RABBITMQ_PORT (pid $pid)"
 }
 
@@ -623,14 +640,14 @@ cmd_status() {
         svc_up "$svc" && state=up
         pid=$(recorded_pid "$svc")
         if [[ -n $pid ]]; then by="started by services.sh (pid $pid)"; else by="not started by services.sh"; fi
+        [[ $svc != rabbitmq || -z $(recorded_pid rabbitmq-epmd) ]] || by="$by, and its epmd (pid $(recorded_pid rabbitmq-epmd))"
         printf '%-17s %-4s %s:%-5s %s\n' "$svc" "$state" "$HOST" "$(port_of "$svc")" "$by"
     done
 }
 
 cmd_down() {
-    local svc pid sig i rc=0
-    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
-        svc=${SERVICES[i]}
+    local svc pid sig rc=0
+    for svc in kafka victoria-metrics influxdb postgresql rabbitmq rabbitmq-epmd mariadb; do
         [[ -f $PID_DIR/$svc.pid ]] || continue
         pid=$(recorded_pid "$svc")
         if [[ -z $pid ]]; then
