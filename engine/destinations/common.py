@@ -3,6 +3,7 @@ objects, json_key paths, identifier checks and event_time parsing."""
 
 from __future__ import annotations
 
+import functools
 import re
 import ssl
 from datetime import UTC, datetime
@@ -90,6 +91,9 @@ def parse_json_key(key: str) -> tuple[str | int, ...]:
         pos += 1
 
 
+_MISSING = object()
+
+
 class JsonKey:
     """A parsed json_key, resolved against one rule output.
 
@@ -106,16 +110,17 @@ class JsonKey:
         self.steps = parse_json_key(key)
 
     def resolve(self, payload: dict[str, Any]) -> Any:
-        if self.key in payload:
-            return payload[self.key]
+        v = payload.get(self.key, _MISSING)
+        if v is not _MISSING:
+            return v
         cur: Any = payload
         for step in self.steps:
-            if isinstance(step, int):
-                if not isinstance(cur, list) or step >= len(cur):
-                    return None
-            elif not isinstance(cur, dict) or step not in cur:
+            if type(cur) is dict:
+                cur = cur.get(step)  # an int step never matches: JSON keys are strings
+            elif type(cur) is list and type(step) is int and step < len(cur):
+                cur = cur[step]
+            else:
                 return None
-            cur = cur[step]
         return cur
 
 
@@ -147,6 +152,7 @@ def check_identifier(name: str, what: str) -> str:
 # ---------------------------------------------------------------- time
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's records often share a second
 def event_time_ms(event_time: str | None) -> int | None:
     """Epoch milliseconds of a notification time: the compact
     `20151212T121212Z` or the ISO `2015-12-12T12:12:12.000Z`; None if absent
@@ -154,13 +160,15 @@ def event_time_ms(event_time: str | None) -> int | None:
     if not event_time:
         return None
     try:
-        if len(event_time) == 16 and event_time[8] == "T":
-            dt = datetime.strptime(event_time, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        if len(event_time) == 16 and event_time[8] == "T" and event_time[15] == "Z":
+            s = event_time
+            dt = datetime(int(s[0:4]), int(s[4:6]), int(s[6:8]),
+                          int(s[9:11]), int(s[11:13]), int(s[13:15]), tzinfo=UTC)
         else:
             dt = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
-    except ValueError:
+    except (ValueError, TypeError):
         return None
     return int(dt.timestamp() * 1000)
 

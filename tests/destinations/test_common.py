@@ -1,0 +1,61 @@
+"""json_key paths, event times and the shared address model."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from engine.destinations.common import (
+    JsonKey,
+    NetAddress,
+    event_time_ms,
+    parse_json_key,
+    to_sql_scalar,
+)
+
+
+def test_parse_json_key():
+    assert parse_json_key("notify_data.body.services[0].service_id") == (
+        "notify_data", "body", "services", 0, "service_id")
+    assert parse_json_key('data."msg-type"[1][2]') == ("data", "msg-type", 1, 2)
+    assert parse_json_key('"a.b".c') == ("a.b", "c")
+    for bad in ["a..b", "a[x]", ".a", "a.", "a[0", 'a."b', "a[-1]", "[0]"]:
+        with pytest.raises(ValueError, match="malformed json_key"):
+            parse_json_key(bad)
+
+
+def test_resolve():
+    payload = {"a": {"b": [{"c": 1}, None], "n": None}, "a.x": 5, "s": "abc",
+               "notify_data.header.device_id": "literal"}
+    got = {k: JsonKey(k).resolve(payload) for k in
+           ["a.b[0].c", "a.b[1].c", "a.b[2]", "a.x", "s[0]", "a.b.c", "a.b[0]", "a.n", "zz",
+            "notify_data.header.device_id"]}
+    assert got == {"a.b[0].c": 1, "a.b[1].c": None, "a.b[2]": None, "a.x": 5, "s[0]": None,
+                   "a.b.c": None, "a.b[0]": {"c": 1}, "a.n": None, "zz": None,
+                   "notify_data.header.device_id": "literal"}
+
+
+def test_event_time_ms():
+    assert event_time_ms("20151212T121212Z") == 1449922332000
+    assert event_time_ms("2015-12-12T12:12:12.345Z") == 1449922332345
+    assert event_time_ms("2015-12-12T12:12:12Z") == 1449922332000
+    for bad in [None, "", "garbage", "20151312T121212Z", "2015121xT121212Z"]:
+        assert event_time_ms(bad) is None
+
+
+def test_sql_scalar():
+    assert to_sql_scalar({"a": [1, True]}) == '{"a":[1,true]}'
+    assert to_sql_scalar([]) == "[]"
+    assert to_sql_scalar("x") == "x" and to_sql_scalar(None) is None and to_sql_scalar(1.5) == 1.5
+
+
+def test_net_address():
+    assert NetAddress(ip="10.0.0.1").host == "10.0.0.1"
+    assert NetAddress(ip="10.0.0.1", domain="db.example.com").host == "db.example.com"
+    assert NetAddress(ip="h", port=0).port_or(3306) == 3306
+    with pytest.raises(ValidationError, match="ip or a domain"):
+        NetAddress(port=1)
+    with pytest.raises(ValidationError):
+        NetAddress(ip="h", port=70000)
+    with pytest.raises(ValidationError):
+        NetAddress(ip="h", extra=1)
