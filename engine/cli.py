@@ -51,8 +51,80 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    print("engine demo: the demo arrives with the runtime (forwarding worker); nothing to run yet.")
+    from engine.runtime import demo
+
+    return demo.main(args.duration, args.rate, args.devices, args.seed, args.out)
+
+
+def _load_for(command: str, files: Sequence[str]):
+    """The validated config, or None after printing every problem."""
+    from engine.config import ConfigError, load_config
+
+    try:
+        return load_config(files)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        print(f"engine {command}: invalid configuration", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The forwarding worker: runs until its sources end or SIGTERM/SIGINT."""
+    from engine.runtime.main import run_sync, serve
+    from engine.runtime.status import StatusReporter, setup_logging
+    from engine.runtime.worker import Worker
+
+    setup_logging(args.log_format, args.log_level)
+    config = _load_for("run", args.files)
+    if config is None:
+        return EXIT_ERROR
+    if not config.sources:
+        print("engine run: no sources configured (add a sources: section)", file=sys.stderr)
+        return EXIT_ERROR
+
+    async def go() -> None:
+        worker = Worker.from_config(config)
+        tty = None if args.status == "auto" else args.status == "tty"
+        await serve(worker, StatusReporter(worker.metrics.totals, tty=tty,
+                                           interval=args.status_interval))
+        t = worker.metrics.totals
+        print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
+              f"{t.dead_lettered} dead-lettered", file=sys.stderr)
+
+    try:
+        run_sync(go())
+    except Exception as e:  # start-up or source failure: one line, not a traceback
+        print(f"engine run: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.runtime.main import run_sync
+    from engine.runtime.replay import print_summary, run_replay
+    from engine.runtime.status import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
+    config = _load_for("replay", [args.rules])
+    if config is None:
+        return EXIT_ERROR
+    t0 = time.monotonic()
+    try:
+        worker = run_sync(run_replay(args.file, config, dry_run=args.dry_run))
+    except Exception as e:
+        print(f"engine replay: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print_summary(worker, time.monotonic() - t0)
+    return EXIT_OK
+
+
+def _add_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log line format on stderr (default: text)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -96,14 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the forwarding worker")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(func=_not_implemented("run"))
+    _add_log_options(p)
+    p.add_argument("--status", choices=["auto", "tty", "log"], default="auto",
+                   help="live status line (tty) or periodic log lines (default: tty if stderr is one)")
+    p.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between status log lines when not on a terminal (default 10)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("replay", help="replay an NDJSON file through rules")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="NDJSON notifications, or - for stdin")
     p.add_argument("--rules", required=True, metavar="RULES.yaml")
-    p.set_defaults(func=_not_implemented("replay"))
+    p.add_argument("--dry-run", action="store_true",
+                   help="evaluate and count only; deliver nothing")
+    _add_log_options(p)
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("demo", help="run the built-in demo (no external service needed)")
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
+                   help="how long the simulator runs (default 10)")
+    p.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    p.add_argument("--devices", type=int, default=200, help="simulated devices (default 200)")
+    p.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where the JSONL outputs go (default: a new temporary directory)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("export", help="write the stored configuration as a rule file")

@@ -60,6 +60,8 @@ class ActionRunner:
         self._latency = metrics.latency.labels(*labels)
         self._rule_stats = metrics.rules
         metrics.action_backlogged.labels(*labels)  # exported as 0 until a backlog exists
+        self.forwarded = 0        # plain counts of this action, for summaries
+        self.dead_lettered = 0
         self._task: asyncio.Task[None] | None = None
         self._problem: str | None = None
         self._problem_logged = 0.0
@@ -159,8 +161,10 @@ class ActionRunner:
         t.inflight -= n
         if forwarded:
             t.forwarded += n
+            self.forwarded += n
         else:
             t.dead_lettered += n
+            self.dead_lettered += n
 
     def _report(self, problem: str) -> None:
         """One log line per problem: when it starts, then every 30 s."""

@@ -92,12 +92,16 @@ class Worker:
         self.metrics_path = metrics_path
         self.shutdown_timeout = shutdown_timeout
         self._tasks: list[asyncio.Task[None]] = []
-        self._abort: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.timed_out = False
 
     @classmethod
-    def from_config(cls, config: EngineConfig, *, metrics: Metrics | None = None) -> Worker:
+    def from_config(cls, config: EngineConfig, *, metrics: Metrics | None = None,
+                    sources: Sequence[Source] | None = None, actions: bool = True,
+                    serve_metrics: bool = True) -> Worker:
+        """`sources` replaces the configured ones; `actions=False` evaluates
+        and counts without delivering (a dry run)."""
         metrics = metrics or Metrics()
         dl = config.dead_letter
         if dl is not None and dl.kind != "file":
@@ -109,9 +113,10 @@ class Worker:
             ActionRunner(a.action_id, a.rule_id, CHANNELS[a.channel](a.detail), metrics=metrics,
                          dead_letters=dead_letters, batch_size=w.batch_size,
                          linger=w.linger_ms / 1000)
-            for a in config.actions if a.rule_id in active]
-        sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
-        m = config.metrics
+            for a in config.actions if actions and a.rule_id in active]
+        if sources is None:
+            sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
+        m = config.metrics if serve_metrics else None
         return cls(build_ruleset(config), runners, sources, metrics=metrics,
                    dead_letters=dead_letters, metrics_listen=m.listen if m else None,
                    metrics_path=m.path if m else "/metrics",
@@ -142,8 +147,8 @@ class Worker:
                 raise failure
         finally:
             self.metrics.ready = False
-            if self._abort is not None:
-                self._abort.cancel()
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
             for task in self._tasks:
                 task.cancel()
             for runner in opened:
@@ -179,9 +184,10 @@ class Worker:
         for source in self.sources:
             source.stop()
         loop = asyncio.get_running_loop()
-        self._abort = loop.call_later(self.shutdown_timeout, self._give_up)
+        self._abort_timer = loop.call_later(self.shutdown_timeout, self.abort)
 
-    def _give_up(self) -> None:
+    def abort(self) -> None:
+        """Stop waiting for the drain: unacked batches are redelivered later."""
         unsettled = self.metrics.totals.inflight
         log.warning("shutdown timeout: %d record(s) not delivered; their batches stay unacked "
                     "and will be redelivered", unsettled)
