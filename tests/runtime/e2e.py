@@ -84,12 +84,16 @@ class EngineProcess:
             self.proc.communicate()
 
 
-async def wait_ready(port: int, timeout: float = 15.0) -> None:
+async def wait_ready(port: int, engine: EngineProcess | None = None,
+                     timeout: float = 15.0) -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
+            if engine is not None and engine.proc.poll() is not None:
+                code, err = engine.stop()
+                raise AssertionError(f"engine exited with {code} before it was ready:\n{err}")
             try:
                 async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
                     if r.status == 200:

@@ -61,7 +61,7 @@ async def test_kafka_to_http_100k_exact(kafka, tmp_path):
         })
         t0 = time.monotonic()
         with EngineProcess(config) as engine:
-            await wait_ready(metrics_port)
+            await wait_ready(metrics_port, engine)
             await rx.wait_for(sum(expected.values()), timeout=90)
             elapsed = time.monotonic() - t0
             await asyncio.sleep(0.5)  # anything extra (duplicates) would show up now
