@@ -8,6 +8,8 @@ flags read. The core then only evaluates.
 
 from __future__ import annotations
 
+import sys
+
 from engine import _core
 from engine.language import ast
 from engine.language.checker import constant_value
@@ -147,9 +149,19 @@ def build_rule(rule: ast.Rule, select_text, where_text, extra_conditions=(),
     return _core.CompiledRule(where, compile_projection(rule.select), pf, select_text, where_text)
 
 
+# A 2500-character clause can nest ~1250 levels (`- - - x`, `a+a+…`). The
+# compile-time walks recurse once per level; Python 3.11 runs Python-to-Python
+# calls without growing the C stack, so a higher limit for the duration of a
+# compile is safe.
+_COMPILE_RECURSION_LIMIT = 20_000
+
+
 def guarded(fn):
     """The contract of the public compile functions: nothing but RuleError escapes."""
     def wrapper(*args, **kwargs):
+        old = sys.getrecursionlimit()
+        if old < _COMPILE_RECURSION_LIMIT:
+            sys.setrecursionlimit(_COMPILE_RECURSION_LIMIT)
         try:
             return fn(*args, **kwargs)
         except RuleError:
@@ -158,6 +170,9 @@ def guarded(fn):
             raise RuleSemanticError("rule is nested too deeply to compile") from None
         except Exception as e:  # pragma: no cover - a bug; still honour the contract
             raise RuleSemanticError(f"internal error while compiling the rule: {e!r}") from None
+        finally:
+            if old < _COMPILE_RECURSION_LIMIT:
+                sys.setrecursionlimit(old)
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
 
