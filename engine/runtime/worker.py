@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Sequence
 
 from engine import RuleSpec, compile_ruleset
@@ -21,7 +20,7 @@ from engine.config import EngineConfig, SourceEntry
 from engine.config.models import parse_listen
 from engine.destinations import CHANNELS
 from engine.runtime.actions import ActionRunner
-from engine.runtime.deadletter import DeadLetters
+from engine.runtime.deadletter import DeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Pipeline
 from engine.runtime.sources import Source
@@ -32,19 +31,13 @@ log = logging.getLogger(__name__)
 def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
     o = entry.options
     if entry.kind == "kafka":
-        from engine.runtime.sources.kafka import KafkaSource
+        from engine.runtime.sources.kafka import KafkaSource, client_options
 
-        extra: dict = {"client_id": o.client_id, "security_protocol": o.security_protocol}
-        if o.sasl_mechanism:
-            extra.update(sasl_mechanism=o.sasl_mechanism, sasl_plain_username=o.sasl_username,
-                         sasl_plain_password=o.sasl_password.get_secret_value())
-        if o.security_protocol.endswith("SSL"):
-            extra["ssl_context"] = ssl.create_default_context(cafile=o.ssl_cafile)
-        return KafkaSource(bootstrap_servers=o.bootstrap_servers, topics=o.topics,
-                           group_id=o.group_id, batch_size=o.max_batch,
+        return KafkaSource(topics=o.topics, group_id=o.group_id, batch_size=o.max_batch,
                            auto_offset_reset=o.auto_offset_reset,
                            session_timeout_ms=o.session_timeout_ms,
-                           heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100), **extra)
+                           heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
+                           **client_options(o))
     if entry.kind == "amqp":
         from engine.runtime.sources.amqp import AmqpSource
 
@@ -103,10 +96,7 @@ class Worker:
         """`sources` replaces the configured ones; `actions=False` evaluates
         and counts without delivering (a dry run)."""
         metrics = metrics or Metrics()
-        dl = config.dead_letter
-        if dl is not None and dl.kind != "file":
-            raise NotImplementedError(f"dead_letter: {dl.kind} is not supported yet (use file)")
-        dead_letters = DeadLetters(dl.file if dl is not None else None)
+        dead_letters = dead_letters_from_config(config.dead_letter)
         w = config.worker
         active = {r.rule_id for r in config.rules if r.active}
         runners = [
@@ -128,8 +118,10 @@ class Worker:
         metrics_runner = None
         started: list[Source] = []
         opened: list[ActionRunner] = []
+        dead_letters_open = False
         try:
-            self.dead_letters.open()
+            await self.dead_letters.open()
+            dead_letters_open = True
             for runner in self.runners:
                 await runner.open()
                 opened.append(runner)
@@ -155,7 +147,8 @@ class Worker:
                 await runner.close()
             for source in started:
                 await source.close()
-            self.dead_letters.close()
+            if dead_letters_open:
+                await self.dead_letters.close()
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
 

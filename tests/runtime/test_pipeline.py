@@ -8,7 +8,7 @@ import pytest
 from engine import RuleSpec, compile_ruleset
 from engine.destinations.base import Failure
 from engine.runtime.actions import ActionRunner
-from engine.runtime.deadletter import DeadLetters
+from engine.runtime.deadletter import DeadLetters, FileDeadLetters
 from engine.runtime.metrics import Metrics
 from engine.runtime.sources.simulator import SimulatorSource
 from engine.runtime.worker import Worker
@@ -47,7 +47,7 @@ def batches_of(items, size):
 
 def make_worker(sources, sinks, dead_letter_path=None, **kw):
     metrics = Metrics()
-    dl = DeadLetters(str(dead_letter_path) if dead_letter_path else None)
+    dl = FileDeadLetters(str(dead_letter_path)) if dead_letter_path else DeadLetters()
     runners = [ActionRunner(action_id, rule, sink, metrics=metrics, dead_letters=dl,
                             batch_size=kw.pop("batch_size", 100), linger=0.001,
                             retry_initial=0.01, retry_max=0.05)

@@ -11,7 +11,9 @@ partition fails; its records are then redelivered to the new owner
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -19,6 +21,20 @@ from aiokafka.errors import KafkaError
 from engine.runtime.sources import Batch, Source
 
 log = logging.getLogger(__name__)
+
+
+def client_options(conn) -> dict[str, Any]:
+    """aiokafka connection arguments for a config `KafkaConnection` (holds the
+    password: never log the result)."""
+    options: dict[str, Any] = {"bootstrap_servers": conn.bootstrap_servers,
+                               "client_id": conn.client_id,
+                               "security_protocol": conn.security_protocol}
+    if conn.sasl_mechanism:
+        options.update(sasl_mechanism=conn.sasl_mechanism, sasl_plain_username=conn.sasl_username,
+                       sasl_plain_password=conn.sasl_password.get_secret_value())
+    if conn.security_protocol.endswith("SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=conn.ssl_cafile)
+    return options
 
 
 class KafkaSource(Source):

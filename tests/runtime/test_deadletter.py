@@ -1,0 +1,103 @@
+import asyncio
+import uuid
+
+import aio_pika
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from engine.config import DeadLetterConfig
+from engine.runtime.deadletter import (
+    AmqpDeadLetters,
+    DeadLetters,
+    FileDeadLetters,
+    KafkaDeadLetters,
+    dead_letters_from_config,
+)
+
+ENTRIES = [{"reason": "invalid JSON", "source": "http", "payload": "{oops"},
+           {"reason": "HTTP 400", "source": "action:a", "rule_id": "r", "action_id": "a",
+            "key": "dev-1", "payload": {"x": 1}}]
+
+
+def check(docs):
+    assert [{k: v for k, v in d.items() if k != "time"} for d in docs] == ENTRIES
+    assert all(d["time"].endswith("Z") for d in docs)
+
+
+async def test_file(tmp_path):
+    dl = dead_letters_from_config(DeadLetterConfig(file=str(tmp_path / "dl.jsonl")))
+    assert isinstance(dl, FileDeadLetters)
+    await dl.open()
+    await dl.write(ENTRIES)
+    await dl.write(ENTRIES[:1])
+    await dl.close()
+    docs = [orjson.loads(x) for x in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
+    check(docs[:2])
+    assert len(docs) == 3
+
+
+async def test_write_returns_only_once_stored():
+    class Flaky(DeadLetters):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.stored = []
+
+        async def _store(self, docs):
+            self.calls += 1
+            if self.calls < 3:
+                raise OSError("disk full")
+            self.stored += docs
+
+    dl = Flaky()
+    await asyncio.wait_for(dl.write(ENTRIES), 5)
+    assert dl.calls == 3
+    check([orjson.loads(d) for d in dl.stored])
+
+
+@pytest.mark.services
+async def test_kafka(kafka):
+    topic = f"dl-{uuid.uuid4().hex[:8]}"
+    dl = KafkaDeadLetters(topic, bootstrap_servers=kafka)
+    await dl.open()
+    try:
+        await dl.write(ENTRIES)
+    finally:
+        await dl.close()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka, auto_offset_reset="earliest",
+                                group_id=None)
+    await consumer.start()
+    try:
+        got = []
+        for _ in range(50):
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                got += [orjson.loads(r.value) for r in recs]
+            if len(got) >= 2:
+                break
+    finally:
+        await consumer.stop()
+    check(got)
+
+
+@pytest.mark.services
+async def test_amqp(rabbitmq):
+    queue = f"dl-{uuid.uuid4().hex[:8]}"
+    dl = AmqpDeadLetters(rabbitmq, queue)
+    await dl.open()
+    try:
+        await dl.write(ENTRIES)
+    finally:
+        await dl.close()
+    conn = await aio_pika.connect(rabbitmq)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(queue, durable=True)
+        got = []
+        for _ in range(2):
+            msg = await q.get(timeout=5)
+            assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            got.append(orjson.loads(msg.body))
+            await msg.ack()
+        await ch.queue_delete(queue)
+    check(got)
