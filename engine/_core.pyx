@@ -9,6 +9,7 @@ analysis (typing, constant folding, index and pre-filter derivation) is done
 once, in Python, at compile time.
 """
 
+cimport cython
 from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -181,6 +182,9 @@ cdef inline int _cmp_double(double x, double y, int op) noexcept:
 
 # ---------------------------------------------------------------- nodes
 
+# Compiled rules are trees without reference cycles, so their classes opt out
+# of the cyclic GC: 10,000 rules then add nothing to every full collection.
+@cython.no_gc
 cdef class Expr:
     """A compiled expression. `value` gives a JSON value or MISSING;
     `truth` gives T_TRUE / T_FALSE / T_UNKNOWN."""
@@ -196,6 +200,7 @@ cdef class Expr:
         return self.value(event)
 
 
+@cython.no_gc
 cdef class Cond(Expr):
     """Base of condition nodes: their value is their truth as a boolean."""
 
@@ -203,6 +208,7 @@ cdef class Cond(Expr):
         return truth_value(self.truth(ev))
 
 
+@cython.no_gc
 cdef class Const(Expr):
     cdef object v
 
@@ -218,6 +224,7 @@ cdef extern from "Python.h":
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
 
+@cython.no_gc
 cdef class Path(Expr):
     """Member and index steps from the root; never raises."""
     cdef list keys             # member name (str) or index (int) per step
@@ -289,6 +296,7 @@ cdef class Path(Expr):
                 return
 
 
+@cython.no_gc
 cdef class LongPath(Expr):
     """Paths of more than 16 steps (rare): same semantics, Python loop."""
     cdef tuple keys
@@ -314,6 +322,7 @@ cdef class LongPath(Expr):
         return cur
 
 
+@cython.no_gc
 cdef class Neg(Expr):
     cdef Expr a
 
@@ -327,6 +336,7 @@ cdef class Neg(Expr):
         return -v
 
 
+@cython.no_gc
 cdef class Arith(Expr):
     cdef Expr a, b
     cdef int op   # '+', '-', '*', '/' as chars
@@ -360,6 +370,7 @@ cdef class Arith(Expr):
             return _MISSING        # beyond float range: no value, never an error
 
 
+@cython.no_gc
 cdef class Concat(Expr):
     cdef Expr a, b
 
@@ -377,6 +388,7 @@ cdef class Concat(Expr):
         return x + y
 
 
+@cython.no_gc
 cdef class Compare(Cond):
     cdef Expr a, b
     cdef int op
@@ -390,6 +402,7 @@ cdef class Compare(Cond):
         return compare_values(self.a.value(ev), self.b.value(ev), self.op)
 
 
+@cython.no_gc
 cdef class PathCompareStr(Cond):
     """path OP 'constant': the most common predicate, fused into one node."""
     cdef Path path
@@ -415,6 +428,7 @@ cdef class PathCompareStr(Cond):
 cdef long long _EXACT_INT = 9007199254740992   # 2**53: larger ints may not be exact doubles
 
 
+@cython.no_gc
 cdef class PathCompareNum(Cond):
     """path OP number constant, fused; float paths compare in C."""
     cdef Path path
@@ -447,6 +461,7 @@ cdef class PathCompareNum(Cond):
         return T_TRUE if PyObject_RichCompareBool(v, self.c, self.op) else T_FALSE
 
 
+@cython.no_gc
 cdef class And(Cond):
     """Kleene AND over n operands, short-circuit on FALSE."""
     cdef tuple items
@@ -466,6 +481,7 @@ cdef class And(Cond):
         return r
 
 
+@cython.no_gc
 cdef class Or(Cond):
     """Kleene OR over n operands, short-circuit on TRUE."""
     cdef tuple items
@@ -485,6 +501,7 @@ cdef class Or(Cond):
         return r
 
 
+@cython.no_gc
 cdef class Not(Cond):
     cdef Expr a
 
@@ -498,6 +515,7 @@ cdef class Not(Cond):
         return T_FALSE if t == T_TRUE else T_TRUE
 
 
+@cython.no_gc
 cdef class IsNull(Cond):
     cdef Expr a
     cdef bint negated
@@ -512,6 +530,7 @@ cdef class IsNull(Cond):
         return T_TRUE if is_null != self.negated else T_FALSE
 
 
+@cython.no_gc
 cdef class Between(Cond):
     cdef Expr a, lo, hi
     cdef bint negated
@@ -541,6 +560,7 @@ cdef class Between(Cond):
         return r
 
 
+@cython.no_gc
 cdef class InList(Cond):
     """x [NOT] IN (constants of one kind)."""
     cdef Expr a
@@ -586,6 +606,7 @@ def like_to_regex(str pattern):
     return re.compile("".join(parts), re.DOTALL)
 
 
+@cython.no_gc
 cdef class Like(Cond):
     cdef Expr a, pat
     cdef int mode
@@ -651,6 +672,7 @@ cdef class Like(Cond):
         return T_TRUE if m != self.negated else T_FALSE
 
 
+@cython.no_gc
 cdef class Case(Expr):
     cdef tuple conds, values
     cdef Expr else_
@@ -716,6 +738,7 @@ cdef inline bint _service_matches(object svc, str sid, bint fuzzy):
     return <str>v == sid
 
 
+@cython.no_gc
 cdef class GetTag(Expr):
     cdef Expr key
 
@@ -736,6 +759,7 @@ cdef class GetTag(Expr):
         return _MISSING
 
 
+@cython.no_gc
 cdef class ContainsTag(Cond):
     cdef Expr key
 
@@ -765,6 +789,7 @@ cdef enum:
     SVC_PROPERTY = 4
 
 
+@cython.no_gc
 cdef class ServiceFn(Expr):
     cdef Expr sid, prop
     cdef int fn
@@ -803,6 +828,7 @@ cdef class ServiceFn(Expr):
         return False if self.fn == SVC_CONTAINS else _MISSING
 
 
+@cython.no_gc
 cdef class StartsEnds(Expr):
     cdef Expr s, affix
     cdef bint ends
@@ -822,6 +848,7 @@ cdef class StartsEnds(Expr):
         return (<str>v).endswith(a) if self.ends else (<str>v).startswith(a)
 
 
+@cython.no_gc
 cdef class ConcatFn(Expr):
     cdef Expr a, b
 
@@ -847,6 +874,7 @@ cdef inline object _text_or_number(object v):
     return _MISSING
 
 
+@cython.no_gc
 cdef class ReplaceFn(Expr):
     cdef Expr s, target, repl
 
@@ -888,6 +916,7 @@ cdef inline Py_ssize_t _clamp_index(object x, Py_ssize_t n) except? -2:
     return <Py_ssize_t>x
 
 
+@cython.no_gc
 cdef class SubstringFn(Expr):
     cdef Expr s, begin, end
 
@@ -914,6 +943,7 @@ cdef class SubstringFn(Expr):
         return (<str>v)[b:e]
 
 
+@cython.no_gc
 cdef class CaseFn(Expr):
     """LOWER / UPPER."""
     cdef Expr s
@@ -930,6 +960,7 @@ cdef class CaseFn(Expr):
         return (<str>v).upper() if self.upper else (<str>v).lower()
 
 
+@cython.no_gc
 cdef class AppIs(Cond):
     """Rule app scope: the notification's app_id (header, else body) equals `app_id`."""
     cdef str app_id
@@ -949,6 +980,7 @@ cdef class AppIs(Cond):
 
 # ---------------------------------------------------------------- SELECT
 
+@cython.no_gc
 cdef class Projection:
     """Builds the output object of a SELECT (8.5)."""
     cdef bint star
@@ -1060,6 +1092,7 @@ cdef str _json_type(object v):
     return "a number"
 
 
+@cython.no_gc
 cdef class Prefilter:
     """Necessary conditions on the raw bytes, in conjunctive normal form:
     every clause needs one of its needles to occur. Only applied to inputs
@@ -1100,6 +1133,7 @@ cdef inline bint _prefilter_pass(Prefilter pf, bytes data):
 
 # ---------------------------------------------------------------- rules
 
+@cython.no_gc
 cdef class CompiledRule:
     """A compiled rule: `apply`, `matches` and their batch and raw-bytes forms.
     Build one with engine.compile_rule()."""
@@ -1161,6 +1195,7 @@ cdef class CompiledRule:
         return out
 
 
+@cython.no_gc
 cdef class RuleSet:
     """Many compiled rules evaluated together. Rules carrying an equality on
     the index path are found through a dict, so an event only evaluates the
