@@ -26,7 +26,7 @@ test-fast: install
 
 bench: install
 	bash scripts/services.sh up
-	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,ops
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
 
 lint: install
 	$(BIN)/ruff check .

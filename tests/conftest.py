@@ -2,14 +2,5 @@
 
 Endpoints of the local servers are in `tests/services.py`; start the servers with
 `bash scripts/services.sh up`. Tests that need them are marked `services`.
+The repository root is on sys.path (pyproject's `pythonpath`), so `tests.*` imports work.
 """
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Make `tests.*` importable however pytest is launched (`pytest` or `python -m pytest`).
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
