@@ -44,6 +44,20 @@ class ListSource(Source):
         return ack
 
 
+async def take(src: Source, n: int, *, ack: bool = True) -> list[bytes]:
+    """Items of `src` until at least `n` arrived (acking each batch if asked),
+    checking that no batch exceeds the source's batch size."""
+    got: list[bytes] = []
+    async for batch in src.batches():
+        assert len(batch.items) <= src.batch_size
+        got.extend(batch.items)
+        if ack:
+            await batch.ack()
+        if len(got) >= n:
+            src.stop()
+    return got
+
+
 class _NoConfig(BaseModel):
     pass
 

@@ -5,6 +5,7 @@ import aio_pika
 import pytest
 
 from engine.runtime.sources.amqp import AmqpSource
+from tests.runtime.support import take
 
 pytestmark = pytest.mark.services
 
@@ -33,18 +34,6 @@ async def _delete(url: str, queue: str) -> None:
         await ch.queue_delete(queue)
 
 
-async def _consume(src: AmqpSource, n: int, ack: bool) -> list[bytes]:
-    got: list[bytes] = []
-    async for batch in src.batches():
-        assert len(batch.items) <= src.batch_size
-        got.extend(batch.items)
-        if ack:
-            await batch.ack()
-        if len(got) >= n:
-            src.stop()
-    return got
-
-
 async def test_batches_in_order_and_acked_messages_are_gone(rabbitmq):
     queue = f"test-rt-{uuid.uuid4().hex[:8]}"
     bodies = [b'{"n":%d}' % i for i in range(2000)]
@@ -52,7 +41,7 @@ async def test_batches_in_order_and_acked_messages_are_gone(rabbitmq):
     await src.start()
     try:
         await _publish(rabbitmq, queue, bodies)
-        got = await asyncio.wait_for(_consume(src, len(bodies), ack=True), 20)
+        got = await asyncio.wait_for(take(src, len(bodies)), 20)
     finally:
         await src.close()
     try:
@@ -92,7 +81,7 @@ async def test_unacked_batches_are_redelivered(rabbitmq):
         src = AmqpSource(url=rabbitmq, queue=queue, prefetch=100)
         await src.start()
         try:
-            again = await asyncio.wait_for(_consume(src, remaining, ack=True), 20)
+            again = await asyncio.wait_for(take(src, remaining), 20)
         finally:
             await src.close()
         assert again == bodies[acked:]

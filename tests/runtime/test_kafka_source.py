@@ -6,6 +6,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.runtime.sources.kafka import KafkaSource
+from tests.runtime.support import take
 
 pytestmark = pytest.mark.services
 
@@ -34,18 +35,6 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def take(src: KafkaSource, n: int, ack: bool) -> list[bytes]:
-    got: list[bytes] = []
-    async for batch in src.batches():
-        assert len(batch.items) <= src.batch_size
-        got.extend(batch.items)
-        if ack:
-            await batch.ack()
-        if len(got) >= n:
-            src.stop()
-    return got
-
-
 async def test_committed_batches_are_not_consumed_again(kafka):
     topic = await make_topic(kafka)
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -55,7 +44,7 @@ async def test_committed_batches_are_not_consumed_again(kafka):
                       **FAST_GROUP)
     await src.start()
     try:
-        got = await asyncio.wait_for(take(src, len(first), ack=True), 30)
+        got = await asyncio.wait_for(take(src, len(first)), 30)
     finally:
         await src.close()
     assert sorted(got) == sorted(first)
@@ -66,7 +55,7 @@ async def test_committed_batches_are_not_consumed_again(kafka):
     src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
     await src.start()
     try:
-        again = await asyncio.wait_for(take(src, len(second), ack=True), 30)
+        again = await asyncio.wait_for(take(src, len(second)), 30)
     finally:
         await src.close()
     assert sorted(again) == sorted(second)
@@ -93,7 +82,7 @@ async def test_unacked_batches_are_consumed_again(kafka):
     src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
     await src.start()
     try:
-        rest = await asyncio.wait_for(take(src, len(values) - acked, ack=True), 30)
+        rest = await asyncio.wait_for(take(src, len(values) - acked), 30)
     finally:
         await src.close()
     assert rest == values[acked:]  # one partition: exact order, from the commit on
