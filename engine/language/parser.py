@@ -26,7 +26,11 @@ from engine.language import ast
 from engine.language.errors import RuleSyntaxError
 
 MAX_CLAUSE_CHARS = 2500
-MAX_NESTING = 200   # expression depth; keeps every tree walk far from recursion limits
+# Expression depth guard. The spec sets no nesting limit, and a 2500-character
+# clause can nest about 1250 levels (`- - - … x`, `a+a+…+a`, 300+ ANDs), so the
+# guard must not be below the clause length: every valid clause is accepted.
+MAX_NESTING = MAX_CLAUSE_CHARS
+_BLANK = " \t\r\n"   # the dialect's whitespace (spec 3.2); other characters are not blank
 
 KEYWORDS = frozenset(
     ["SELECT", "WHERE", "AS", "AND", "OR", "NOT", "IN", "LIKE", "IS", "NULL", "TRUE", "FALSE", "BETWEEN", "CASE", "WHEN", "THEN", "ELSE", "END", "FROM"]
@@ -53,16 +57,22 @@ def grammar_text() -> str:
 
 def parse_select(text: str | None) -> ast.Select:
     """Parse a SELECT clause; empty text means `*`."""
-    if text is None or not text.strip():
+    if _is_blank(text):
         return ast.Select((ast.SelectItem(None, None, (1, 1)),))
     return _parse(text, "select")
 
 
 def parse_where(text: str | None) -> ast.Expr | None:
     """Parse a WHERE clause; empty text (always true) gives None."""
-    if text is None or not text.strip():
+    if _is_blank(text):
         return None
     return _parse(text, "where")
+
+
+def _is_blank(text) -> bool:
+    """None, or a str of at most MAX_CLAUSE_CHARS spaces/TABs/CRs/LFs."""
+    return text is None or (isinstance(text, str) and len(text) <= MAX_CLAUSE_CHARS
+                            and not text.strip(_BLANK))
 
 
 def _parse(text: str, clause: str):
@@ -307,6 +317,8 @@ class _ToAst(Transformer_NonRecursive):
         return ast.Literal(None, _pos(ch[0]))
 
     def func_call(self, meta, ch):
+        if ch[0].upper() in KEYWORDS:   # only FROM can get here: the others are tokens
+            raise self._err(f"{ch[0].upper()} is not part of the rule language", _pos(ch[0]))
         args = tuple(a for a in ch[1:] if a is not None)
         return self._depth(ast.Call(ch[0].upper(), args, _pos(meta)), meta, *args)
 
