@@ -1092,6 +1092,168 @@ cdef str _json_type(object v):
     return "a number"
 
 
+# ------------------------------------------------------------ JSON validation
+#
+# The pre-filter may only skip decoding of inputs that are valid JSON objects:
+# anything else must still be decoded so that it is reported as malformed.
+# This validator never allocates. It is only used on inputs without a
+# backslash (see _prefilter_pass), so strings hold no escapes.
+
+cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """s[i] is the opening quote; index after the closing quote, or -1."""
+    cdef unsigned char c
+    cdef unsigned int cp
+    cdef int extra
+    i += 1
+    while i < n:
+        c = s[i]
+        if c == 34:
+            return i + 1
+        if c < 0x20 or c == 92:          # control character, or an escape (not expected here)
+            return -1
+        if c < 0x80:
+            i += 1
+            continue
+        # UTF-8: no overlongs, no surrogates, nothing above U+10FFFF.
+        if 0xC2 <= c <= 0xDF:
+            extra, cp = 1, c & 0x1F
+        elif 0xE0 <= c <= 0xEF:
+            extra, cp = 2, c & 0x0F
+        elif 0xF0 <= c <= 0xF4:
+            extra, cp = 3, c & 0x07
+        else:
+            return -1
+        if i + extra >= n:
+            return -1
+        for k in range(1, extra + 1):
+            if (s[i + k] & 0xC0) != 0x80:
+                return -1
+            cp = (cp << 6) | (s[i + k] & 0x3F)
+        if (extra == 2 and (cp < 0x800 or 0xD800 <= cp <= 0xDFFF)) or \
+                (extra == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
+            return -1
+        i += extra + 1
+    return -1
+
+
+cdef Py_ssize_t _number_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; index after it, or -1."""
+    cdef Py_ssize_t start
+    if i < n and s[i] == 45:
+        i += 1
+    if i >= n:
+        return -1
+    if s[i] == 48:
+        i += 1
+    elif 49 <= s[i] <= 57:
+        while i < n and 48 <= s[i] <= 57:
+            i += 1
+    else:
+        return -1
+    if i < n and s[i] == 46:
+        i += 1
+        start = i
+        while i < n and 48 <= s[i] <= 57:
+            i += 1
+        if i == start:
+            return -1
+    if i < n and (s[i] == 101 or s[i] == 69):
+        i += 1
+        if i < n and (s[i] == 43 or s[i] == 45):
+            i += 1
+        start = i
+        while i < n and 48 <= s[i] <= 57:
+            i += 1
+        if i == start:
+            return -1
+    return i
+
+
+cdef bint _is_json_object(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """A complete, valid JSON document whose top level is an object, nested at
+    most MAX_DEPTH levels (RFC 8259)."""
+    cdef unsigned char stack[402]
+    cdef Py_ssize_t depth = 0, i
+    cdef unsigned char c
+    i = _ws(s, 0, n)
+    if i >= n or s[i] != 123:
+        return False
+    # `expect` 0: a value; 1: a key (after '{' or ',' in an object)
+    cdef int expect = 0
+    while True:
+        i = _ws(s, i, n)
+        if i >= n:
+            return False
+        c = s[i]
+        if expect == 1:
+            if c != 34:
+                return False
+            i = _string_end(s, i, n)
+            if i < 0:
+                return False
+            i = _ws(s, i, n)
+            if i >= n or s[i] != 58:
+                return False
+            i += 1
+            expect = 0
+            continue
+        # a value
+        if c == 123 or c == 91:
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return False
+            stack[depth] = c
+            i = _ws(s, i + 1, n)
+            if i < n and ((c == 123 and s[i] == 125) or (c == 91 and s[i] == 93)):
+                depth -= 1
+                i += 1
+            else:
+                expect = 1 if c == 123 else 0
+                continue
+        elif c == 34:
+            i = _string_end(s, i, n)
+        elif c == 116:
+            i = i + 4 if i + 4 <= n and s[i+1] == 114 and s[i+2] == 117 and s[i+3] == 101 else -1
+        elif c == 102:
+            i = i + 5 if i + 5 <= n and s[i+1] == 97 and s[i+2] == 108 and s[i+3] == 115 \
+                and s[i+4] == 101 else -1
+        elif c == 110:
+            i = i + 4 if i + 4 <= n and s[i+1] == 117 and s[i+2] == 108 and s[i+3] == 108 else -1
+        else:
+            i = _number_end(s, i, n)
+        if i < 0:
+            return False
+        # after a value: close containers or continue with ','
+        while True:
+            i = _ws(s, i, n)
+            if depth == 0:
+                return i == n
+            if i >= n:
+                return False
+            c = s[i]
+            if c == 44:
+                i += 1
+                expect = 1 if stack[depth] == 123 else 0
+                break
+            if (c == 125 and stack[depth] == 123) or (c == 93 and stack[depth] == 91):
+                depth -= 1
+                i += 1
+                continue
+            return False
+
+
+def is_json_object(bytes data):
+    """True when `data` is a valid JSON object (the validator the pre-filter uses)."""
+    return _is_json_object(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
+
 @cython.no_gc
 cdef class Prefilter:
     """Necessary conditions on the raw bytes, in conjunctive normal form:
@@ -1124,11 +1286,16 @@ cdef class Prefilter:
 
 
 cdef inline bint _prefilter_pass(Prefilter pf, bytes data):
+    """False only when decoding can be skipped: no escapes (so strings are
+    verbatim), a needle clause unmet, and the input a valid JSON object (so
+    malformed input is still decoded and reported)."""
     cdef const char* s = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    if memchr(s, 92, n) != NULL:      # escapes present: strings may not be verbatim
+    if memchr(s, 92, n) != NULL:
         return True
-    return pf.may_match(s, n)
+    if pf.may_match(s, n):
+        return True
+    return not _is_json_object(<const unsigned char*>s, n)
 
 
 # ---------------------------------------------------------------- rules
@@ -1267,7 +1434,8 @@ cdef class RuleSet:
                     if pf.may_match(s, n):
                         break
                 else:
-                    return []
+                    if _is_json_object(<const unsigned char*>s, n):
+                        return []
         ev = decode(data)
         if type(ev) is MalformedEvent:
             return ev
