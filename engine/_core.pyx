@@ -1422,7 +1422,9 @@ cdef class RuleSet:
             out.append(self._evaluate(ev))
         return out
 
-    cdef object _raw(self, object data):
+    cdef object _decode_unless_skipped(self, object data):
+        """The decoded event, None when the pre-filter proves no rule can
+        match, or a MalformedEvent."""
         cdef Prefilter pf
         cdef const char* s
         cdef Py_ssize_t n
@@ -1435,8 +1437,13 @@ cdef class RuleSet:
                         break
                 else:
                     if _is_json_object(<const unsigned char*>s, n):
-                        return []
-        ev = decode(data)
+                        return None
+        return decode(data)
+
+    cdef object _raw(self, object data):
+        ev = self._decode_unless_skipped(data)
+        if ev is None:
+            return []
         if type(ev) is MalformedEvent:
             return ev
         return self._evaluate(ev)
@@ -1445,10 +1452,24 @@ cdef class RuleSet:
         """Raw JSON bytes -> [(key, output), …] or a MalformedEvent."""
         return self._raw(data)
 
-    def evaluate_raw_many(self, list datas):
+    def evaluate_raw_many(self, list datas, bint with_events=False):
+        """One entry per input: [(key, output), …] or a MalformedEvent. With
+        `with_events`, well-formed entries are (event, [(key, output), …])
+        where event is the decoded notification (None if decoding was
+        skipped), so callers need not decode matched inputs again."""
         cdef list out = []
+        if not with_events:
+            for d in datas:
+                out.append(self._raw(d))
+            return out
         for d in datas:
-            out.append(self._raw(d))
+            ev = self._decode_unless_skipped(d)
+            if ev is None:
+                out.append((None, []))
+            elif type(ev) is MalformedEvent:
+                out.append(ev)
+            else:
+                out.append((ev, self._evaluate(ev)))
         return out
 
 

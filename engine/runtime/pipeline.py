@@ -21,8 +21,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from engine.destinations.base import Record
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters, raw_text
@@ -104,20 +102,19 @@ class Pipeline:
         """Evaluate one batch and hand its matches to the actions. Returns a
         future that resolves when every match is delivered or dead-lettered."""
         items = batch.items
-        results = self.ruleset.evaluate_raw_many(items)
-        routes, loads, meta = self.routes, orjson.loads, record_meta
+        results = self.ruleset.evaluate_raw_many(items, True)
+        routes, meta = self.routes, record_meta
         per_action: dict[ActionRunner, list[Record]] = {}
         matched: dict[str, int] = {}
         malformed: list[dict[str, Any]] = []
         for raw, res in zip(items, results, strict=True):
-            if type(res) is not list:  # a MalformedEvent
+            if type(res) is not tuple:  # a MalformedEvent
                 malformed.append({"reason": res.reason, "source": source,
                                   "payload": raw_text(raw)})
-            elif res:
-                # Matched events are decoded once more for the record key and
-                # time; events no rule wants are never decoded twice.
-                key, event_time = meta(loads(raw))
-                for rule, output in res:
+            elif res[1]:
+                event, matches = res
+                key, event_time = meta(event)
+                for rule, output in matches:
                     matched[rule] = matched.get(rule, 0) + 1
                     for runner in routes.get(rule, ()):
                         rec = Record(output, key, event_time, rule, runner.action_id)

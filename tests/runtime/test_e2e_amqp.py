@@ -22,9 +22,8 @@ async def test_amqp_to_http_exact_with_malformed_dead_lettered(rabbitmq, tmp_pat
     decoded = [orjson.loads(x) for x in items]
     message = next(x for x, e in zip(items, decoded, strict=True)
                    if e["resource"] == "device.message")
-    # Malformed inputs that could be device.message reports. (Input that
-    # cannot match any rule may be skipped by the rule set's pre-filter
-    # without decoding: it is counted as not matched; see docs/runtime.md.)
+    # Malformed inputs, whether or not they mention the rule's subject: the
+    # pre-filter only skips valid JSON objects, so each one is reported.
     bad = [message[:90], b'["device.message", "report"]', b"\xff\xfe not utf-8"]
     await _publish(rabbitmq, queue, items[:2500] + bad + items[2500:])
     expected = [{"device": e["notify_data"]["header"]["device_id"], "t": e["event_time_ms"],
@@ -63,10 +62,11 @@ async def test_amqp_to_http_exact_with_malformed_dead_lettered(rabbitmq, tmp_pat
         assert sorted(map(orjson.dumps, rx.bodies)) == sorted(map(orjson.dumps, expected))
         entries = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
         assert [(e["source"], e["payload"]) for e in entries] == [
-            ("amqp", bad[0].decode()), ("amqp", bad[1].decode())]
+            ("amqp", b.decode("utf-8", "replace")) for b in bad]
         assert "invalid JSON" in entries[0]["reason"] and "array" in entries[1]["reason"]
+        assert "invalid JSON" in entries[2]["reason"]
         assert await _depth(rabbitmq, queue) == 0   # all acked, malformed ones included
         n = len(expected)
-        assert f"5003 in, {n} matched, {n} delivered, 2 dead-lettered" in err
+        assert f"5003 in, {n} matched, {n} delivered, 3 dead-lettered" in err
     finally:
         await _delete(rabbitmq, queue)
