@@ -1,0 +1,340 @@
+"""The HTTP side: aiohttp routes, authentication, limits, IoTDA-shaped errors.
+
+    app = create_app(api_config, store)          # store opened by the caller
+    await serve(engine_config)                   # `engine api CONFIG`
+
+Paths, methods, bodies, status codes and field names are IoTDA's (API
+reference 1.4.8 rules and actions, 1.4.21 backlog and 1.4.22 flow control
+policies) under `/v5/iot/{project_id}/routing-rule/`; the test and metrics
+endpoints and `/openapi.json` are this engine's. What each request does to
+the configuration lives in `engine.api.service`; this module only speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.api import errors, openapi, service
+from engine.api.auth import Authenticator, Principal
+from engine.api.limits import ApiLimits, RateLimiter
+from engine.api.metrics import MetricsProvider, metrics_body
+from engine.api.pagination import Page
+from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
+from engine.api.storage import Store, open_store
+from engine.config import ApiConfig, EngineConfig
+from engine.config.errors import pydantic_message
+from engine.config.models import parse_listen
+from engine.language.tester import test_rule
+
+log = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", Store)
+AUTH = web.AppKey("auth", Authenticator)
+LIMITS = web.AppKey("limits", ApiLimits)
+LIMITER = web.AppKey("limiter", RateLimiter)
+METRICS_PROVIDER = web.AppKey("metrics_provider", object)  # a MetricsProvider or None
+
+BASE = "/v5/iot/{project_id}/routing-rule"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ------------------------------------------------------------------ request bodies of the extensions
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class RuleTestBody(_Body):
+    """Evaluate a stored rule on a sample notification."""
+
+    event: dict[str, Any]
+
+
+class TestBody(_Body):
+    """Evaluate a SELECT/WHERE pair on a sample notification (nothing stored)."""
+
+    select: str | None = Field(default=None, max_length=2500)
+    where: str | None = Field(default=None, max_length=2500)
+    event: dict[str, Any]
+
+
+TestBody.__test__ = False  # type: ignore[attr-defined]  # not a pytest class
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise errors.unsupported_media_type()
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise errors.bad_format("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise errors.bad_format("The body must be a JSON object.")
+    return data
+
+
+def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {pydantic_message(e)}" for e in exc.errors()
+        )
+        raise errors.bad_format(detail) from None
+
+
+def _project(request: web.Request) -> str:
+    return request.match_info["project_id"]
+
+
+def _store(request: web.Request) -> Store:
+    return request.app[STORE]
+
+
+# ------------------------------------------------------------------ IoTDA resources
+
+
+def _create(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        plan = service.plan_create(kind, await _body(request), request.app[LIMITS])
+        (written,) = await _store(request).change(_project(request), plan)
+        return _json(service.present(kind, written.body), 201)
+
+    return handler
+
+
+def _list(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        page = Page.from_query(request.query)
+        records = await _store(request).load(_project(request))
+        items, count, marker = page.apply(service.filtered(records, kind, request.query))
+        return _json({kind.name: items, "count": count, "marker": marker})
+
+    return handler
+
+
+def _show(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        records = await _store(request).load(_project(request))
+        record = service.find(records, kind, request.match_info[kind.id_field])
+        return _json(service.present(kind, record.body))
+
+    return handler
+
+
+def _update(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        plan = service.plan_update(kind, request.match_info[kind.id_field], await _body(request),
+                                   request.app[LIMITS])
+        (written,) = await _store(request).change(_project(request), plan)
+        return _json(service.present(kind, written.body))
+
+    return handler
+
+
+def _delete(kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        await _store(request).change(_project(request),
+                                     service.plan_delete(kind, request.match_info[kind.id_field]))
+        return web.Response(status=204)
+
+    return handler
+
+
+# ------------------------------------------------------------------ extensions
+
+
+def _test_result(select: str | None, where: str | None, event: dict[str, Any]) -> dict[str, Any]:
+    result = test_rule(select, where, event)
+    if result.error is not None:
+        return {"result": "error", "error": {**result.error.to_dict(),
+                                             "snippet": result.error.snippet}}
+    if not result.matched:
+        return {"result": "no_match"}
+    return {"result": "match", "output": result.output}
+
+
+async def test_stored_rule(request: web.Request) -> web.Response:
+    body = _parse(RuleTestBody, await _body(request))
+    records = await _store(request).load(_project(request))
+    rule = service.find(records, RULES, request.match_info["rule_id"]).body
+    return _json(_test_result(rule.get("select") or None, rule.get("where") or None, body.event))
+
+
+async def test_rule_text(request: web.Request) -> web.Response:
+    body = _parse(TestBody, await _body(request))
+    return _json(_test_result(body.select or None, body.where or None, body.event))
+
+
+async def rule_metrics(request: web.Request) -> web.Response:
+    project, rule_id = _project(request), request.match_info["rule_id"]
+    records = await _store(request).load(project)
+    service.find(records, RULES, rule_id)
+    action_ids = [a.id for a in service.of_kind(records, ACTIONS) if a.body.get("rule_id") == rule_id]
+    provider: MetricsProvider | None = request.app.get(METRICS_PROVIDER)  # type: ignore[assignment]
+    counters = provider.rule_metrics(project, rule_id) if provider is not None else None
+    return _json(metrics_body(rule_id, action_ids, counters, provider is not None))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(openapi.document(tuple(ROUTES)))
+
+
+# ------------------------------------------------------------------ the route table
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    operation: str  # create, list, show, update, delete, test_rule, test, metrics, openapi
+    kind: Kind | None = None
+    body: type[BaseModel] | None = None  # request body of the extension endpoints
+
+
+def _resource_routes(kind: Kind, path: str, title: str) -> list[Route]:
+    item = f"{path}/{{{kind.id_field}}}"
+    return [
+        Route("POST", path, _create(kind), f"Create a {title}", "create", kind),
+        Route("GET", path, _list(kind), f"List {title}s", "list", kind),
+        Route("GET", item, _show(kind), f"Query a {title}", "show", kind),
+        Route("PUT", item, _update(kind), f"Modify a {title}", "update", kind),
+        Route("DELETE", item, _delete(kind), f"Delete a {title}", "delete", kind),
+    ]
+
+
+ROUTES: list[Route] = [
+    *_resource_routes(RULES, f"{BASE}/rules", "rule triggering condition"),
+    *_resource_routes(ACTIONS, f"{BASE}/actions", "rule action"),
+    *_resource_routes(FLOWCONTROL, f"{BASE}/flowcontrol-policy", "flow control policy"),
+    *_resource_routes(BACKLOG, f"{BASE}/backlog-policy", "backlog (stacking) policy"),
+    Route("POST", f"{BASE}/rules/{{rule_id}}/test", test_stored_rule,
+          "Evaluate a stored rule on a sample notification (extension)", "test_rule", RULES,
+          RuleTestBody),
+    Route("POST", f"{BASE}/test", test_rule_text,
+          "Evaluate a SELECT/WHERE on a sample notification (extension)", "test", None, TestBody),
+    Route("GET", f"{BASE}/rules/{{rule_id}}/metrics", rule_metrics,
+          "Counters of a rule and its actions from the worker (extension)", "metrics", RULES),
+    Route("GET", "/openapi.json", openapi_document, "This API as OpenAPI 3.1", "openapi"),
+]
+
+
+# ------------------------------------------------------------------ middlewares
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves in IoTDA's shape."""
+    try:
+        return await handler(request)
+    except errors.ApiError as err:
+        response = _json(err.body(), err.status)
+        if err.status == 429:
+            response.headers["Retry-After"] = "1"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        mapped = {404: errors.path_not_found(), 405: errors.method_not_allowed(),
+                  413: errors.too_large(request.app[LIMITS].max_body_bytes)}.get(exc.status)
+        if mapped is None:
+            mapped = errors.ApiError(exc.status, "IOTDA.000008", exc.reason)
+        return _json(mapped.body(), mapped.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # The traceback goes to the log (it names no request body or header);
+        # the client learns only that it failed.
+        log.exception("%s %s failed", request.method, request.path)
+        return _json(errors.internal().body(), 500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every request (before routing errors, so an anonymous
+    caller cannot map the API), then apply the per-credential rate limit."""
+    limits = request.app[LIMITS]
+    if (request.content_length or 0) > limits.max_body_bytes:
+        raise errors.too_large(limits.max_body_bytes)
+    try:
+        body = await request.read()  # the signature covers the body; aiohttp caches it
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.too_large(limits.max_body_bytes) from None
+    principal: Principal | None = request.app[AUTH].authenticate(
+        request.method, request.raw_path, request.headers, body)
+    project = request.match_info.get("project_id")
+    if principal is None or (project is not None and project not in principal.projects):
+        log.info("authentication failed: %s %s", request.method, request.path)
+        raise errors.unauthorized()
+    if not request.app[LIMITER].allow(principal.credential):
+        raise errors.rate_limited(limits.rate)
+    return await handler(request)
+
+
+# ------------------------------------------------------------------ the application
+
+
+def create_app(api: ApiConfig, store: Store, limits: ApiLimits | None = None,
+               metrics: MetricsProvider | None = None) -> web.Application:
+    """The API application. `store` must be opened (and later closed) by the caller."""
+    limits = limits or ApiLimits()
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=limits.max_body_bytes)
+    app[STORE] = store
+    app[AUTH] = Authenticator(api)
+    app[LIMITS] = limits
+    app[LIMITER] = RateLimiter(limits.rate, limits.burst)
+    app[METRICS_PROVIDER] = metrics
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app
+
+
+async def serve(config: EngineConfig, limits: ApiLimits | None = None,
+                ready: Callable[[int], None] | None = None) -> None:
+    """Run the API of `config.api` until SIGTERM/SIGINT. `ready(port)` is
+    called once it listens (the port matters when the config says 0)."""
+    api = config.api
+    assert api is not None
+    async with open_store(api.storage) as store:
+        runner = web.AppRunner(create_app(api, store, limits))
+        await runner.setup()
+        host, port = parse_listen(api.listen)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("management API listening on http://%s:%d (storage: %s)", host, bound,
+                 "memory" if not api.storage else api.storage.split("://")[0])
+        if ready is not None:
+            ready(bound)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()

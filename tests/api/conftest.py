@@ -1,0 +1,101 @@
+"""Fixtures for the management API tests: two projects with tokens and
+AK/SK pairs, a store per test (SQLite file in tmp_path), and an API server
+on a free 127.0.0.1 port driven through aiohttp's test client."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from engine.api.app import create_app
+from engine.api.limits import ApiLimits
+from engine.api.storage import SqliteStore, Store
+from engine.config import ApiConfig
+
+TEST_TIMEOUT_S = 60
+
+TOKEN_A, TOKEN_B = "token-project-a-0123456789", "token-project-b-9876543210"
+AK_A, SK_A = "AKPROJECTA0001", "sk-project-a-secret-0001"
+AK_B, SK_B = "AKPROJECTB0002", "sk-project-b-secret-0002"
+
+API = ApiConfig.model_validate({
+    "listen": "127.0.0.1:0",
+    "projects": {
+        "proj-a": {"tokens": [TOKEN_A], "access_keys": [{"ak": AK_A, "sk": SK_A}]},
+        "proj-b": {"tokens": [TOKEN_B], "access_keys": [{"ak": AK_B, "sk": SK_B}]},
+    },
+})
+
+A = "/v5/iot/proj-a/routing-rule"
+B = "/v5/iot/proj-b/routing-rule"
+
+RULE = {"rule_name": "status", "subject": {"resource": "device.status", "event": "update"},
+        "app_type": "GLOBAL", "description": "device status changes",
+        "where": "notify_data.body.status = 'ONLINE'"}
+HTTP_DETAIL = {"http_forwarding": {"url": "http://127.0.0.1:9/hook"}}
+
+
+@pytest.fixture(autouse=True)
+def _bounded_time():
+    # A hung server must fail the test, not hang the suite.
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+async def store(tmp_path) -> AsyncIterator[Store]:
+    async with SqliteStore(str(tmp_path / "api.db")) as s:
+        yield s
+
+
+@pytest.fixture
+def limits() -> ApiLimits:
+    return ApiLimits(rate=1000, burst=1000)
+
+
+@pytest.fixture
+async def client(store, limits) -> AsyncIterator[Api]:
+    server = TestServer(create_app(API, store, limits), host="127.0.0.1")
+    async with TestClient(server) as http:
+        yield Api(http, TOKEN_A)
+
+
+class Api:
+    """A test client that sends project A's token unless told otherwise."""
+
+    def __init__(self, http: TestClient, token: str | None) -> None:
+        self.http, self.token = http, token
+
+    def as_token(self, token: str | None) -> Api:
+        return Api(self.http, token)
+
+    async def call(self, method: str, path: str, json: Any = None, **kw: Any
+                   ) -> tuple[int, Any]:
+        headers = kw.pop("headers", {})
+        if self.token is not None:
+            headers.setdefault("X-Auth-Token", self.token)
+        async with self.http.request(method, path, json=json, headers=headers, **kw) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else None
+            return resp.status, body
+
+    async def ok(self, method: str, path: str, json: Any = None, status: int = 200, **kw) -> Any:
+        got, body = await self.call(method, path, json, **kw)
+        assert got == status, (got, body)
+        return body
+
+    async def rule(self, base: str = A, **fields: Any) -> dict:
+        return await self.ok("POST", f"{base}/rules", {**RULE, **fields}, 201)
+
+    async def action(self, rule_id: str, base: str = A, **fields: Any) -> dict:
+        body = {"rule_id": rule_id, "channel": "HTTP_FORWARDING", "channel_detail": HTTP_DETAIL}
+        return await self.ok("POST", f"{base}/actions", {**body, **fields}, 201)
