@@ -55,6 +55,8 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
     double PyFloat_AS_DOUBLE(object o)
 
+from libc.math cimport isfinite
+
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
     void* memchr(const void* s, int c, size_t n) nogil
@@ -355,17 +357,21 @@ cdef class Arith(Expr):
             return _MISSING
         try:
             if self.op == 43:      # +
-                return x + y
-            if self.op == 45:      # -
-                return x - y
-            if self.op == 42:      # *
-                return x * y
-            if not y:
+                r = x + y
+            elif self.op == 45:    # -
+                r = x - y
+            elif self.op == 42:    # *
+                r = x * y
+            elif not y:
                 return _MISSING    # division by zero
-            if PyLong_Check(x) and PyLong_Check(y):
-                q, r = divmod(x, y)
-                return q if r == 0 else x / y
-            return x / y
+            elif PyLong_Check(x) and PyLong_Check(y):
+                q, rem = divmod(x, y)
+                r = q if rem == 0 else x / y
+            else:
+                r = x / y
+            if PyFloat_CheckExact(r) and not isfinite(PyFloat_AS_DOUBLE(r)):
+                return _MISSING    # beyond the float range: not a JSON number
+            return r
         except (OverflowError, ValueError):
             return _MISSING        # beyond float range: no value, never an error
 
@@ -992,18 +998,24 @@ cdef class Projection:
         self.keys = tuple(keys)
         self.exprs = tuple(exprs)
 
-    cdef dict build(self, object ev):
+    cdef dict build(self, object ev, bint copy=True):
+        """`copy`: copy containers taken from the event, so the output never
+        aliases a caller's event. Events the core decoded itself (the raw
+        forms) belong to nobody else and are not copied."""
         cdef dict out
         cdef Py_ssize_t i
         if self.star and PyDict_Check(ev):
-            out = {k: deep_copy(v) for k, v in (<dict>ev).items()}
+            if copy:
+                out = {k: deep_copy(v) for k, v in (<dict>ev).items()}
+            else:
+                out = (<dict>ev).copy()
         else:
             out = {}
         for i in range(len(self.keys)):
             v = (<Expr>self.exprs[i]).value(ev)
             if v is _MISSING:
                 continue
-            if PyDict_Check(v) or PyList_Check(v):
+            if copy and (PyDict_Check(v) or PyList_Check(v)):
                 v = deep_copy(v)
             out[self.keys[i]] = v
         return out
@@ -1348,7 +1360,7 @@ cdef class CompiledRule:
         ev = decode(data)
         if type(ev) is MalformedEvent:
             return ev
-        return self.proj.build(ev) if self._holds(ev) else None
+        return self.proj.build(ev, False) if self._holds(ev) else None
 
     def apply_raw(self, data):
         """Raw JSON bytes -> output dict, None (no match) or MalformedEvent.
@@ -1385,7 +1397,7 @@ cdef class RuleSet:
     def __len__(self):
         return len(self.rules)
 
-    cdef list _evaluate(self, object ev):
+    cdef list _evaluate(self, object ev, bint copy=True):
         cdef list out = []
         cdef tuple bucket = ()
         cdef PyObject* p
@@ -1409,7 +1421,7 @@ cdef class RuleSet:
                 j += 1
             r = <CompiledRule>self.rules[pos]
             if r._holds(ev):
-                out.append((self.keys[pos], r.proj.build(ev)))
+                out.append((self.keys[pos], r.proj.build(ev, copy)))
         return out
 
     def evaluate(self, event):
@@ -1446,7 +1458,7 @@ cdef class RuleSet:
             return []
         if type(ev) is MalformedEvent:
             return ev
-        return self._evaluate(ev)
+        return self._evaluate(ev, False)
 
     def evaluate_raw(self, data):
         """Raw JSON bytes -> [(key, output), …] or a MalformedEvent."""
@@ -1469,7 +1481,7 @@ cdef class RuleSet:
             elif type(ev) is MalformedEvent:
                 out.append(ev)
             else:
-                out.append((ev, self._evaluate(ev)))
+                out.append((ev, self._evaluate(ev, False)))
         return out
 
 

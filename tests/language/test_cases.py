@@ -15,10 +15,7 @@ CASES = load_cases(OWN_CASES)
 
 # Cases the compiled core is known to get wrong. Each is expected to fail on
 # "compiled" (xfail) and fails loudly once it passes, so fixed entries get removed.
-KNOWN_COMPILED_GAPS = {
-    "c274": "decimal overflow yields inf (not a JSON number) instead of MISSING",
-    "c275": "decimal overflow yields inf instead of MISSING",
-}
+KNOWN_COMPILED_GAPS: dict[str, str] = {}
 
 
 def test_corpus_shape():
