@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.language.prefilter import derive_prefilter
 from engine.language.parser import parse_where
+from engine.language.prefilter import derive_prefilter
 
 WORDS = ["a", "ab", "abc", "Battery", "Temp", "P0", "P1", "x\"y", "back\\slash", "温度", "a/b",
          "", "%", "_", "device.property", "report", "tag1", "line\nbreak", "é"]
