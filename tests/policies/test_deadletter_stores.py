@@ -11,6 +11,7 @@ import aio_pika
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.config import DeadLetterConfig
 from engine.policies.backlog import Backlog
@@ -74,6 +75,12 @@ async def test_kafka_store(tmp_path, kafka):
                 got += [orjson.loads(m.value) for m in batch]
     finally:
         await consumer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            await asyncio.wait_for(admin.delete_topics([topic]), 10)  # self-cleaning
+        finally:
+            await admin.close()
     # The store sends without a message key, so the broker spreads entries over
     # the topic's partitions: compare as a set-like sorted list, not in order.
     order = lambda d: (d["source"], d["payload"]["i"])  # noqa: E731
