@@ -205,6 +205,7 @@ class SqliteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._seen = 0
         self._wake = asyncio.Event()
+        self._closing = False
         self._poller: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -226,9 +227,11 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            # A flag rather than cancel(): on Python 3.11 wait_for() can swallow
+            # a cancellation that races with the event it waits for.
+            self._closing = True
+            self._wake.set()
+            await self._poller
             self._poller = None
         if self._db is not None:
             await self._run(self._db.close)
@@ -302,6 +305,8 @@ class SqliteStore(Store):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 events = await self._run(self._changes_since, self._seen)
             except sqlite3.Error:
