@@ -148,6 +148,116 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _api_config(command: str, files: Sequence[str]):
+    """The validated config if it has an api: section, else None (reported)."""
+    config = _load_for(command, files)
+    if config is not None and config.api is None:
+        print(f"engine {command}: no api: section in {', '.join(files)}", file=sys.stderr)
+        return None
+    return config
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    """The management API as its own process, until SIGTERM/SIGINT."""
+    from engine.api import ApiLimits, serve
+    from engine.runtime.main import run_sync
+    from engine.runtime.status import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
+    try:
+        limits = ApiLimits.parse(args.limit)
+    except ValueError as e:
+        print(f"engine api: --limit: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    config = _api_config("api", args.files)
+    if config is None:
+        return EXIT_ERROR
+    try:
+        run_sync(serve(config, limits))
+    except Exception as e:  # start-up failure (port taken, storage unreachable): one line
+        print(f"engine api: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _project_for(command: str, config, project: str | None) -> str | None:
+    configured = sorted(config.api.projects)
+    if project is None and len(configured) == 1:
+        return configured[0]
+    if project is None:
+        print(f"engine {command}: --project is required (configured: {', '.join(configured)})",
+              file=sys.stderr)
+    return project
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    from engine.api import open_store
+    from engine.api.transfer import export_project
+    from engine.config import ConfigError
+    from engine.runtime.main import run_sync
+
+    config = _api_config("export", args.config)
+    project = config and _project_for("export", config, args.project)
+    if not project:
+        return EXIT_ERROR
+
+    async def go() -> str:
+        async with open_store(config.api.storage) as store:
+            return await export_project(store, project)
+
+    try:
+        text = run_sync(go())
+    except ConfigError as err:
+        print(f"engine export: the stored configuration of {project} is invalid:\n{err}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"engine export: wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from engine.api import open_store
+    from engine.api.errors import ApiError
+    from engine.api.transfer import import_sections, read_rule_file
+    from engine.config import ConfigError
+    from engine.runtime.main import run_sync
+
+    config = _api_config("import", args.config)
+    project = config and _project_for("import", config, args.project)
+    if not project:
+        return EXIT_ERROR
+    try:
+        sections, ignored = read_rule_file(args.file)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        print(f"engine import: {args.file} is invalid; nothing imported", file=sys.stderr)
+        return EXIT_ERROR
+    if ignored:
+        print(f"engine import: ignoring sections {', '.join(ignored)} (only rules, actions and "
+              "policies are stored)", file=sys.stderr)
+
+    async def go() -> int:
+        async with open_store(config.api.storage) as store:
+            return await import_sections(store, project, sections, args.replace)
+
+    try:
+        count = run_sync(go())
+    except ApiError as err:  # the file is valid alone but not with what is stored
+        print(f"engine import: {err.message}; nothing imported", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"engine import: {count} objects stored in project {project}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
@@ -193,8 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the JSONL outputs go (default: a new temporary directory)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("export", help="write the stored configuration as a rule file")
-    p.set_defaults(func=_not_implemented("export"))
+    p = sub.add_parser("api", help="run the IoTDA-compatible management API (the api: section)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="override an API limit, e.g. max_rules=500 or rate=20 (see docs/api.md)")
+    _add_log_options(p)
+    p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser("export", help="write a project's stored configuration as a rule file")
+    p.add_argument("--config", required=True, action="append", metavar="FILE",
+                   help="engine configuration whose api.storage to read (repeatable)")
+    p.add_argument("--project", help="project id (default: the only configured project)")
+    p.add_argument("-o", "--output", metavar="RULES.yaml",
+                   help="file to write (created owner-only: it holds secrets); default stdout")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="load a rule file into a project's stored configuration")
+    p.add_argument("file", metavar="RULES.yaml")
+    p.add_argument("--config", required=True, action="append", metavar="FILE",
+                   help="engine configuration whose api.storage to write (repeatable)")
+    p.add_argument("--project", help="project id (default: the only configured project)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete stored objects the file does not have (default: add and replace by id)")
+    p.set_defaults(func=_cmd_import)
     return parser
 
 
