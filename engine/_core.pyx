@@ -55,6 +55,7 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
     double PyFloat_AS_DOUBLE(object o)
 
+from cpython.number cimport PyNumber_Negative, PyNumber_Add, PyNumber_Multiply, PyNumber_Subtract, PyNumber_TrueDivide
 from libc.math cimport isfinite
 
 cdef extern from "string.h":
@@ -335,7 +336,7 @@ cdef class Neg(Expr):
         v = self.a.value(ev)
         if kind_of(v) != K_NUM:
             return _MISSING
-        return -v
+        return PyNumber_Negative(v)
 
 
 @cython.no_gc
@@ -356,19 +357,21 @@ cdef class Arith(Expr):
         if kind_of(y) != K_NUM:
             return _MISSING
         try:
+            # The C API calls, not Cython's inlined fast paths: those lose the
+            # sign of zero in mixed float/int products (0.0 * -5 gave 0.0).
             if self.op == 43:      # +
-                r = x + y
+                r = PyNumber_Add(x, y)
             elif self.op == 45:    # -
-                r = x - y
+                r = PyNumber_Subtract(x, y)
             elif self.op == 42:    # *
-                r = x * y
+                r = PyNumber_Multiply(x, y)
             elif not y:
                 return _MISSING    # division by zero
             elif PyLong_Check(x) and PyLong_Check(y):
                 q, rem = divmod(x, y)
-                r = q if rem == 0 else x / y
+                r = q if rem == 0 else PyNumber_TrueDivide(x, y)
             else:
-                r = x / y
+                r = PyNumber_TrueDivide(x, y)
             if PyFloat_CheckExact(r) and not isfinite(PyFloat_AS_DOUBLE(r)):
                 return _MISSING    # beyond the float range: not a JSON number
             return r
