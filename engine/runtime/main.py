@@ -1,11 +1,14 @@
 """Running a worker as a process: event loop (uvloop when available),
-signals, status reporting."""
+signals (SIGTERM/SIGINT: graceful stop; SIGHUP: reload the rule files),
+status reporting."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import sys
+from collections.abc import Sequence
 
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
@@ -27,10 +30,33 @@ def run_sync(coro):
         return runner.run(coro)
 
 
-async def serve(worker: Worker, status: StatusReporter | None = None) -> None:
+def cli_config_paths(argv: Sequence[str] | None = None) -> list[str] | None:
+    """The rule files of an `engine run FILE...` command line, else None.
+    (A fallback for callers that do not pass `config_paths` to `serve`.)"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "run":
+        return None
+    from engine.cli import build_parser
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        return None
+    files = getattr(args, "files", None)
+    return list(files) if files else None
+
+
+async def serve(worker: Worker, status: StatusReporter | None = None, *,
+                config_paths: Sequence[str] | None = None) -> None:
     """Run `worker` until its sources end or SIGTERM/SIGINT (graceful drain;
-    a second signal gives up on draining)."""
+    a second signal gives up on draining). With the rule files known
+    (`config_paths`, or the `engine run` command line), SIGHUP and changes of
+    those files reload the rules (see `Worker.reload`)."""
     loop = asyncio.get_running_loop()
+    if config_paths is not None:
+        worker.config_paths = list(config_paths)
+    elif worker.config_paths is None and worker.config is not None:
+        worker.config_paths = cli_config_paths()
 
     def on_signal(sig: signal.Signals) -> None:
         if worker.stopping:
@@ -40,8 +66,15 @@ async def serve(worker: Worker, status: StatusReporter | None = None) -> None:
             log.info("%s received", sig.name)
             worker.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    if worker.config_paths:
+        loop.add_signal_handler(signal.SIGHUP, worker.request_reload, "SIGHUP")
+        signals.append(signal.SIGHUP)
+        if worker.reload_interval > 0:
+            log.info("watching %s for changes (every %gs; SIGHUP reloads too)",
+                     ", ".join(worker.config_paths), worker.reload_interval)
     reporter = asyncio.create_task(status.run()) if status is not None else None
     try:
         await worker.run()
@@ -52,5 +85,5 @@ async def serve(worker: Worker, status: StatusReporter | None = None) -> None:
                 await reporter
             except asyncio.CancelledError:
                 pass
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)

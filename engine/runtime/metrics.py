@@ -118,9 +118,19 @@ class RuleStats:
         self.well_formed = 0
         self.matched: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.pruned: set[str] = set()  # removed by a reload: no longer exported
 
-    def set_rules(self, keys: list[str]) -> None:
-        for k in keys:  # exported from the start, at 0
+    def set_rules(self, keys: list[str], *, prune: bool = False) -> None:
+        """Export these rules (new ones from 0; existing ones keep counting).
+        `prune`: stop exporting rules not in `keys` (removed by a reload)."""
+        if prune:
+            keep = set(keys)
+            for k in [k for k in self.matched if k not in keep]:
+                del self.matched[k]
+                self.failed.pop(k, None)
+                self.pruned.add(k)
+        self.pruned.difference_update(keys)
+        for k in keys:
             self.matched.setdefault(k, 0)
             self.failed.setdefault(k, 0)
 

@@ -12,6 +12,12 @@ For each batch of a source:
      source produced the batches, so a source may commit "up to here".
 
 At most `max_pending` batches per source are between receipt and ack.
+
+Hot reload: the rule set and the routes form one `Generation`; `swap()`
+replaces it atomically (no await in between). A batch reads the current
+generation once, so it is evaluated and routed entirely by the old or
+entirely by the new one; `drained()` tells when every batch of older
+generations is settled, after which actions that were removed can be closed.
 """
 
 from __future__ import annotations
@@ -65,17 +71,85 @@ class _Settlement:
             self.done.set_result(None)
 
 
+class Generation:
+    """One rule set with its routes, and the batches still using it: those
+    being evaluated/routed (`active`) and those whose parcels are not
+    settled yet (`unsettled`)."""
+
+    __slots__ = ("number", "ruleset", "routes", "active", "unsettled", "_idle")
+
+    def __init__(self, number: int, ruleset: Any,
+                 routes: Mapping[str, Sequence[ActionRunner]]) -> None:
+        self.number = number
+        self.ruleset = ruleset
+        self.routes = {k: tuple(v) for k, v in routes.items()}
+        self.active = 0
+        self.unsettled = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.active += 1
+
+    def leave(self, done: asyncio.Future[None] | None) -> None:
+        """A batch finished routing; `done` resolves when it is settled."""
+        self.active -= 1
+        if done is not None and not done.done():
+            self.unsettled += 1
+            done.add_done_callback(self._settled)
+        else:
+            self._check()
+
+    def _settled(self, _: object) -> None:
+        self.unsettled -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if self._idle is not None and not self.active and not self.unsettled:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if not self.active and not self.unsettled:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        await self._idle.wait()
+
+
 class Pipeline:
     def __init__(self, ruleset: Any, routes: Mapping[str, Sequence[ActionRunner]], *,
                  metrics: Metrics, dead_letters: DeadLetters, max_pending: int = 8) -> None:
         """`routes`: rule key -> the runners of its actions (every rule of the
         rule set should have an entry, possibly empty)."""
-        self.ruleset = ruleset
-        self.routes = {k: tuple(v) for k, v in routes.items()}
+        self.generation = Generation(1, ruleset, routes)
+        self._older: list[Generation] = []  # replaced, with batches possibly in flight
         self.metrics = metrics
         self.dead_letters = dead_letters
         self.max_pending = max_pending
-        metrics.rules.set_rules(list(self.routes))
+        metrics.rules.set_rules(list(self.generation.routes))
+
+    @property
+    def ruleset(self) -> Any:
+        return self.generation.ruleset
+
+    @property
+    def routes(self) -> dict[str, tuple[ActionRunner, ...]]:
+        return self.generation.routes
+
+    def swap(self, ruleset: Any, routes: Mapping[str, Sequence[ActionRunner]]) -> Generation:
+        """Make `ruleset`/`routes` the current generation (atomically: batches
+        already being routed finish with the old one). Returns the old one."""
+        old = self.generation
+        self.generation = Generation(old.number + 1, ruleset, routes)
+        self._older = [g for g in self._older if g.active or g.unsettled]
+        self._older.append(old)
+        self.metrics.rules.set_rules(list(self.generation.routes), prune=True)
+        return old
+
+    async def drained(self, upto: Generation) -> None:
+        """Wait until no batch of `upto` or an older generation is in flight."""
+        for g in list(self._older):
+            if g.number <= upto.number:
+                await g.wait_idle()
 
     async def consume(self, source: Source) -> None:
         """Run one source until its batches end, then wait for its last ack."""
@@ -101,9 +175,19 @@ class Pipeline:
     async def process(self, source: str, batch: Batch) -> asyncio.Future[None]:
         """Evaluate one batch and hand its matches to the actions. Returns a
         future that resolves when every match is delivered or dead-lettered."""
+        gen = self.generation  # read once: the whole batch uses this generation
+        gen.enter()
+        done = None
+        try:
+            done = await self._route(gen, source, batch)
+        finally:
+            gen.leave(done)
+        return done
+
+    async def _route(self, gen: Generation, source: str, batch: Batch) -> asyncio.Future[None]:
         items = batch.items
-        results = self.ruleset.evaluate_raw_many(items, True)
-        routes, meta = self.routes, record_meta
+        results = gen.ruleset.evaluate_raw_many(items, True)
+        routes, meta = gen.routes, record_meta
         per_action: dict[ActionRunner, list[Record]] = {}
         matched: dict[str, int] = {}
         malformed: list[dict[str, Any]] = []
@@ -143,6 +227,8 @@ class Pipeline:
         rules = m.rules
         rules.well_formed += received - malformed
         counts = rules.matched
+        pruned = rules.pruned
         for rule, n in matched.items():
-            counts[rule] = counts.get(rule, 0) + n
+            if rule not in pruned:  # a rule a reload removed while this batch ran
+                counts[rule] = counts.get(rule, 0) + n
             t.matched += n

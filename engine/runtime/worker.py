@@ -7,23 +7,35 @@ source ends (finite sources) or `stop()` (SIGTERM/SIGINT): intake stops, the
 batches in flight drain for up to `shutdown_timeout` seconds and are acked
 (committed); what did not drain in time stays unacked and is redelivered by
 the source on the next start (at-least-once).
+
+Hot reload (`reload()`, triggered by SIGHUP or a change of the rule files):
+the files are loaded and validated again (`load_config`, no side effects);
+only a valid configuration is applied. New and changed actions are opened
+first, then the rule set and routes are swapped in one step (a batch is
+routed entirely by the old or entirely by the new rules), and actions that
+were removed or changed are closed once every batch routed by an older rule
+set is settled. Unchanged actions keep running (same queue, same order).
+Sources, the metrics endpoint and dead letters are not restarted: changes
+there are logged and need a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 
 from engine import RuleSpec, compile_ruleset
-from engine.config import EngineConfig, SourceEntry
+from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
 from engine.config.models import parse_listen
 from engine.destinations import CHANNELS
 from engine.runtime.actions import ActionRunner
 from engine.runtime.deadletter import DeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
-from engine.runtime.pipeline import Pipeline
+from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.sources import Source
+from engine.runtime.watch import ConfigWatcher
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,19 @@ def build_ruleset(config: EngineConfig):
         for r in config.rules if r.active])
 
 
+# What makes a running action reusable across a reload: same action, same
+# writer settings.
+RunnerSpec = tuple[Action, int, int]
+
+
+def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
+    return (action, config.worker.batch_size, config.worker.linger_ms)
+
+
+# Sections a reload does not apply (the running ones are kept).
+RESTART_SECTIONS = ("sources", "metrics", "dead_letter")
+
+
 class Worker:
     def __init__(self, ruleset, runners: Sequence[ActionRunner], sources: Sequence[Source], *,
                  metrics: Metrics | None = None, dead_letters: DeadLetters | None = None,
@@ -74,7 +99,7 @@ class Worker:
                  shutdown_timeout: float = 30.0, rule_keys: Sequence[str] = ()) -> None:
         self.metrics = metrics or Metrics()
         self.dead_letters = dead_letters or DeadLetters()
-        self.runners = list(runners)
+        self.runners = list(runners)   # the actions of the current rule set
         self.sources = list(sources)
         routes: dict[str, list[ActionRunner]] = {k: [] for k in rule_keys}
         for r in self.runners:
@@ -88,43 +113,63 @@ class Worker:
         self._abort_timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.timed_out = False
+        # Hot reload (set by from_config; `config_paths` by whoever knows the files).
+        self.config: EngineConfig | None = None
+        self.config_paths: list[str] | None = None
+        self.reload_interval = float(os.environ.get("ENGINE_RELOAD_POLL", "1") or 0)
+        self.reloads = 0                      # applied reloads
+        self._deliver = True
+        self._specs: dict[str, RunnerSpec] = {}
+        self._running: dict[str, object] = {}  # sections a reload does not change
+        self._open: list[ActionRunner] = []   # open runners: current and retiring
+        self._reload_lock = asyncio.Lock()
+        self._reload_reasons: list[str] = []
+        self._reloader: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, config: EngineConfig, *, metrics: Metrics | None = None,
                     sources: Sequence[Source] | None = None, actions: bool = True,
-                    serve_metrics: bool = True) -> Worker:
+                    serve_metrics: bool = True,
+                    config_paths: Sequence[str | os.PathLike[str]] | None = None) -> Worker:
         """`sources` replaces the configured ones; `actions=False` evaluates
-        and counts without delivering (a dry run)."""
+        and counts without delivering (a dry run). `config_paths`: the files
+        `config` was loaded from, watched and reloaded while running."""
         metrics = metrics or Metrics()
         dead_letters = dead_letters_from_config(config.dead_letter)
         w = config.worker
         active = {r.rule_id for r in config.rules if r.active}
-        runners = [
-            ActionRunner(a.action_id, a.rule_id, CHANNELS[a.channel](a.detail), metrics=metrics,
-                         dead_letters=dead_letters, batch_size=w.batch_size,
-                         linger=w.linger_ms / 1000)
-            for a in config.actions if actions and a.rule_id in active]
+        specs = {a.action_id: _runner_spec(a, config) for a in config.actions
+                 if actions and a.rule_id in active}
+        runners = [_make_runner(spec, metrics, dead_letters) for spec in specs.values()]
         if sources is None:
             sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
         m = config.metrics if serve_metrics else None
-        return cls(build_ruleset(config), runners, sources, metrics=metrics,
-                   dead_letters=dead_letters, metrics_listen=m.listen if m else None,
-                   metrics_path=m.path if m else "/metrics",
-                   shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
+        worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
+                     dead_letters=dead_letters, metrics_listen=m.listen if m else None,
+                     metrics_path=m.path if m else "/metrics",
+                     shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
+        worker.config = config
+        worker._running = {k: getattr(config, k) for k in RESTART_SECTIONS}
+        worker._deliver = actions
+        worker._specs = specs
+        if config_paths is not None:
+            worker.config_paths = [os.fspath(p) for p in config_paths]
+        return worker
 
     async def run(self) -> None:
         """Run until every source ended or `stop()` drained them. Raises when
         start-up fails or a source fails (after shutting down the rest)."""
         metrics_runner = None
         started: list[Source] = []
-        opened: list[ActionRunner] = []
         dead_letters_open = False
+        watcher = None
         try:
             await self.dead_letters.open()
             dead_letters_open = True
             for runner in self.runners:
                 await runner.open()
-                opened.append(runner)
+                self._open.append(runner)
             for source in self.sources:
                 await source.start()
                 started.append(source)
@@ -134,6 +179,8 @@ class Worker:
             self.metrics.ready = not self.stopping
             self._tasks = [asyncio.create_task(self.pipeline.consume(s), name=f"source {s.name}")
                            for s in self.sources]
+            if self.config_paths and self.config is not None and self.reload_interval > 0:
+                watcher = asyncio.create_task(self._watch(), name="config watcher")
             failure = await self._wait_sources()
             if failure is not None:
                 raise failure
@@ -141,10 +188,13 @@ class Worker:
             self.metrics.ready = False
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
-            for task in self._tasks:
-                task.cancel()
-            for runner in opened:
-                await runner.close()
+            for task in [*self._tasks, *self._background, watcher, self._reloader]:
+                if task is not None:
+                    task.cancel()
+            async with self._reload_lock:  # not while a reload opens actions
+                for runner in self._open:
+                    await runner.close()
+                self._open.clear()
             for source in started:
                 await source.close()
             if dead_letters_open:
@@ -187,3 +237,159 @@ class Worker:
         self.timed_out = True
         for task in self._tasks:
             task.cancel()
+
+    # -- hot reload -------------------------------------------------------------
+
+    def request_reload(self, reason: str) -> None:
+        """Reload soon (safe from a signal handler); requests that arrive
+        while a reload runs are merged into one more reload."""
+        if self.stopping:
+            return
+        self._reload_reasons.append(reason)
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_requested(), name="reload")
+
+    async def _reload_requested(self) -> None:
+        while self._reload_reasons and not self.stopping:
+            reason = ", ".join(dict.fromkeys(self._reload_reasons))
+            self._reload_reasons.clear()
+            await self.reload(reason)
+
+    async def _watch(self) -> None:
+        assert self.config_paths is not None
+        watcher = ConfigWatcher(self.config_paths, interval=self.reload_interval)
+        await watcher.prime()
+        async for changed in watcher.changes():
+            self.request_reload("changed: " + ", ".join(changed))
+
+    async def reload(self, reason: str = "reload") -> bool:
+        """Load the configuration files again and apply them if they are
+        valid. Returns whether a new configuration was applied; never raises
+        (problems are logged, one line each, and the running rules stay)."""
+        if self.config is None or not self.config_paths:
+            log.warning("reload (%s) ignored: this worker was not started from rule files",
+                        reason)
+            return False
+        log.info("reloading the configuration (%s)", reason)
+        try:
+            config = await asyncio.to_thread(load_config, self.config_paths)
+        except ConfigError as e:
+            for issue in e.issues:
+                # One line each (a rule's syntax error also draws a caret
+                # under the clause: its first line already names the column).
+                log.error("reload rejected: %s", str(issue).splitlines()[0])
+            log.error("reload rejected: %d problem(s); the running configuration is kept",
+                      len(e.issues))
+            return False
+        except Exception as e:  # pragma: no cover - load_config reports problems as ConfigError
+            log.error("reload failed: %s: %s; the running configuration is kept",
+                      type(e).__name__, e)
+            return False
+        return await self.apply(config)
+
+    async def apply(self, config: EngineConfig) -> bool:
+        """Swap in a validated configuration (see the module docstring)."""
+        async with self._reload_lock:
+            if self.stopping:
+                return False
+            try:
+                return await self._apply(config)
+            except Exception as e:
+                log.error("reload failed: %s: %s; the running configuration is kept",
+                          type(e).__name__, e)
+                return False
+
+    async def _apply(self, config: EngineConfig) -> bool:
+        old = self.config
+        assert old is not None
+        for section in RESTART_SECTIONS:
+            if getattr(config, section) != self._running.get(section, getattr(old, section)):
+                log.warning("reload: '%s' differs from the running one and is not applied: "
+                            "changing %s needs a restart", section, section)
+        if all(getattr(config, k) == getattr(old, k) for k in ("rules", "actions", "worker")):
+            log.info("reload: rules, actions and worker settings unchanged")
+            self.config = config
+            return False
+        ruleset = await asyncio.to_thread(build_ruleset, config)
+        active = {r.rule_id for r in config.rules if r.active}
+        specs = {a.action_id: _runner_spec(a, config) for a in config.actions
+                 if self._deliver and a.rule_id in active}
+        current = {r.action_id: r for r in self.runners}
+        runners: list[ActionRunner] = []
+        opened: list[ActionRunner] = []
+        for action_id, spec in specs.items():
+            if self._specs.get(action_id) == spec and action_id in current:
+                runners.append(current[action_id])
+                continue
+            runner = _make_runner(spec, self.metrics, self.dead_letters)
+            try:
+                await runner.open()  # before the swap: a sink that cannot open stops the reload
+            except BaseException as e:
+                for r in opened:
+                    await r.close()
+                if not isinstance(e, Exception):
+                    raise  # cancelled (shutdown)
+                log.error("reload rejected: action %s cannot be opened: %s: %s; the running "
+                          "configuration is kept", action_id, type(e).__name__, e)
+                return False
+            opened.append(runner)
+            runners.append(runner)
+        routes: dict[str, list[ActionRunner]] = {k: [] for k in sorted(active)}
+        for r in runners:
+            routes[r.rule_id].append(r)
+        kept = set(map(id, runners))
+        retired = [r for r in self.runners if id(r) not in kept]
+
+        # The swap: nothing awaits between these lines.
+        previous = self.pipeline.swap(ruleset, routes)
+        self._open.extend(opened)
+        self.runners = runners
+        self._specs = specs
+        self.config = config
+        self.shutdown_timeout = config.worker.shutdown_timeout
+        self.reloads += 1
+
+        log.info("reload applied (rule set %d): rules %s; actions %s",
+                 self.pipeline.generation.number,
+                 _diff({r.rule_id: r for r in old.rules if r.active},
+                       {r.rule_id: r for r in config.rules if r.active}),
+                 _diff(self._specs_of(old), specs))
+        if retired:
+            task = asyncio.create_task(self._retire(previous, retired), name="retire actions")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return True
+
+    def _specs_of(self, config: EngineConfig) -> dict[str, RunnerSpec]:
+        active = {r.rule_id for r in config.rules if r.active}
+        return {a.action_id: _runner_spec(a, config) for a in config.actions
+                if self._deliver and a.rule_id in active}
+
+    async def _retire(self, previous: Generation, runners: list[ActionRunner]) -> None:
+        """Close actions a reload removed or replaced, once every batch routed
+        by an older rule set is settled (delivered or dead-lettered)."""
+        await self.pipeline.drained(previous)
+        async with self._reload_lock:
+            for r in runners:
+                if r in self._open:
+                    self._open.remove(r)
+                    await r.close()
+        log.info("reload: closed %d replaced or removed action(s): %s", len(runners),
+                 ", ".join(r.action_id for r in runners))
+
+
+def _make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters) -> ActionRunner:
+    action, batch_size, linger_ms = spec
+    return ActionRunner(action.action_id, action.rule_id, CHANNELS[action.channel](action.detail),
+                        metrics=metrics, dead_letters=dead_letters, batch_size=batch_size,
+                        linger=linger_ms / 1000)
+
+
+def _diff(old: dict, new: dict) -> str:
+    added = sorted(k for k in new if k not in old)
+    removed = sorted(k for k in old if k not in new)
+    changed = sorted(k for k in new if k in old and new[k] != old[k])
+    parts = [f"{sign}{len(ids)} ({', '.join(ids[:5])}{', …' if len(ids) > 5 else ''})"
+             if ids else f"{sign}0" for sign, ids in (("+", added), ("-", removed),
+                                                     ("~", changed))]
+    return " ".join(parts)

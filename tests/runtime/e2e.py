@@ -18,11 +18,13 @@ ENGINE = [sys.executable, "-m", "engine"]
 
 
 class Receiver:
-    """An HTTP endpoint that stores every JSON body POSTed to it."""
+    """An HTTP endpoint that stores every JSON body POSTed to it (after
+    `delay` seconds, to simulate a slow destination)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.bodies: list[dict] = []
         self.port = 0
+        self.delay = delay
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> Receiver:
@@ -43,7 +45,10 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/in"
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(orjson.loads(await request.read()))
+        body = orjson.loads(await request.read())
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.bodies.append(body)
         return web.Response(text="ok")
 
     async def wait_for(self, n: int, timeout: float) -> None:
@@ -60,15 +65,29 @@ def write_config(path: Path, config: dict) -> Path:
 class EngineProcess:
     """`engine run CONFIG` in a subprocess; always terminated at the end."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
+                 stderr_file: Path | None = None) -> None:
         self.args = [*ENGINE, "run", str(config), "--status", "log", "--status-interval", "1",
                      *extra]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # stderr to a file lets a test read the log while the engine runs.
+        self.stderr_file = stderr_file
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> EngineProcess:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        err = open(self.stderr_file, "wb") if self.stderr_file else subprocess.PIPE  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=err,
+                                         env=self.env)
+        finally:
+            if self.stderr_file:
+                err.close()
         return self
+
+    def log(self) -> str:
+        """What the engine logged so far (needs `stderr_file`)."""
+        assert self.stderr_file is not None
+        return self.stderr_file.read_text(errors="replace")
 
     def stop(self, timeout: float = 20.0) -> tuple[int, str]:
         """SIGTERM, wait; returns (exit code, stderr)."""
@@ -76,7 +95,7 @@ class EngineProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err.decode()
+        return self.proc.returncode, self.log() if self.stderr_file else err.decode()
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
