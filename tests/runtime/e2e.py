@@ -66,19 +66,20 @@ class EngineProcess:
     """`engine run CONFIG` in a subprocess; always terminated at the end."""
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
-                 stderr_file: Path | None = None) -> None:
+                 stderr_file: Path | None = None, cwd: Path | None = None) -> None:
         self.args = [*ENGINE, "run", str(config), "--status", "log", "--status-interval", "1",
                      *extra]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # stderr to a file lets a test read the log while the engine runs.
         self.stderr_file = stderr_file
+        self.cwd = cwd  # e.g. its own directory for each of several workers' local state
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> EngineProcess:
         err = open(self.stderr_file, "wb") if self.stderr_file else subprocess.PIPE  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=err,
-                                         env=self.env)
+                                         env=self.env, cwd=self.cwd)
         finally:
             if self.stderr_file:
                 err.close()
