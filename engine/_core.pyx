@@ -232,6 +232,7 @@ cdef class Path(Expr):
     """Member and index steps from the root; never raises."""
     cdef list keys             # member name (str) or index (int) per step
     cdef Py_ssize_t[16] idx    # -1 for a member step, else the index
+    cdef Py_ssize_t[16] slot   # member step: the entry position last seen, -1 unknown
     cdef Py_ssize_t n
     cdef unsigned int calls
 
@@ -242,6 +243,7 @@ cdef class Path(Expr):
             raise ValueError("path too long for the fast form")
         for i, s in enumerate(self.keys):
             self.idx[i] = s if isinstance(s, int) else -1
+            self.slot[i] = -1
 
     @property
     def steps(self):
@@ -249,16 +251,27 @@ cdef class Path(Expr):
 
     cdef object value(self, object ev):
         cdef PyObject* cur = <PyObject*>ev
-        cdef Py_ssize_t i, j
+        cdef PyObject* key
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef Py_ssize_t i, j, p
         self.calls += 1
         if (self.calls & 4095) == 1:
-            self._adopt_keys(ev)
+            self._learn(ev)
         for i in range(self.n):
             j = self.idx[i]
             if j < 0:
                 if not PyDict_Check(<object>cur):
                     return _MISSING
-                cur = PyDict_GetItem(<object>cur, <object>PyList_GET_ITEM(self.keys, i))
+                key = PyList_GET_ITEM(self.keys, i)
+                # Inline cache: events of one shape keep each member at the
+                # same entry position, and the decoder reuses key objects, so
+                # one entry read usually replaces a hash-table lookup.
+                p = self.slot[i]
+                if p >= 0 and PyDict_Next(<object>cur, &p, &k, &v) and k == key:
+                    cur = v
+                    continue
+                cur = PyDict_GetItem(<object>cur, <object>key)
                 if cur == NULL:
                     return _MISSING
             else:
@@ -267,12 +280,12 @@ cdef class Path(Expr):
                 cur = PyList_GET_ITEM(<object>cur, j)
         return <object>cur
 
-    cdef void _adopt_keys(self, object ev):
-        """Use the event's own key objects. JSON decoders (orjson) reuse one
-        object per key name across events, and a dict lookup whose key is
-        the very object stored skips the string comparison. Done once every
-        4096 lookups, so the cost is negligible and a change of decoder is
-        picked up."""
+    cdef void _learn(self, object ev):
+        """Refresh the inline cache from this event: adopt the event's own key
+        objects (JSON decoders such as orjson reuse one object per key name,
+        and identical keys skip string comparisons) and their entry
+        positions. Runs once every 4096 lookups, so shape changes are picked
+        up at negligible cost."""
         cdef PyObject* cur = <PyObject*>ev
         cdef PyObject* k
         cdef PyObject* v
@@ -292,6 +305,7 @@ cdef class Path(Expr):
             while PyDict_Next(<object>cur, &pos, &k, &v):
                 if PyUnicode_CheckExact(<object>k) and str_eq(<object>k, ours):
                     self.keys[i] = <object>k
+                    self.slot[i] = pos - 1    # PyDict_Next leaves pos after the entry
                     cur = v
                     found = True
                     break

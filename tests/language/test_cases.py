@@ -15,10 +15,7 @@ CASES = load_cases(OWN_CASES)
 
 # Cases the compiled core is known to get wrong. Each is expected to fail on
 # "compiled" (xfail) and fails loudly once it passes, so fixed entries get removed.
-KNOWN_COMPILED_GAPS: dict[str, str] = {
-    "c281": "Cython's object arithmetic fast paths lose the sign of zero: 0.0 * -1 gives 0.0 "
-            "and -0.0 + 0 gives -0.0 (Python/IEEE: -0.0 and 0.0); use PyNumber_Multiply/Add",
-}
+KNOWN_COMPILED_GAPS: dict[str, str] = {}
 
 
 def test_corpus_shape():
