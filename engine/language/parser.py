@@ -79,6 +79,14 @@ def _parse(text: str, clause: str):
     if not isinstance(text, str):
         raise RuleSyntaxError(f"the {clause} clause must be a string, not {type(text).__name__}",
                               clause=clause)
+    return _parse_text(text, clause)
+
+
+# Trees are immutable, so clause texts seen before (a reload or an API update
+# of a large rule set changes few rules) are parsed once. Errors are raised,
+# never cached.
+@functools.lru_cache(maxsize=32768)
+def _parse_text(text: str, clause: str):
     if len(text) > MAX_CLAUSE_CHARS:
         raise RuleSyntaxError(
             f"clause is {len(text)} characters long; the limit is {MAX_CLAUSE_CHARS}",
