@@ -1038,6 +1038,49 @@ cdef class Projection:
         return out
 
 
+# ---------------------------------------------------------------- column mappings
+
+@cython.no_gc
+cdef class Columns:
+    """Values of a destination's column mappings for many rule outputs at once.
+
+    Each column has a json_key: the output's literal top-level key of that
+    name if present (an unaliased `SELECT a.b` emits the key "a.b"), else
+    the path walked into the output. Missing values are None (SQL NULL).
+    With `json_containers`, objects and arrays become JSON text."""
+    cdef tuple literal_keys
+    cdef tuple paths
+    cdef Py_ssize_t n
+
+    def __init__(self, literal_keys, steps_list):
+        self.literal_keys = tuple(literal_keys)
+        self.paths = tuple(Path(st) if len(st) <= 16 else LongPath(st) for st in steps_list)
+        self.n = len(self.literal_keys)
+
+    def rows(self, list payloads, bint json_containers=False):
+        cdef list out = []
+        cdef list row
+        cdef PyObject* ptr
+        cdef Py_ssize_t i
+        for p in payloads:
+            row = []
+            for i in range(self.n):
+                v = _MISSING
+                if PyDict_Check(p):
+                    ptr = PyDict_GetItem(p, self.literal_keys[i])
+                    if ptr != NULL:
+                        v = <object>ptr
+                if v is _MISSING:
+                    v = (<Expr>self.paths[i]).value(p)
+                if v is _MISSING:
+                    v = None
+                elif json_containers and (PyDict_Check(v) or PyList_Check(v)):
+                    v = orjson.dumps(v).decode()
+                row.append(v)
+            out.append(tuple(row))
+        return out
+
+
 # ---------------------------------------------------------------- raw bytes
 
 cdef class MalformedEvent:

@@ -9,8 +9,9 @@ import ssl
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from engine import _core
 
 
 class _Model(BaseModel):
@@ -124,11 +125,10 @@ class JsonKey:
         return cur
 
 
-def to_sql_scalar(value: Any) -> Any:
-    """Objects and arrays go to SQL columns as JSON text."""
-    if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
-    return value
+def columns(json_keys: list[JsonKey]) -> _core.Columns:
+    """The compiled extractor of a destination's column values (same
+    resolution as JsonKey.resolve, for a whole batch in one call)."""
+    return _core.Columns([k.key for k in json_keys], [k.steps for k in json_keys])
 
 
 # ---------------------------------------------------------------- identifiers

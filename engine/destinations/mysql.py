@@ -19,7 +19,7 @@ import asyncmy
 from asyncmy import errors as my_errors
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
-from engine.destinations.common import JsonKey, SqlForwarding, client_ssl_context, to_sql_scalar
+from engine.destinations.common import JsonKey, SqlForwarding, client_ssl_context, columns
 from engine.destinations.registry import register
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class MysqlSink(Sink):
     def __init__(self, config: MysqlForwarding) -> None:
         super().__init__(config)
         self._keys = [JsonKey(m.json_key) for m in config.column_mappings]
+        self._cols = columns(self._keys)
         cols = ", ".join(quote_ident(m.column_name) for m in config.column_mappings)
         marks = ", ".join(["%s"] * len(config.column_mappings))
         self._sql = f"INSERT INTO {quote_ident(config.table_name)} ({cols}) VALUES ({marks})"
@@ -144,8 +145,7 @@ class MysqlSink(Sink):
             await pool.wait_closed()
 
     def rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
-        keys = self._keys
-        return [tuple(to_sql_scalar(k.resolve(r.payload)) for k in keys) for r in records]
+        return self._cols.rows([r.payload for r in records], True)
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:

@@ -29,6 +29,7 @@ from engine.destinations.common import (
     JsonKey,
     SqlForwarding,
     client_ssl_context,
+    columns,
     event_time_ms,
 )
 from engine.destinations.registry import register
@@ -161,6 +162,7 @@ class PostgresqlSink(Sink):
     def __init__(self, config: PostgresqlForwarding) -> None:
         super().__init__(config)
         self._keys = [JsonKey(m.json_key) for m in config.column_mappings]
+        self._cols = columns(self._keys)
         self._columns = [m.column_name for m in config.column_mappings]
         self._convert: list[Callable[[Any], Any]] = [_as_is] * len(self._columns)
         self._pool: asyncpg.Pool | None = None
@@ -219,15 +221,12 @@ class PostgresqlSink(Sink):
             await pool.close()
 
     def rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
-        pairs = list(zip(self._keys, self._convert, strict=True))
-        out = []
-        for r in records:
-            row = []
-            for key, conv in pairs:
-                v = key.resolve(r.payload)
-                row.append(None if v is None else conv(v))
-            out.append(tuple(row))
-        return out
+        raw = self._cols.rows([r.payload for r in records])
+        convert = self._convert
+        if all(c is _as_is for c in convert):
+            return raw
+        return [tuple(None if v is None else c(v) for v, c in zip(row, convert, strict=True))
+                for row in raw]
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:

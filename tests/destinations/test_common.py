@@ -8,9 +8,9 @@ from pydantic import ValidationError
 from engine.destinations.common import (
     JsonKey,
     NetAddress,
+    columns,
     event_time_ms,
     parse_json_key,
-    to_sql_scalar,
 )
 
 
@@ -27,9 +27,12 @@ def test_parse_json_key():
 def test_resolve():
     payload = {"a": {"b": [{"c": 1}, None], "n": None}, "a.x": 5, "s": "abc",
                "notify_data.header.device_id": "literal"}
-    got = {k: JsonKey(k).resolve(payload) for k in
-           ["a.b[0].c", "a.b[1].c", "a.b[2]", "a.x", "s[0]", "a.b.c", "a.b[0]", "a.n", "zz",
-            "notify_data.header.device_id"]}
+    names = ["a.b[0].c", "a.b[1].c", "a.b[2]", "a.x", "s[0]", "a.b.c", "a.b[0]", "a.n", "zz",
+             "notify_data.header.device_id"]
+    got = {k: JsonKey(k).resolve(payload) for k in names}
+    # The compiled extractor the SQL sinks use resolves exactly the same way.
+    row = columns([JsonKey(k) for k in names]).rows([payload])[0]
+    assert dict(zip(names, row, strict=True)) == got
     assert got == {"a.b[0].c": 1, "a.b[1].c": None, "a.b[2]": None, "a.x": 5, "s[0]": None,
                    "a.b.c": None, "a.b[0]": {"c": 1}, "a.n": None, "zz": None,
                    "notify_data.header.device_id": "literal"}
@@ -43,10 +46,10 @@ def test_event_time_ms():
         assert event_time_ms(bad) is None
 
 
-def test_sql_scalar():
-    assert to_sql_scalar({"a": [1, True]}) == '{"a":[1,true]}'
-    assert to_sql_scalar([]) == "[]"
-    assert to_sql_scalar("x") == "x" and to_sql_scalar(None) is None and to_sql_scalar(1.5) == 1.5
+def test_sql_values_objects_and_arrays_become_json_text():
+    cols = columns([JsonKey(k) for k in ["o", "l", "s", "n", "f"]])
+    row = cols.rows([{"o": {"a": [1, True]}, "l": [], "s": "x", "n": None, "f": 1.5}], True)[0]
+    assert row == ('{"a":[1,true]}', "[]", "x", None, 1.5)
 
 
 def test_net_address():
