@@ -497,6 +497,11 @@ class WorkerConfig(_Model):
     """How long a partial batch may wait for more records."""
     shutdown_timeout: float = Field(default=30.0, ge=0, le=3600)
     """Seconds to drain in-flight batches on shutdown before giving up."""
+    state_dir: str = Field(default="engine-state", min_length=1)
+    """Directory of the worker's durable state: the backlog (`backlog.db`)
+    and, when `dead_letter` is not configured, the dead letters
+    (`dead-letters.jsonl`). Relative paths are relative to the working
+    directory. One worker per directory (it is locked)."""
 
 
 # ------------------------------------------------------------------ the whole file

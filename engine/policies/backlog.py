@@ -62,6 +62,8 @@ written; nothing was stored then and the caller must keep the records.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -92,6 +94,10 @@ EXPIRE_CHUNK = 2000   # rows dead-lettered per store write while expiring
 IN_CHUNK = 500        # seqs per DELETE ... IN (...) statement
 
 DEFAULT_POLICY = BacklogPolicy(policy_id="default")
+
+
+class BacklogInUse(OSError):
+    """Another process holds the backlog database."""
 
 
 @dataclass(slots=True)
@@ -160,6 +166,7 @@ class Backlog:
         self._actions: dict[str, _Action] = {}
         self._next_seq = 1
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         # One thread owns the connection: calls are serialized in submission
         # order, and counters are only changed there.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="backlog")
@@ -193,6 +200,9 @@ class Backlog:
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
         self._executor.shutdown(wait=True)
 
     # -- what the runner reads ------------------------------------------------
@@ -288,6 +298,17 @@ class Backlog:
             g.bytes += nbytes
 
     def _open(self) -> None:
+        # One process per database: `_next_seq` is kept in memory, and two
+        # engines draining one backlog would send each other's entries. The
+        # lock goes with the process (also on kill -9).
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BacklogInUse(f"backlog {self.path} is in use by another process (give each "
+                               "worker its own worker.state_dir)") from None
+        self._lock_fd = fd
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":

@@ -4,29 +4,77 @@ The pipeline hands an action `Parcel`s (the outputs of one source batch for
 that action) through a bounded queue; a full queue makes the pipeline wait,
 which is how a slow destination slows the sources down. The runner takes
 whole parcels, writes them in batches of up to `batch_size` and settles each
-parcel once every record in it is delivered or dead-lettered.
+parcel once every record in it is delivered, in the durable backlog, or
+dead-lettered - only then may the source batch be acknowledged.
 
-Failures: a retryable one is retried (only the failed records) with capped
-exponential backoff for as long as it takes — the source batch stays unacked
-meanwhile, so nothing is lost if the engine stops; a permanent one is
-dead-lettered with its reason.
+Flow control (`limiter`, engine.policies.flowcontrol) applies to every
+write: records wait for it; a batch the limit would hold back longer than
+FLOW_WAIT goes to the backlog instead (sent later, as the limit allows).
+
+With a backlog (engine.policies.backlog, what `Worker.from_config` builds):
+
+* a retryable failure (destination down, timeout, throttled) appends the
+  failed records to the action's backlog - committed to disk - and the
+  parcel settles, so the source batch is acked without waiting for the
+  destination;
+* while the action's backlog is not empty, new records are appended behind
+  it (a device's new records never overtake its old ones), and one drain
+  task per action sends the backlog oldest first with `drain_step`:
+  exponential backoff with jitter, a destination that stays down is probed;
+* records the backlog expires or refuses (stacking disabled by a 0 policy)
+  are dead-lettered there, with the reason, and counted here.
+
+Without a backlog (unit tests, embedded use) a retryable failure is retried
+in place with capped exponential backoff for as long as it takes - the
+source batch stays unacked meanwhile, so nothing is lost if the engine stops.
+
+Either way a permanent failure is dead-lettered with its reason.
+
+Counting (per action, see engine.runtime.metrics): matched + restored =
+forwarded + backlogged + dead_lettered + inflight at every scrape; counters
+move once per batch, never per record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
+from engine.policies.backlog import Backlog
+from engine.policies.drain import drain_step
+from engine.policies.flowcontrol import Limiter
+from engine.policies.retry import Backoff, RetryPolicy
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 PROBLEM_LOG_INTERVAL = 30.0  # a persisting failure is logged again this often
+FLOW_WAIT = 1.0              # longest a batch waits for flow control before going to the backlog
+EXPIRE_INTERVAL = 1.0        # seconds between backlog expiry rounds (backlog_time bounds)
+STORE_RETRY_MAX = 30.0       # cap of the wait between attempts to write the backlog itself
+
+
+@dataclass(slots=True)
+class _Counted:
+    """How much of one action's backlog counters is already in the metrics.
+    Shared by every runner of that action on that backlog (a reload may run
+    an old and a new one side by side for a moment), so nothing is counted
+    twice."""
+
+    in_backlog: int = 0
+    expired: int = 0
+    refused: int = 0
+    restored: bool = False
+
+
+_COUNTED: weakref.WeakKeyDictionary[Backlog, dict[str, _Counted]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(slots=True)
@@ -40,7 +88,8 @@ class ActionRunner:
     def __init__(self, action_id: str, rule_id: str, sink: Sink, *, metrics: Metrics,
                  dead_letters: DeadLetters, batch_size: int = 500, linger: float = 0.02,
                  max_queued: int = 16, retry_initial: float = 0.1,
-                 retry_max: float = 10.0) -> None:
+                 retry_max: float = 10.0, limiter: Limiter | None = None,
+                 backlog: Backlog | None = None, retry_policy: RetryPolicy | None = None) -> None:
         self.action_id = action_id
         self.rule_id = rule_id
         self.sink = sink
@@ -49,6 +98,12 @@ class ActionRunner:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.dead_letters = dead_letters
+        self.limiter = limiter or Limiter(())  # no policy: unlimited
+        self.backlog = backlog
+        self.retry_policy = retry_policy or RetryPolicy()
+        if backlog is not None:
+            backlog.add_action(action_id, rule_id, sink.channel)
+            self._counted = _COUNTED.setdefault(backlog, {}).setdefault(action_id, _Counted())
         self.totals = metrics.totals
         self.queue: asyncio.Queue[Parcel] = asyncio.Queue(max_queued)
         labels = (action_id, rule_id, sink.channel)
@@ -57,28 +112,56 @@ class ActionRunner:
         self._failed = metrics.action_failed.labels(*labels)
         self._dead = metrics.action_dead_lettered.labels(*labels)
         self._inflight = metrics.action_inflight.labels(*labels)
+        self._backlogged = metrics.action_backlogged.labels(*labels)
+        self._appended = metrics.backlog_appended.labels(*labels)
+        self._restored = metrics.backlog_restored.labels(*labels)
+        self._expired = metrics.backlog_expired.labels(*labels)
+        self._backlog_bytes = metrics.backlog_bytes.labels(*labels)
         self._latency = metrics.latency.labels(*labels)
         self._rule_stats = metrics.rules
-        metrics.action_backlogged.labels(*labels)  # exported as 0 until a backlog exists
         self.forwarded = 0        # plain counts of this action, for summaries
         self.dead_lettered = 0
-        self._task: asyncio.Task[None] | None = None
+        self._drain_wake = asyncio.Event()
+        # Backlog calls whose outcome is not counted yet: the expiry loop must
+        # not sync the gauges in between (the counts would not balance).
+        self.busy = 0
+        self._tasks: list[asyncio.Task[None]] = []
         self._problem: str | None = None
         self._problem_logged = 0.0
 
     async def open(self) -> None:
+        """Open the sink and start writing. With a backlog (opened before):
+        what an earlier run left in it is counted as restored and drained
+        first."""
         await self.sink.open()
-        self._task = asyncio.create_task(self._run(), name=f"action {self.action_id}")
+        self._tasks.append(asyncio.create_task(self._run(), name=f"action {self.action_id}"))
+        if self.backlog is not None:
+            if not self._counted.restored:  # the first runner of the action after start-up
+                self._counted.restored = True
+                restored = self.backlog.size(self.action_id)[0]
+                if restored:
+                    self._restored.inc(restored)
+                    log.info("action %s: %d record(s) in the backlog from an earlier run; "
+                             "draining them first", self.action_id, restored)
+            self.sync_backlog()
+            self._drain_wake.set()
+            self._tasks.append(asyncio.create_task(self._drain(),
+                                                   name=f"backlog {self.action_id}"))
 
     async def close(self) -> None:
-        """Stop writing (unsettled parcels stay unacked) and close the sink."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop writing (unsettled parcels stay unacked, the backlog stays on
+        disk) and close the sink."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._tasks = []
+        if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
+            log.warning("action %s: %d record(s) stay in the backlog (%s); they are delivered "
+                        "first on the next start", self.action_id, left, self.backlog.path)
         await self.sink.close()
 
     async def submit(self, parcel: Parcel) -> None:
@@ -102,44 +185,170 @@ class ActionRunner:
                 parcels.append(p)
                 n += len(p.records)
             records = [r for p in parcels for r in p.records]
-            for i in range(0, len(records), self.batch_size):
-                await self._deliver(records[i:i + self.batch_size])
+            if self.backlog is None:
+                for i in range(0, len(records), self.batch_size):
+                    await self._deliver_in_place(records[i:i + self.batch_size])
+            else:
+                # One flow-control wait for the whole round, not one per batch.
+                deadline = time.monotonic() + FLOW_WAIT
+                for i in range(0, len(records), self.batch_size):
+                    await self._deliver(records[i:i + self.batch_size], deadline)
             now = time.monotonic()
             for p in parcels:
                 self._latency.observe(now - p.received_at)
                 p.settle()
 
-    async def _deliver(self, records: list[Record]) -> None:
-        delay = self.retry_initial
-        attempts = 0
+    async def _deliver(self, records: list[Record], deadline: float) -> None:
+        """Deliver within the flow limit, or put in the backlog what cannot
+        be delivered now (failed retryably, or held back by flow control
+        past `deadline`). Returns once every record is settled."""
+        backlog, limiter = self.backlog, self.limiter
+        if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
+            await self._keep(records, "queued behind the backlog")
+            return
+        while records:
+            k = limiter.try_acquire(len(records))
+            if not k:
+                wait = limiter.delay_until_available(len(records))
+                if not backlog.stacking(self.action_id):
+                    k = await limiter.acquire(len(records))  # nowhere to keep them: wait
+                elif time.monotonic() + wait > deadline:
+                    await self._keep(records, f"held back by flow control policy "
+                                              f"{limiter.limited_by}")
+                    return
+                else:
+                    await asyncio.sleep(wait)
+                    continue
+            batch, records = records[:k], records[k:]
+            retry, reason = await self._write_once(batch)
+            if retry:
+                if backlog.stacking(self.action_id):  # these and the rest, in order
+                    await self._keep(retry + records, reason)
+                    return
+                await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
+        self._recovered()
+
+    async def _deliver_in_place(self, records: list[Record]) -> None:
+        """Without a backlog: wait for the flow limit and retry retryable
+        failures until delivered (the source batch stays unacked)."""
+        while records:
+            k = await self.limiter.acquire(len(records))
+            batch, records = records[:k], records[k:]
+            delay = self.retry_initial
+            attempts = 0
+            while batch:
+                attempts += 1
+                retry, reason = await self._write_once(batch)
+                if retry:
+                    self.totals.retried += len(retry)
+                    self._report(f"{len(retry)} record(s) failed: {reason}; "
+                                 f"retrying (attempt {attempts}, next in {delay:g}s)")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max)
+                batch = retry
+        self._recovered()
+
+    async def _write_once(self, records: list[Record]) -> tuple[list[Record], str | None]:
+        """One write. Counts what was delivered, dead-letters permanent
+        failures; returns the records that failed retryably (in order) and
+        the first reason. Delivered and dead-lettered records leave the
+        in-flight count when they are counted (no await in between: the
+        counts balance at every scrape)."""
+        try:
+            result = await self.sink.write(records)
+        except Exception as e:  # the contract says write never raises; be safe
+            result = WriteResult.all_failed(len(records), f"sink raised {type(e).__name__}: {e}",
+                                            True)
+        failures = result.failures
+        self._count_forwarded(len(records) - len(failures))
+        self._out(len(records) - len(failures))
+        if not failures:
+            return [], None
+        self._failed.inc(len(failures))
+        dead = [i for i in sorted(failures) if not failures[i].retryable]
+        if dead:
+            await self._dead_letter([records[i] for i in dead], [failures[i] for i in dead])
+        retry = [records[i] for i in sorted(failures) if failures[i].retryable]
+        return retry, next(iter(failures.values())).reason
+
+    async def _keep(self, records: list[Record], reason: str | None) -> None:
+        """Append to the backlog; return once committed (or dead-lettered,
+        when a 0 policy disables stacking). If the backlog itself cannot be
+        written, keep trying: the records stay in memory, the batch unacked."""
+        delay = 0.1
         while True:
-            attempts += 1
             try:
-                result = await self.sink.write(records)
-            except Exception as e:  # the contract says write never raises; be safe
-                result = WriteResult.all_failed(len(records), f"sink raised {type(e).__name__}: {e}",
-                                                True)
-            failures = result.failures
-            self._settled(len(records) - len(failures), forwarded=True)
-            if not failures:
-                if self._problem is not None:
-                    log.info("action %s: delivering again (after %d attempts)", self.action_id,
-                             attempts)
-                    self._problem = None
-                return
-            self._failed.inc(len(failures))
-            retry = [i for i, f in failures.items() if f.retryable]
-            dead = [i for i, f in failures.items() if not f.retryable]
-            if dead:
-                await self._dead_letter([records[i] for i in dead], [failures[i] for i in dead])
-            if not retry:
-                return
-            self.totals.retried += len(retry)
-            self._report(f"{len(retry)} record(s) failed: {failures[retry[0]].reason}; "
-                         f"retrying (attempt {attempts}, next in {delay:g}s)")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.retry_max)
-            records = [records[i] for i in sorted(retry)]
+                self.busy += 1
+                appended = await self.backlog.append(self.action_id, records, reason)
+                break
+            except (sqlite3.Error, OSError) as e:
+                self._report(f"cannot write the backlog ({type(e).__name__}: {e}); "
+                             f"{len(records)} record(s) stay unacked, retrying in {delay:g}s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+            finally:
+                self.busy -= 1
+        if appended.stored:
+            self._appended.inc(appended.stored)
+            if reason != "queued behind the backlog":
+                self._report(f"{appended.stored} record(s) kept in the backlog: {reason}")
+            self._drain_wake.set()
+        self._out(len(records))
+        self.sync_backlog()
+
+    # -- the backlog drain ------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Send the backlog oldest first while it is not empty (one task per
+        action, so at most one write at a time from the backlog)."""
+        backlog, action_id = self.backlog, self.action_id
+        backoff = Backoff(self.retry_policy)
+        while True:
+            if not backlog.size(action_id)[0]:
+                self._drain_wake.clear()
+                await self._drain_wake.wait()
+                continue
+            self.busy += 1
+            try:
+                step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
+                                        backoff=backoff, dead_letters=self.dead_letters,
+                                        batch_size=self.batch_size)
+            finally:
+                self.busy -= 1
+            self._count_forwarded(step.delivered)
+            if step.dead_lettered:
+                log.warning("action %s: %d record(s) dead-lettered: %s", action_id,
+                            step.dead_lettered, step.reason)
+                self._count_dead(step.dead_lettered)
+            if step.failed or step.dead_lettered:
+                self._failed.inc(step.failed + step.dead_lettered)
+            self.sync_backlog()
+            if step.failed:
+                self.totals.retried += step.failed
+                how = ("probing every ~" if backoff.probing else "next attempt in ")
+                self._report(f"{step.failed} record(s) failed: {step.reason}; "
+                             f"{self._counted.in_backlog} in the backlog, "
+                             f"{how}{step.wait:.1f}s")
+            elif step.delivered:
+                self._recovered()
+            if step.wait:
+                await asyncio.sleep(step.wait)
+
+    def sync_backlog(self) -> None:
+        """Bring the backlog gauges and the dead-letter count up to date with
+        the backlog's own counters (expiry and refusals happen inside it)."""
+        s, c = self.backlog.stats(self.action_id), self._counted
+        expired, refused = s.expired - c.expired, s.refused - c.refused
+        if expired or refused:
+            c.expired, c.refused = s.expired, s.refused
+            self._expired.inc(expired)
+            self._count_dead(expired + refused)
+        self.totals.backlogged += s.count - c.in_backlog
+        c.in_backlog = s.count
+        self._backlogged.set(s.count)
+        self._backlog_bytes.set(s.bytes)
+
+    # -- counting and logging ------------------------------------------------
 
     async def _dead_letter(self, records: list[Record], failures: list[Failure]) -> None:
         entries = [{"reason": f.reason, "source": f"action:{self.action_id}",
@@ -148,23 +357,28 @@ class ActionRunner:
         log.warning("action %s: %d record(s) dead-lettered: %s", self.action_id, len(records),
                     failures[0].reason)
         await self.dead_letters.write(entries)
-        failed = self._rule_stats.failed
-        failed[self.rule_id] = failed.get(self.rule_id, 0) + len(records)
-        self._settled(len(records), forwarded=False)
+        self._count_dead(len(records))
+        self._out(len(records))
 
-    def _settled(self, n: int, *, forwarded: bool) -> None:
-        if not n:
-            return
-        (self._forwarded if forwarded else self._dead).inc(n)
-        self._inflight.dec(n)
-        t = self.totals
-        t.inflight -= n
-        if forwarded:
-            t.forwarded += n
+    def _out(self, n: int) -> None:
+        """n records handed over by the pipeline are settled (counted elsewhere)."""
+        if n:
+            self._inflight.dec(n)
+            self.totals.inflight -= n
+
+    def _count_forwarded(self, n: int) -> None:
+        if n:
+            self._forwarded.inc(n)
+            self.totals.forwarded += n
             self.forwarded += n
-        else:
-            t.dead_lettered += n
+
+    def _count_dead(self, n: int) -> None:
+        if n:
+            self._dead.inc(n)
+            self.totals.dead_lettered += n
             self.dead_lettered += n
+            failed = self._rule_stats.failed
+            failed[self.rule_id] = failed.get(self.rule_id, 0) + n
 
     def _report(self, problem: str) -> None:
         """One log line per problem: when it starts, then every 30 s."""
@@ -173,3 +387,28 @@ class ActionRunner:
             log.warning("action %s: %s", self.action_id, problem)
             self._problem_logged = now
         self._problem = problem
+
+    def _recovered(self) -> None:
+        if self._problem is not None:
+            log.info("action %s: delivering again", self.action_id)
+            self._problem = None
+
+
+async def expire_periodically(backlog: Backlog,
+                              runners: Callable[[], Iterable[ActionRunner]]) -> None:
+    """Apply the backlog_time bounds every EXPIRE_INTERVAL seconds (expired
+    entries are dead-lettered inside the backlog) and update the runners'
+    counts. `runners` is called each round: the set may change (reload)."""
+    while True:
+        await asyncio.sleep(EXPIRE_INTERVAL)
+        try:
+            expired = await backlog.expire()
+        except (sqlite3.Error, OSError) as e:
+            log.error("backlog expiry failed: %s: %s (retrying)", type(e).__name__, e)
+            continue
+        if expired:
+            log.warning("backlog: %d record(s) expired and dead-lettered, first: %s",
+                        len(expired), expired[0][1])
+        for runner in runners():
+            if runner.backlog is backlog and not runner.busy:
+                runner.sync_backlog()

@@ -4,9 +4,11 @@ The counters balance, which is how an operator (and a test) checks that
 nothing is lost:
 
     per source:  received = malformed + (matched + not_matched)   for every rule
-    per action:  matched = forwarded + backlogged + dead_lettered + inflight
+    per action:  matched + restored = forwarded + backlogged + dead_lettered + inflight
 
-(`matched` of an action = rule outputs handed to it.) Counters move once per
+(`matched` of an action = rule outputs handed to it; `backlogged` = records
+in its durable backlog now (a gauge); `restored` = records an earlier run
+left in the backlog, found at start-up - 0 on a first start.) Counters move once per
 batch, never per event. Each `Metrics` has its own registry, so several
 workers (tests) can live in one process.
 """
@@ -40,6 +42,7 @@ class Totals:
     dead_lettered: int = 0    # malformed events + permanently failed records
     retried: int = 0          # records whose write failed retryably (per attempt)
     inflight: int = 0         # records handed to actions, not yet settled
+    backlogged: int = 0       # records in the durable backlogs now
 
 
 class Metrics:
@@ -62,8 +65,22 @@ class Metrics:
         self.action_failed = Counter("engine_action_failed",
                                      "Failed write attempts, per record (retried or dead-lettered)",
                                      labels, registry=r)
-        self.action_backlogged = Counter("engine_action_backlogged",
-                                         "Records handed to the durable backlog", labels, registry=r)
+        self.action_backlogged = Gauge("engine_action_backlogged",
+                                       "Records in the action's durable backlog now", labels,
+                                       registry=r)
+        self.backlog_appended = Counter("engine_action_backlog_appended",
+                                        "Records put in the durable backlog (destination failed "
+                                        "retryably or flow control held them back)", labels,
+                                        registry=r)
+        self.backlog_restored = Counter("engine_action_backlog_restored",
+                                        "Records found in the backlog at start-up (left by an "
+                                        "earlier run)", labels, registry=r)
+        self.backlog_expired = Counter("engine_action_backlog_expired",
+                                       "Backlog records past backlog_size/backlog_time, "
+                                       "dead-lettered (also in dead_lettered)", labels, registry=r)
+        self.backlog_bytes = Gauge("engine_action_backlog_bytes",
+                                   "Bytes of the action's backlog records (what backlog_size "
+                                   "counts)", labels, registry=r)
         self.action_dead_lettered = Counter("engine_action_dead_lettered",
                                             "Records that failed permanently", labels, registry=r)
         self.action_inflight = Gauge("engine_action_inflight",

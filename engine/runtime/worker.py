@@ -30,8 +30,9 @@ from engine import RuleSpec, compile_ruleset
 from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
 from engine.config.models import parse_listen
 from engine.destinations import CHANNELS
-from engine.runtime.actions import ActionRunner
-from engine.runtime.deadletter import DeadLetters, dead_letters_from_config
+from engine.policies import Backlog, FlowControl
+from engine.runtime.actions import ActionRunner, expire_periodically
+from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.sources import Source
@@ -113,6 +114,9 @@ class Worker:
         self._abort_timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.timed_out = False
+        # Delivery policies (set by from_config): the durable backlog and flow control.
+        self.backlog: Backlog | None = None
+        self.flow = FlowControl()
         # Hot reload (set by from_config; `config_paths` by whoever knows the files).
         self.config: EngineConfig | None = None
         self.config_paths: list[str] | None = None
@@ -136,12 +140,15 @@ class Worker:
         and counts without delivering (a dry run). `config_paths`: the files
         `config` was loaded from, watched and reloaded while running."""
         metrics = metrics or Metrics()
-        dead_letters = dead_letters_from_config(config.dead_letter)
+        dead_letters, backlog = _durable_state(config) if actions else (
+            dead_letters_from_config(config.dead_letter), None)
+        flow = FlowControl(config.flowcontrol_policies)
         w = config.worker
         active = {r.rule_id for r in config.rules if r.active}
         specs = {a.action_id: _runner_spec(a, config) for a in config.actions
                  if actions and a.rule_id in active}
-        runners = [_make_runner(spec, metrics, dead_letters) for spec in specs.values()]
+        runners = [_make_runner(spec, metrics, dead_letters, flow, backlog)
+                   for spec in specs.values()]
         if sources is None:
             sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
         m = config.metrics if serve_metrics else None
@@ -150,6 +157,7 @@ class Worker:
                      metrics_path=m.path if m else "/metrics",
                      shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
         worker.config = config
+        worker.backlog, worker.flow = backlog, flow
         worker._running = {k: getattr(config, k) for k in RESTART_SECTIONS}
         worker._deliver = actions
         worker._specs = specs
@@ -162,14 +170,21 @@ class Worker:
         start-up fails or a source fails (after shutting down the rest)."""
         metrics_runner = None
         started: list[Source] = []
-        dead_letters_open = False
-        watcher = None
+        dead_letters_open = backlog_open = False
+        watcher = expiry = None
         try:
             await self.dead_letters.open()
             dead_letters_open = True
+            if self.backlog is not None:  # before the actions: they drain it first
+                await self.backlog.open()
+                backlog_open = True
+                await self.backlog.settle_unconfigured()
             for runner in self.runners:
                 await runner.open()
                 self._open.append(runner)
+            if self.backlog is not None:
+                expiry = asyncio.create_task(
+                    expire_periodically(self.backlog, lambda: self._open), name="backlog expiry")
             for source in self.sources:
                 await source.start()
                 started.append(source)
@@ -188,7 +203,7 @@ class Worker:
             self.metrics.ready = False
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
-            for task in [*self._tasks, *self._background, watcher, self._reloader]:
+            for task in [*self._tasks, *self._background, watcher, self._reloader, expiry]:
                 if task is not None:
                     task.cancel()
             async with self._reload_lock:  # not while a reload opens actions
@@ -197,6 +212,8 @@ class Worker:
                 self._open.clear()
             for source in started:
                 await source.close()
+            if backlog_open:
+                await self.backlog.close()
             if dead_letters_open:
                 await self.dead_letters.close()
             if metrics_runner is not None:
@@ -321,7 +338,7 @@ class Worker:
             if self._specs.get(action_id) == spec and action_id in current:
                 runners.append(current[action_id])
                 continue
-            runner = _make_runner(spec, self.metrics, self.dead_letters)
+            runner = _make_runner(spec, self.metrics, self.dead_letters, self.flow, self.backlog)
             try:
                 await runner.open()  # before the swap: a sink that cannot open stops the reload
             except BaseException as e:
@@ -378,11 +395,31 @@ class Worker:
                  ", ".join(r.action_id for r in runners))
 
 
-def _make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters) -> ActionRunner:
+def _make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters,
+                 flow: FlowControl, backlog: Backlog | None) -> ActionRunner:
     action, batch_size, linger_ms = spec
     return ActionRunner(action.action_id, action.rule_id, CHANNELS[action.channel](action.detail),
                         metrics=metrics, dead_letters=dead_letters, batch_size=batch_size,
-                        linger=linger_ms / 1000)
+                        linger=linger_ms / 1000,
+                        limiter=flow.limiter_for(action.rule_id, action.action_id, action.channel),
+                        backlog=backlog)
+
+
+def _durable_state(config: EngineConfig) -> tuple[DeadLetters, Backlog]:
+    """The dead-letter store and the backlog of a delivering worker. Without
+    `dead_letter:` the dead letters go to a file in `worker.state_dir` rather
+    than nowhere: nothing the engine accepted is dropped silently."""
+    state_dir = config.worker.state_dir
+    os.makedirs(state_dir, exist_ok=True)
+    if config.dead_letter is None:
+        path = os.path.join(state_dir, "dead-letters.jsonl")
+        log.info("dead letters go to %s (no dead_letter configured)", path)
+        dead_letters: DeadLetters = FileDeadLetters(path)
+    else:
+        dead_letters = dead_letters_from_config(config.dead_letter)
+    backlog = Backlog(os.path.join(state_dir, "backlog.db"), dead_letters,
+                      config.backlog_policies)
+    return dead_letters, backlog
 
 
 def _diff(old: dict, new: dict) -> str:
