@@ -51,9 +51,9 @@ def json_identical(a, b) -> bool:
     return a == b
 
 
-# The compiled core loses the sign of zero in some int/float arithmetic (case c281 in
-# test_cases.py tracks it); compare zero signs again once that is fixed.
-SIGNED_ZERO_STRICT = False
+# Whether -0.0 and 0.0 count as different (they render differently). The compiled
+# core once lost the sign of zero in int/float arithmetic (case c281).
+SIGNED_ZERO_STRICT = True
 
 
 # ---------------------------------------------------------------- (a) robustness
