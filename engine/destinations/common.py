@@ -4,8 +4,10 @@ objects, json_key paths, identifier checks and event_time parsing."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import ssl
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,13 +175,24 @@ def event_time_ms(event_time: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+_UNVERIFIED_WARNED: set[str] = set()
+
+
 def client_ssl_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
     """A client TLS context: system CAs (or `ca_file`), hostname checked,
-    unless `verify` is explicitly turned off."""
+    unless `verify` is explicitly turned off (`verify_tls: false`) - which
+    is logged as a warning once per calling destination module (sinks may
+    build a context on every reconnect)."""
     ctx = ssl.create_default_context(cafile=ca_file)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        caller = sys._getframe(1).f_globals.get("__name__", "?")
+        if caller not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(caller)
+            logging.getLogger(caller).warning(
+                "TLS certificate verification is OFF (verify_tls: false): the server's "
+                "identity is not checked")
     return ctx
 
 
