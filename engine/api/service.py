@@ -170,6 +170,12 @@ def validate(after: list[Stored], kind: Kind, changed: set[tuple[str, str]]) -> 
             "" if key in changed else f"{record.kind} '{record.id}'"
         )
         section.append(body)
+        # engine.config's cross-object check hashes `scope` and raises TypeError
+        # on a list or object there (found by fuzzing; reported upstream). Refuse
+        # it here, in the model's words, until the validator does.
+        if key in changed and not isinstance(body.get("scope", "USER"), str):
+            raise errors.invalid(kind.name,
+                                 "scope: Input should be 'USER', 'CHANNEL', 'RULE' or 'ACTION'")
     try:
         validate_config_dict(data, "request")
     except ConfigError as err:

@@ -4,8 +4,15 @@ on a free 127.0.0.1 port driven through aiohttp's test client."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +24,7 @@ from engine.api.storage import SqliteStore, Store
 from engine.config import ApiConfig
 
 TEST_TIMEOUT_S = 60
+REPO = Path(__file__).resolve().parents[2]
 
 TOKEN_A, TOKEN_B = "token-project-a-0123456789", "token-project-b-9876543210"
 AK_A, SK_A = "AKPROJECTA0001", "sk-project-a-secret-0001"
@@ -99,3 +107,47 @@ class Api:
     async def action(self, rule_id: str, base: str = A, **fields: Any) -> dict:
         body = {"rule_id": rule_id, "channel": "HTTP_FORWARDING", "channel_detail": HTTP_DETAIL}
         return await self.ok("POST", f"{base}/actions", {**body, **fields}, 201)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_api(config_file: Path, env: dict[str, str], *args: str
+                ) -> Iterator[tuple[str, list[str]]]:
+    """`engine api CONFIG ARGS` as a process; yields its URL and, after it
+    stopped, its output lines in the list. Fails if it does not stop cleanly
+    on SIGTERM or if its output contains one of the `env` values (secrets)."""
+    import yaml
+
+    listen = yaml.safe_load(config_file.read_text())["api"]["listen"]
+    host, port = listen.rsplit(":", 1)
+    # Output to a file, not a pipe: nobody reads a pipe while the test runs,
+    # and a full pipe would block the server on its next log line.
+    log_path = config_file.with_suffix(".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "api", str(config_file), *args],
+                                cwd=REPO, env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex((host, int(port))) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"engine api did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+        yield f"http://{listen}", output
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        text = log_path.read_text()
+        output += text.splitlines()
+    assert proc.returncode == 0, text
+    for secret in env.values():
+        assert secret not in text

@@ -191,3 +191,11 @@ class TestQuotas:
         status, _ = await client.call("POST", f"{A}/backlog-policy", {"scope": "RULE",
                                                                       "scope_value": rules[0]["rule_id"]})
         assert status == 403
+
+
+@pytest.mark.parametrize("scope", [{}, ["USER"], 3])
+async def test_non_string_scope_is_400_not_500(client, scope):
+    # Found by fuzzing: engine.config's cross-object check hashes the scope.
+    for path in ("flowcontrol-policy", "backlog-policy"):
+        status, error = await client.call("POST", f"{A}/{path}", {"scope": scope})
+        assert status == 400 and "scope" in error["error_msg"]

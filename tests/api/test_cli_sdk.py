@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from engine.api.storage import SqliteStore
-from tests.api.conftest import AK_A, SK_A, TOKEN_A
+from tests.api.conftest import AK_A, SK_A, TOKEN_A, free_port, running_api
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -57,25 +49,8 @@ ENV = {"PROJ_A_TOKEN": TOKEN_A, "PROJ_A_SK": SK_A}
 @pytest.fixture
 def server(config_file) -> str:
     """`engine api CONFIG` running; yields its base URL."""
-    listen = yaml.safe_load(config_file.read_text())["api"]["listen"]
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "api", str(config_file)], cwd=REPO,
-                            env={**os.environ, **ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    host, port = listen.rsplit(":", 1)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((host, int(port))) == 0:
-                break
-        if proc.poll() is not None:
-            pytest.fail(f"engine api exited: {proc.stdout.read()}")
-        time.sleep(0.05)
-    yield f"http://{listen}"
-    proc.terminate()
-    output, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, output
-    for secret in (TOKEN_A, SK_A):  # nothing secret in the process's logs
-        assert secret not in output
+    with running_api(config_file, ENV) as (url, _):
+        yield url
 
 
 def sdk_client(url: str):
