@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from engine.language import ast
 from engine.language.errors import RuleSemanticError
 from engine.language.functions import FUNCTIONS
@@ -29,6 +31,8 @@ class _Checker:
                     low = -INT64_MIN if under_neg else INT64_MAX
                     if value > low:
                         raise self.err(f"integer {value} is outside the signed 64-bit range", node.pos)
+                case ast.Literal(value) if type(value) is float and not math.isfinite(value):
+                    raise self.err("decimal number is too large (beyond the double range)", node.pos)
                 case ast.Call():
                     self.call(node)
                 case ast.InList():

@@ -51,11 +51,13 @@ class RuleSemanticError(RuleError):
 def _caret_snippet(text: str, line: int, column: int) -> str:
     if not text or line < 1:
         return ""
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")     # lines as the parser counts them
     if line > len(lines):
         return ""
-    src = lines[line - 1]
+    src = lines[line - 1].rstrip("\r")
     if len(src) > 120:  # keep the caret visible on very long lines
         start = max(0, column - 60)
         src, column = ("…" + src[start:start + 118]), column - start + 1
-    return f"  {src}\n  {' ' * max(column - 1, 0)}^"
+    # Tabs before the caret are kept as tabs so the caret lines up.
+    pad = "".join(c if c == "\t" else " " for c in src[:max(column - 1, 0)])
+    return f"  {src}\n  {pad}^"
