@@ -196,3 +196,16 @@ async def test_in_memory_store_works(tmp_path):
         store.subscribe(events.put_nowait)
         await store.change("p", lambda _: [Put("rules", "r1", RULE)])
         assert (await next_event(events)).id == "r1"
+
+
+async def test_import_that_conflicts_with_stored_objects_is_refused_whole():
+    async with open_store(None) as store:
+        await store.change("p", service.plan_import(
+            {"flowcontrol_policies": [{"policy_id": "f1", "scope": "USER"}]}, replace=False))
+        incoming = {"rules": [RULE], "flowcontrol_policies": [{"policy_id": "f2", "scope": "USER"}]}
+        with pytest.raises(ApiError, match="already applies to scope USER"):
+            await store.change("p", service.plan_import(incoming, replace=False))
+        assert [r.id for r in await store.load("p")] == ["f1"]
+        # With --replace the stored policy goes, so the same file fits.
+        await store.change("p", service.plan_import(incoming, replace=True))
+        assert sorted(r.id for r in await store.load("p")) == ["f2", "r1"]
