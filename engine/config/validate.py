@@ -102,6 +102,8 @@ def _policy_scopes(
     scopes: set[tuple[str, str | None]] = set()
     for i, policy in _items(data, section):
         scope = policy.get("scope", "USER")
+        if not isinstance(scope, str):
+            continue  # the model reports the bad scope itself
         value = policy.get("scope_value")
         loc = (section, i, "scope_value")
         if not isinstance(value, str):
