@@ -72,7 +72,9 @@ class EngineProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # stderr to a file lets a test read the log while the engine runs.
         self.stderr_file = stderr_file
-        self.cwd = cwd  # e.g. its own directory for each of several workers' local state
+        # Each engine runs in its config's (temporary) directory, so its default
+        # state_dir (backlog, dead letters) is never shared with another test.
+        self.cwd = cwd if cwd is not None else Path(config).parent
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> EngineProcess:
