@@ -17,7 +17,7 @@ import aiormq.exceptions as amqp_errors
 import orjson
 from pydantic import Field, SecretStr
 
-from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import _Model
 from engine.destinations.registry import register
 
@@ -35,10 +35,6 @@ class AmqpForwarding(_Model):
 
 
 log = logging.getLogger(__name__)
-
-
-class _Unavailable(Exception):
-    """The broker cannot be reached now; retrying later may work."""
 
 
 @register
@@ -59,7 +55,7 @@ class AmqpSink(Sink):
         credentials or a missing queue raise SinkError."""
         try:
             await self._connect()
-        except _Unavailable as e:
+        except Unavailable as e:
             log.warning("AMQP sink for queue %r: %s; will retry on write",
                         self.config.queue_name, e)
 
@@ -80,7 +76,7 @@ class AmqpSink(Sink):
         except (amqp_errors.AMQPError, OSError, TimeoutError) as e:
             # Not `from e`: the cause's text may carry the URL with its password.
             await self._drop()
-            raise _Unavailable(f"cannot connect to the AMQP broker ({type(e).__name__})") from None
+            raise Unavailable(f"cannot connect to the AMQP broker ({type(e).__name__})") from None
         try:
             await channel.declare_queue(c.queue_name, passive=True, timeout=c.timeout_s)
         except amqp_errors.ChannelNotFoundEntity:
@@ -90,7 +86,7 @@ class AmqpSink(Sink):
             await self._drop()
             raise SinkError(f"AMQP access to queue {c.queue_name!r} refused") from None
         except (amqp_errors.AMQPError, OSError, TimeoutError) as e:
-            raise _Unavailable(f"AMQP queue check failed ({type(e).__name__})") from None
+            raise Unavailable(f"AMQP queue check failed ({type(e).__name__})") from None
         self._channel = channel
 
     async def _drop(self) -> None:
@@ -105,12 +101,8 @@ class AmqpSink(Sink):
         await self._drop()
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
-        try:
-            await self._connect()
-        except SinkError as e:
-            return WriteResult.all_failed(len(records), str(e), False)
-        except _Unavailable as e:
-            return WriteResult.all_failed(len(records), str(e), True)
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
         assert self._channel is not None
         exchange = self._channel.default_exchange
         queue, timeout = self.config.queue_name, self.config.timeout_s

@@ -21,6 +21,10 @@ class SinkError(Exception):
     missing queue/table/column). Permanent: retrying will not help."""
 
 
+class Unavailable(Exception):
+    """The destination cannot be reached now; retrying later may work."""
+
+
 class Failure(NamedTuple):
     reason: str
     retryable: bool
@@ -75,3 +79,17 @@ class Sink(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; pending writes have completed."""
+
+    async def _connect(self) -> None:  # noqa: B027 - optional hook
+        """(Re)connect if needed; raise SinkError (permanent) or Unavailable."""
+
+    async def _connect_or_fail(self, n: int) -> WriteResult | None:
+        """Connect before a write of n items; when that fails, the result that
+        fails all of them (retryable unless the destination is unusable)."""
+        try:
+            await self._connect()
+        except SinkError as e:
+            return WriteResult.all_failed(n, str(e), False)
+        except Unavailable as e:
+            return WriteResult.all_failed(n, str(e), True)
+        return None

@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import (
     ColumnMapping,
     JsonKey,
@@ -156,10 +156,6 @@ class _Status(Exception):
         self.status, self.text = status, text
 
 
-class _Unavailable(Exception):
-    pass
-
-
 @register
 class InfluxDBSink(Sink):
     channel = "INFLUXDB_FORWARDING"
@@ -215,7 +211,7 @@ class InfluxDBSink(Sink):
         is down is not an error here (writes report retryable failures)."""
         try:
             await self._connect()
-        except _Unavailable as e:
+        except Unavailable as e:
             log.warning("InfluxDB sink for %r: %s; will retry on write", self.config.measurement, e)
 
     async def _connect(self) -> None:
@@ -251,11 +247,11 @@ class InfluxDBSink(Sink):
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
             raise SinkError(f"InfluxDB TLS error: {e}") from None
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise _Unavailable(f"cannot reach InfluxDB ({type(e).__name__})") from None
+            raise Unavailable(f"cannot reach InfluxDB ({type(e).__name__})") from None
         if status == 401:
             raise SinkError("InfluxDB refused the login (check username and password)")
         if status >= 500:
-            raise _Unavailable(f"InfluxDB answered {status}")
+            raise Unavailable(f"InfluxDB answered {status}")
         error = _json_error(text)
         if status == 403 or (error and "privilege" in error):
             # Not an admin: cannot create databases; writing may still be allowed.
@@ -278,12 +274,8 @@ class InfluxDBSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
-        try:
-            await self._connect()
-        except SinkError as e:
-            return WriteResult.all_failed(len(records), str(e), False)
-        except _Unavailable as e:
-            return WriteResult.all_failed(len(records), str(e), True)
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
         now_ms = int(time.time() * 1000)
         failures: dict[int, Failure] = {}
         lines: list[str] = []

@@ -22,7 +22,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.conn import create_conn
 from pydantic import Field, SecretStr, model_validator
 
-from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import SupportPrivateLinkNetAddress, _Model, client_ssl_context
 from engine.destinations.registry import register
 
@@ -107,10 +107,6 @@ def producer_kwargs(c: DmsKafkaForwarding) -> dict[str, Any]:
     return kw
 
 
-class _Unavailable(Exception):
-    pass
-
-
 def _failure(e: BaseException) -> Failure:
     if isinstance(e, _AUTH_ERRORS):
         return Failure(f"Kafka refused: {type(e).__name__}", False)
@@ -140,7 +136,7 @@ class KafkaSink(Sink):
         credentials or TLS raise SinkError."""
         try:
             await self._connect()
-        except _Unavailable as e:
+        except Unavailable as e:
             log.warning("Kafka sink for topic %r: %s; will retry on write", self.config.topic, e)
 
     async def _connect(self) -> None:
@@ -162,7 +158,7 @@ class KafkaSink(Sink):
             # The producer reports every bootstrap failure alike; one direct
             # connection tells a refused login or certificate from a down broker.
             await self._diagnose(kw)
-            raise _Unavailable(f"cannot reach the Kafka brokers ({type(e).__name__})") from None
+            raise Unavailable(f"cannot reach the Kafka brokers ({type(e).__name__})") from None
         self._producer = producer
 
     async def _diagnose(self, kw: dict[str, Any]) -> None:
@@ -200,12 +196,8 @@ class KafkaSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
-        try:
-            await self._connect()
-        except SinkError as e:
-            return WriteResult.all_failed(len(records), str(e), False)
-        except _Unavailable as e:
-            return WriteResult.all_failed(len(records), str(e), True)
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
         assert self._producer is not None
         topic = self.config.topic
         failures: dict[int, Failure] = {}

@@ -18,7 +18,7 @@ from typing import Any
 import asyncmy
 from asyncmy import errors as my_errors
 
-from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import JsonKey, SqlForwarding, client_ssl_context, columns
 from engine.destinations.registry import register
 
@@ -42,10 +42,6 @@ _RETRY = {1040, 1053, 1205, 1213, 1290, 2002, 2003, 2006, 2013, 2055}
 
 class MysqlForwarding(SqlForwarding):
     """IoTDA MysqlForwarding (Table 1-194); address.port defaults to 3306."""
-
-
-class _Unavailable(Exception):
-    pass
 
 
 def _classify(e: BaseException) -> tuple[str, str]:
@@ -93,7 +89,7 @@ class MysqlSink(Sink):
         not an error here (writes report retryable failures and reconnect)."""
         try:
             await self._connect()
-        except _Unavailable as e:
+        except Unavailable as e:
             log.warning("MySQL sink for table %r: %s; will retry on write", self.config.table_name, e)
 
     async def _connect(self) -> None:
@@ -111,7 +107,7 @@ class MysqlSink(Sink):
         except Exception as e:
             kind, reason = _classify(e)
             if kind == "retry":
-                raise _Unavailable(reason) from None
+                raise Unavailable(reason) from None
             raise SinkError(reason) from None
         try:
             await self._check_table(pool)
@@ -150,12 +146,8 @@ class MysqlSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
-        try:
-            await self._connect()
-        except SinkError as e:
-            return WriteResult.all_failed(len(records), str(e), False)
-        except _Unavailable as e:
-            return WriteResult.all_failed(len(records), str(e), True)
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
         failures: dict[int, Failure] = {}
         try:
             async with self._pool.acquire() as conn:

@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from pydantic import Field
 
-from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
+from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import (
     IDENTIFIER,
     JsonKey,
@@ -45,10 +45,6 @@ class PostgresqlForwarding(SqlForwarding):
     schema_name: str = Field(default="public", pattern=IDENTIFIER.pattern)
     """Schema of table_name (engine option). Names are used exactly as
     written (quoted), so they are case-sensitive."""
-
-
-class _Unavailable(Exception):
-    pass
 
 
 # ------------------------------------------------------------------ value conversion
@@ -172,7 +168,7 @@ class PostgresqlSink(Sink):
         not an error here (writes report retryable failures and reconnect)."""
         try:
             await self._connect()
-        except _Unavailable as e:
+        except Unavailable as e:
             log.warning("PostgreSQL sink for table %r: %s; will retry on write",
                         self.config.table_name, e)
 
@@ -191,7 +187,7 @@ class PostgresqlSink(Sink):
         except Exception as e:
             kind, reason = _classify(e)
             if kind == "retry":
-                raise _Unavailable(reason) from None
+                raise Unavailable(reason) from None
             raise SinkError(reason) from None
         try:
             await self._check_table(pool)
@@ -231,12 +227,8 @@ class PostgresqlSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
-        try:
-            await self._connect()
-        except SinkError as e:
-            return WriteResult.all_failed(len(records), str(e), False)
-        except _Unavailable as e:
-            return WriteResult.all_failed(len(records), str(e), True)
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
         assert self._pool is not None
         failures: dict[int, Failure] = {}
         try:
