@@ -7,27 +7,11 @@ support.py.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-# Per-test ceiling so a hung server cannot hang the suite.
-TEST_TIMEOUT_S = 60
-
-
-@pytest.fixture(autouse=True)
-def _bounded_time():
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @dataclass

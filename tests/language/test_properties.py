@@ -126,6 +126,7 @@ def test_any_text_only_raises_rule_errors(text, as_select):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @SLOW
 @given(select=clause_text, where=clause_text)
 def test_any_text_only_raises_rule_errors_slow(select, where):
@@ -437,6 +438,7 @@ def test_compiled_where_matches_reference(where, event):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @needs_compiled
 @SLOW_DIFF
 @given(select=select_texts(), where=where_texts, event=events)

@@ -3,27 +3,12 @@ temporary files under tmp_path."""
 
 from __future__ import annotations
 
-import signal
 import socket
 
 import pytest
 
 from tests import services
 from tests.policies.support import Clock, MemoryDeadLetters
-
-TEST_TIMEOUT_S = 60  # per test: a hung server or a deadlock fails instead of hanging
-
-
-@pytest.fixture(autouse=True)
-def _bounded_time():
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture
