@@ -83,11 +83,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("engine run: no sources configured (add a sources: section)", file=sys.stderr)
         return EXIT_ERROR
 
+    tty = None if args.status == "auto" else args.status == "tty"
+
+    def status(worker: Worker) -> StatusReporter:
+        return StatusReporter(worker.metrics.totals, tty=tty, interval=args.status_interval)
+
     async def go() -> None:
-        worker = Worker.from_config(config)
-        tty = None if args.status == "auto" else args.status == "tty"
-        await serve(worker, StatusReporter(worker.metrics.totals, tty=tty,
-                                           interval=args.status_interval))
+        if config.api is not None:  # the management API in this worker
+            from engine.runtime.managed import run_with_api
+
+            worker = await run_with_api(config, status, config_paths=args.files)
+        else:
+            worker = Worker.from_config(config)
+            await serve(worker, status(worker))
         t = worker.metrics.totals
         print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
               f"{t.dead_lettered} dead-lettered", file=sys.stderr)

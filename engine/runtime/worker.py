@@ -22,6 +22,7 @@ there are logged and need a restart.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -114,6 +115,9 @@ class Worker:
         self._abort_timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.timed_out = False
+        # Process-wide GC setting, set by `main.serve` (engine run): freeze
+        # what start-up created so full collections skip it (see run()).
+        self.freeze_gc = False
         # Delivery policies (set by from_config): the durable backlog and flow control.
         self.backlog: Backlog | None = None
         self.flow = FlowControl()
@@ -122,6 +126,11 @@ class Worker:
         self.config_paths: list[str] | None = None
         self.reload_interval = float(os.environ.get("ENGINE_RELOAD_POLL", "1") or 0)
         self.reloads = 0                      # applied reloads
+        # Management API (engine.runtime.managed): the running config is the
+        # rule files (`file_config`) plus the projects of `store`.
+        self.store = None
+        self.file_config: EngineConfig | None = None
+        self._reload_files = False
         self._deliver = True
         self._specs: dict[str, RunnerSpec] = {}
         self._running: dict[str, object] = {}  # sections a reload does not change
@@ -192,6 +201,12 @@ class Worker:
                 host, port = parse_listen(self.metrics_listen)
                 metrics_runner = await self.metrics.serve(host, port, self.metrics_path)
             self.metrics.ready = not self.stopping
+            if self.freeze_gc:
+                # Modules, compiled rules, clients: alive for the whole run.
+                # Frozen, they are no longer scanned by every full collection
+                # (which otherwise paused the loop for 100-200 ms: the p90/p99
+                # of the delivery latency, see benchmarks/bench_pipeline.py).
+                gc.freeze()
             self._tasks = [asyncio.create_task(self.pipeline.consume(s), name=f"source {s.name}")
                            for s in self.sources]
             if self.config_paths and self.config is not None and self.reload_interval > 0:
@@ -257,12 +272,14 @@ class Worker:
 
     # -- hot reload -------------------------------------------------------------
 
-    def request_reload(self, reason: str) -> None:
+    def request_reload(self, reason: str, *, files: bool = True) -> None:
         """Reload soon (safe from a signal handler); requests that arrive
-        while a reload runs are merged into one more reload."""
+        while a reload runs are merged into one more reload. `files=False`
+        (a change in the API store): keep the last loaded rule files."""
         if self.stopping:
             return
         self._reload_reasons.append(reason)
+        self._reload_files |= files
         if self._reloader is None or self._reloader.done():
             self._reloader = asyncio.create_task(self._reload_requested(), name="reload")
 
@@ -270,7 +287,8 @@ class Worker:
         while self._reload_reasons and not self.stopping:
             reason = ", ".join(dict.fromkeys(self._reload_reasons))
             self._reload_reasons.clear()
-            await self.reload(reason)
+            files, self._reload_files = self._reload_files, False
+            await self.reload(reason, files=files)
 
     async def _watch(self) -> None:
         assert self.config_paths is not None
@@ -279,17 +297,25 @@ class Worker:
         async for changed in watcher.changes():
             self.request_reload("changed: " + ", ".join(changed))
 
-    async def reload(self, reason: str = "reload") -> bool:
-        """Load the configuration files again and apply them if they are
-        valid. Returns whether a new configuration was applied; never raises
-        (problems are logged, one line each, and the running rules stay)."""
-        if self.config is None or not self.config_paths:
+    async def reload(self, reason: str = "reload", *, files: bool = True) -> bool:
+        """Load the configuration files again (unless `files=False`), add
+        the API store's projects (when there is a store) and apply the result
+        if it is valid. Returns whether a new configuration was applied; never
+        raises (problems are logged, one line each, and the running rules stay)."""
+        if self.config is None or not (self.config_paths or self.store is not None):
             log.warning("reload (%s) ignored: this worker was not started from rule files",
                         reason)
             return False
         log.info("reloading the configuration (%s)", reason)
+        file_config = self.file_config or self.config
         try:
-            config = await asyncio.to_thread(load_config, self.config_paths)
+            if files and self.config_paths:
+                file_config = await asyncio.to_thread(load_config, self.config_paths)
+            config = file_config
+            if self.store is not None:
+                from engine.api.effective import effective_config
+
+                config = await effective_config(file_config, self.store)
         except ConfigError as e:
             for issue in e.issues:
                 # One line each (a rule's syntax error also draws a caret
@@ -298,11 +324,14 @@ class Worker:
             log.error("reload rejected: %d problem(s); the running configuration is kept",
                       len(e.issues))
             return False
-        except Exception as e:  # pragma: no cover - load_config reports problems as ConfigError
+        except Exception as e:  # e.g. the API store unreachable (load_config raises ConfigError)
             log.error("reload failed: %s: %s; the running configuration is kept",
                       type(e).__name__, e)
             return False
-        return await self.apply(config)
+        applied = await self.apply(config)
+        if self.config is config:  # accepted (applied, or nothing to change)
+            self.file_config = file_config
+        return applied
 
     async def apply(self, config: EngineConfig) -> bool:
         """Swap in a validated configuration (see the module docstring)."""
