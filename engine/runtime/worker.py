@@ -15,8 +15,9 @@ first, then the rule set and routes are swapped in one step (a batch is
 routed entirely by the old or entirely by the new rules), and actions that
 were removed or changed are closed once every batch routed by an older rule
 set is settled. Unchanged actions keep running (same queue, same order).
-Sources, the metrics endpoint and dead letters are not restarted: changes
-there are logged and need a restart.
+Changed flow-control policies apply at the swap (new token buckets for
+every action). Sources, the metrics endpoint, dead letters and backlog
+policies are not restarted: changes there are logged and need a restart.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
 
 
 # Sections a reload does not apply (the running ones are kept).
-RESTART_SECTIONS = ("sources", "metrics", "dead_letter")
+RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies")
 
 
 class Worker:
@@ -352,7 +353,8 @@ class Worker:
             if getattr(config, section) != self._running.get(section, getattr(old, section)):
                 log.warning("reload: '%s' differs from the running one and is not applied: "
                             "changing %s needs a restart", section, section)
-        if all(getattr(config, k) == getattr(old, k) for k in ("rules", "actions", "worker")):
+        if all(getattr(config, k) == getattr(old, k)
+               for k in ("rules", "actions", "worker", "flowcontrol_policies")):
             log.info("reload: rules, actions and worker settings unchanged")
             self.config = config
             return False
@@ -360,6 +362,9 @@ class Worker:
         active = {r.rule_id for r in config.rules if r.active}
         specs = {a.action_id: _runner_spec(a, config) for a in config.actions
                  if self._deliver and a.rule_id in active}
+        flow = self.flow  # changed policies: new buckets, for every runner at the swap
+        if config.flowcontrol_policies != old.flowcontrol_policies:
+            flow = FlowControl(config.flowcontrol_policies)
         current = {r.action_id: r for r in self.runners}
         runners: list[ActionRunner] = []
         opened: list[ActionRunner] = []
@@ -367,7 +372,7 @@ class Worker:
             if self._specs.get(action_id) == spec and action_id in current:
                 runners.append(current[action_id])
                 continue
-            runner = _make_runner(spec, self.metrics, self.dead_letters, self.flow, self.backlog)
+            runner = _make_runner(spec, self.metrics, self.dead_letters, flow, self.backlog)
             try:
                 await runner.open()  # before the swap: a sink that cannot open stops the reload
             except BaseException as e:
@@ -388,6 +393,10 @@ class Worker:
 
         # The swap: nothing awaits between these lines.
         previous = self.pipeline.swap(ruleset, routes)
+        if flow is not self.flow:
+            self.flow = flow
+            for r in runners:
+                r.limiter = flow.limiter_for(r.rule_id, r.action_id, r.sink.channel)
         self._open.extend(opened)
         self.runners = runners
         self._specs = specs
