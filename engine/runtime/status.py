@@ -1,7 +1,7 @@
 """What a running worker tells its operator.
 
 On a terminal: one status line, rewritten every second (events/s in,
-matched/s, forwarded/s, backlog, dead letters). Otherwise: a plain log line
+matched/s, forwarded/s, in-flight records, durable backlog, dead letters). Otherwise: a plain log line
 every `interval` seconds. Problems are logged by the parts that see them, one
 line per problem (never one per event).
 """
@@ -57,7 +57,8 @@ class StatusReporter:
         text = (f"in {_rate((now.received - prev.received) / dt)}/s  "
                 f"matched {_rate((now.matched - prev.matched) / dt)}/s  "
                 f"forwarded {_rate((now.forwarded - prev.forwarded) / dt)}/s  "
-                f"backlog {now.inflight}  dead-lettered {now.dead_lettered}  "
+                f"in-flight {now.inflight}  backlog {now.backlogged}  "
+                f"dead-lettered {now.dead_lettered}  "
                 f"total in {now.received}")
         return f"{self.extra()}  {text}" if self.extra else text
 

@@ -25,7 +25,7 @@ async def test_tty_rewrites_one_line_with_rates():
     text = out.getvalue()
     assert "\n" not in text                        # one line, rewritten in place
     frames = [f for f in text.split("\r\x1b[K") if f]
-    assert frames and "backlog 10" in frames[-1] and "total in 5000" in frames[-1]
+    assert frames and "in-flight 10  backlog 0" in frames[-1] and "total in 5000" in frames[-1]
     rate = int(frames[0].split("in ")[1].split("/s")[0].rstrip("k"))
     assert 2000 <= rate <= 20000                   # ~1000 events per 0.05 s
 
@@ -33,9 +33,9 @@ async def test_tty_rewrites_one_line_with_rates():
 def test_rates_are_per_second_between_two_snapshots():
     rep = StatusReporter(Totals(), tty=False)
     line = rep.line(Totals(received=100), Totals(received=2100, matched=50, forwarded=40,
-                                                 inflight=7, dead_lettered=1), 2.0)
-    assert line == ("in 1000/s  matched 25/s  forwarded 20/s  backlog 7  dead-lettered 1  "
-                    "total in 2100")
+                                                 inflight=7, backlogged=3, dead_lettered=1), 2.0)
+    assert line == ("in 1000/s  matched 25/s  forwarded 20/s  in-flight 7  backlog 3  "
+                    "dead-lettered 1  total in 2100")
 
 
 def test_json_log_lines():
