@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
-EXIT_NOT_IMPLEMENTED = 3
-
-
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"engine {name}: not implemented yet", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
-
-    return run
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
