@@ -53,6 +53,7 @@ async def serve(worker: Worker, status: StatusReporter | None = None, *,
     (`config_paths`, or the `engine run` command line), SIGHUP and changes of
     those files reload the rules (see `Worker.reload`)."""
     loop = asyncio.get_running_loop()
+    worker.freeze_gc = True  # a process of its own: see Worker.run
     if config_paths is not None:
         worker.config_paths = list(config_paths)
     elif worker.config_paths is None and worker.config is not None:

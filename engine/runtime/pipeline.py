@@ -160,6 +160,10 @@ class Pipeline:
             async for batch in source.batches():
                 done = await self.process(source.name, batch)
                 await acks.put((batch, done))
+                # Let the action writers and the acker run between two batches:
+                # a source with data buffered (Kafka) would otherwise route
+                # `max_pending` batches before the first one is written.
+                await asyncio.sleep(0)
             await acks.put(None)
             await acker
         finally:

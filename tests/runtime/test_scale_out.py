@@ -22,7 +22,7 @@ pytestmark = pytest.mark.services
 
 PARTITIONS = 4
 STEADY = 8000     # events produced while both workers run
-AFTER = 16000     # events produced around the kill
+AFTER = 16000     # events produced around the kill (at 2,000/s)
 ASSIGNED = re.compile(r"kafka group \S+: (\d+) partition\(s\) assigned: (.*)")
 TOTAL_IN = re.compile(r"total in (\d+)")
 
@@ -42,7 +42,8 @@ def total_in(log: str) -> int:
     return int(found[-1]) if found else 0
 
 
-async def produce(kafka: str, topic: str, seqs: range, rate: float | None = None) -> None:
+async def produce(kafka: str, topic: str, seqs: range, rate: float | None = None,
+                  progress: list[int] | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     await producer.start()
     try:
@@ -51,6 +52,8 @@ async def produce(kafka: str, topic: str, seqs: range, rate: float | None = None
             await producer.send(topic, event(seq), partition=seq % PARTITIONS)
             if rate and i % 200 == 199:
                 await producer.flush()
+                if progress is not None:
+                    progress.append(i + 1)
                 ahead = t0 + (i + 1) / rate - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
@@ -112,19 +115,23 @@ async def test_two_workers_split_partitions_and_survive_a_kill(kafka, tmp_path):
                 assert in_a + in_b == STEADY and in_a and in_b, (in_a, in_b)
 
                 # kill -9 one worker while events stream in.
-                stream = asyncio.create_task(produce(kafka, topic,
-                                                     range(STEADY, STEADY + AFTER), rate=4000))
-                await until(lambda: len(rx.bodies) >= STEADY // 2 + 1000, 20,
+                progress: list[int] = []
+                stream = asyncio.create_task(produce(kafka, topic, range(STEADY, STEADY + AFTER),
+                                                     rate=2000, progress=progress))
+                await until(lambda: len(rx.bodies) >= STEADY // 2 + 500, 20,
                             "the stream to reach the workers", (a, b))
                 a.proc.kill()
                 a.proc.wait()
                 t_kill = time.monotonic()
+                assert not stream.done() and progress[-1] < AFTER // 2, "kill not mid-stream"
                 await stream
                 expected = set(range(0, STEADY + AFTER, 2))
                 await until(lambda: {body["seq"] for body in rx.bodies} >= expected, 40,
                             "every event after the kill", (b,))
                 t_complete = time.monotonic() - t_kill
-                assert assignment(b.log()) == {f"{topic}:{p}" for p in range(PARTITIONS)}
+                await until(lambda: assignment(b.log()) == {f"{topic}:{p}"
+                                                            for p in range(PARTITIONS)},
+                            10, "the survivor to own every partition", (b,))
                 code, log_b = b.stop()
         assert code == 0, log_b
         got = [body["seq"] for body in rx.bodies]
