@@ -85,7 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             worker = await run_with_api(config, status, config_paths=args.files)
         else:
-            worker = Worker.from_config(config)
+            worker = Worker.from_config(config, config_paths=args.files)
             await serve(worker, status(worker))
         t = worker.metrics.totals
         print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
