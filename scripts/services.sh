@@ -586,12 +586,14 @@ ensure_tansu() {
 
 up_kafka() {
     local logf="$LOG_DIR/kafka.log"
+    # Installed even when a broker already runs: the outage tests start their
+    # own (durable) broker from this binary.
+    ensure_tansu "$logf"
     if port_open "$KAFKA_PORT"; then
         kafka_check >/dev/null || fail kafka "$logf" "$HOST:$KAFKA_PORT is open but does not answer Kafka metadata requests"
         say "kafka: reusing the broker on $HOST:$KAFKA_PORT"
         return 0
     fi
-    ensure_tansu "$logf"
     # tansu opens only the Kafka listener; unset its env knobs so nothing else is configured.
     start_bg kafka "$logf" env -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
         -u OTEL_EXPORTER_OTLP_ENDPOINT -u SCHEMA_REGISTRY \

@@ -60,10 +60,11 @@ def test_installed_wheel_has_compiled_core_and_grammar(tmp_path):
     wheels, target, run_dir = tmp_path / "wheels", tmp_path / "site", tmp_path / "run"
     run_dir.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
+    built = subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
-        check=True, capture_output=True, timeout=600,
+        capture_output=True, text=True, timeout=600,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("*.whl")
     subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(target), str(wheel)],

