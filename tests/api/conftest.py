@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from engine.api.limits import ApiLimits
 from engine.api.storage import SqliteStore, Store
 from engine.config import ApiConfig
 
-TEST_TIMEOUT_S = 60
 REPO = Path(__file__).resolve().parents[2]
 
 TOKEN_A, TOKEN_B = "token-project-a-0123456789", "token-project-b-9876543210"
@@ -46,18 +44,6 @@ RULE = {"rule_name": "status", "subject": {"resource": "device.status", "event":
         "where": "notify_data.body.status = 'ONLINE'"}
 HTTP_DETAIL = {"http_forwarding": {"url": "http://127.0.0.1:9/hook"}}
 
-
-@pytest.fixture(autouse=True)
-def _bounded_time():
-    # A hung server must fail the test, not hang the suite.
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture
