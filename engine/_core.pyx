@@ -1178,21 +1178,37 @@ cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) n
 
 
 cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """s[i] is the opening quote; index after the closing quote, or -1."""
+    """s[i] is the opening quote; index after the closing quote, or -1 (also
+    for any backslash: escapes are left to the real decoder)."""
+    cdef const unsigned char* q = <const unsigned char*>memchr(s + i + 1, 34, n - i - 1)
+    cdef Py_ssize_t j, k
+    cdef unsigned char c, high = 0, bad = 0
+    if q == NULL:
+        return -1
+    j = q - s
+    # Branch-free scan (the compiler vectorises it): control characters and
+    # backslashes are refused, bytes >= 0x80 send the string to the UTF-8 check.
+    for k in range(i + 1, j):
+        c = s[k]
+        high |= c
+        bad |= (c < 0x20) | (c == 92)
+    if bad:
+        return -1
+    if high < 0x80:
+        return j + 1
+    return j + 1 if _utf8_ok(s, i + 1, j) else -1
+
+
+cdef bint _utf8_ok(const unsigned char* s, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
+    """s[i:end] is UTF-8 without overlongs, surrogates or code points above U+10FFFF."""
     cdef unsigned char c
     cdef unsigned int cp
-    cdef int extra
-    i += 1
-    while i < n:
+    cdef int extra, k
+    while i < end:
         c = s[i]
-        if c == 34:
-            return i + 1
-        if c < 0x20 or c == 92:          # control character, or an escape (not expected here)
-            return -1
         if c < 0x80:
             i += 1
             continue
-        # UTF-8: no overlongs, no surrogates, nothing above U+10FFFF.
         if 0xC2 <= c <= 0xDF:
             extra, cp = 1, c & 0x1F
         elif 0xE0 <= c <= 0xEF:
@@ -1200,18 +1216,18 @@ cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) 
         elif 0xF0 <= c <= 0xF4:
             extra, cp = 3, c & 0x07
         else:
-            return -1
-        if i + extra >= n:
-            return -1
+            return False
+        if i + extra >= end:
+            return False
         for k in range(1, extra + 1):
             if (s[i + k] & 0xC0) != 0x80:
-                return -1
+                return False
             cp = (cp << 6) | (s[i + k] & 0x3F)
         if (extra == 2 and (cp < 0x800 or 0xD800 <= cp <= 0xDFFF)) or \
                 (extra == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
-            return -1
+            return False
         i += extra + 1
-    return -1
+    return True
 
 
 cdef Py_ssize_t _number_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
