@@ -163,13 +163,13 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from engine.runtime.status import setup_logging
 
     setup_logging(args.log_format, args.log_level)
-    try:
-        limits = ApiLimits.parse(args.limit)
-    except ValueError as e:
-        print(f"engine api: --limit: {e}", file=sys.stderr)
-        return EXIT_ERROR
     config = _api_config("api", args.files)
     if config is None:
+        return EXIT_ERROR
+    try:
+        limits = ApiLimits.from_config(config.api.limits, args.limit)
+    except ValueError as e:
+        print(f"engine api: --limit: {e}", file=sys.stderr)
         return EXIT_ERROR
     try:
         run_sync(serve(config, limits))

@@ -30,6 +30,12 @@ class ApiLimits:
     (rule files and `engine import` are the operator's and always may)."""
 
     @classmethod
+    def from_config(cls, configured: dict[str, object], overrides: list[str] = ()) -> ApiLimits:
+        """The `api.limits` section of the config, then `NAME=VALUE` overrides."""
+        items = [f"{k}={str(v).lower()}" for k, v in configured.items()]
+        return cls.parse(items + list(overrides))
+
+    @classmethod
     def parse(cls, items: list[str]) -> ApiLimits:
         """From `NAME=VALUE` strings (the `engine api --limit` option)."""
         types = {f.name: f.type for f in fields(cls)}

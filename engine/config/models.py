@@ -479,12 +479,24 @@ ProjectId = Annotated[str, AfterValidator(_check_project_id)]
 
 
 class ApiConfig(_Model):
-    """The IoTDA-compatible management REST API (validated only, for now)."""
+    """The IoTDA-compatible management REST API (docs/api.md)."""
 
     listen: Listen = "127.0.0.1:8080"
     storage: str | None = None
-    """Where API-made changes are stored (a path); none: kept in memory."""
+    """Where API-made changes are stored: `sqlite:///PATH`, a path, or
+    `postgresql://…`; none: kept in memory."""
     projects: dict[ProjectId, ProjectAuth] = Field(default_factory=dict)
+    limits: dict[str, int | float | bool] = Field(default_factory=dict)
+    """Overrides of engine.api.limits.ApiLimits (max_body_bytes, rate, burst,
+    max_rules, …); `engine api --limit NAME=VALUE` overrides these."""
+
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, v: dict[str, int | float | bool]) -> dict[str, int | float | bool]:
+        from engine.api.limits import ApiLimits  # the one definition of the limits
+
+        ApiLimits.parse([f"{k}={str(x).lower()}" for k, x in v.items()])  # ValueError names the bad one
+        return v
 
 
 # ------------------------------------------------------------------ worker

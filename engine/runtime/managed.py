@@ -20,6 +20,7 @@ from aiohttp import web
 
 from engine.api.app import create_app
 from engine.api.effective import SEP, effective_config, qualify
+from engine.api.limits import ApiLimits
 from engine.api.metrics import ActionCounters, RuleCounters
 from engine.api.storage import ChangeEvent, open_store
 from engine.config import EngineConfig
@@ -90,7 +91,8 @@ async def run_with_api(config: EngineConfig,
             worker.store = store
             if config_paths is not None:
                 worker.config_paths = list(config_paths)
-            runner = web.AppRunner(create_app(api, store, metrics=WorkerMetrics(worker)))
+            runner = web.AppRunner(create_app(api, store, ApiLimits.from_config(api.limits),
+                                               metrics=WorkerMetrics(worker)))
             await runner.setup()
             try:
                 host, port = parse_listen(api.listen)
