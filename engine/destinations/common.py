@@ -127,10 +127,11 @@ class JsonKey:
         return cur
 
 
-def columns(json_keys: list[JsonKey]) -> _core.Columns:
+def columns(mappings: list[ColumnMapping]) -> _core.Columns:
     """The compiled extractor of a destination's column values (same
     resolution as JsonKey.resolve, for a whole batch in one call)."""
-    return _core.Columns([k.key for k in json_keys], [k.steps for k in json_keys])
+    keys = [JsonKey(m.json_key) for m in mappings]
+    return _core.Columns([k.key for k in keys], [k.steps for k in keys])
 
 
 # ---------------------------------------------------------------- identifiers

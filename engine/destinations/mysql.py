@@ -19,7 +19,7 @@ import asyncmy
 from asyncmy import errors as my_errors
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
-from engine.destinations.common import JsonKey, SqlForwarding, client_ssl_context, columns
+from engine.destinations.common import SqlForwarding, client_ssl_context, columns
 from engine.destinations.registry import register
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class MysqlSink(Sink):
 
     def __init__(self, config: MysqlForwarding) -> None:
         super().__init__(config)
-        self._keys = [JsonKey(m.json_key) for m in config.column_mappings]
-        self._cols = columns(self._keys)
+        self._cols = columns(config.column_mappings)
         cols = ", ".join(quote_ident(m.column_name) for m in config.column_mappings)
         marks = ", ".join(["%s"] * len(config.column_mappings))
         self._sql = f"INSERT INTO {quote_ident(config.table_name)} ({cols}) VALUES ({marks})"

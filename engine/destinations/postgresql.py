@@ -26,7 +26,6 @@ from pydantic import Field
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import (
     IDENTIFIER,
-    JsonKey,
     SqlForwarding,
     client_ssl_context,
     columns,
@@ -157,8 +156,7 @@ class PostgresqlSink(Sink):
 
     def __init__(self, config: PostgresqlForwarding) -> None:
         super().__init__(config)
-        self._keys = [JsonKey(m.json_key) for m in config.column_mappings]
-        self._cols = columns(self._keys)
+        self._cols = columns(config.column_mappings)
         self._columns = [m.column_name for m in config.column_mappings]
         self._convert: list[Callable[[Any], Any]] = [_as_is] * len(self._columns)
         self._pool: asyncpg.Pool | None = None

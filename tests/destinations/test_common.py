@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.destinations.common import (
+    ColumnMapping,
     JsonKey,
     NetAddress,
     columns,
@@ -31,7 +32,7 @@ def test_resolve():
              "notify_data.header.device_id"]
     got = {k: JsonKey(k).resolve(payload) for k in names}
     # The compiled extractor the SQL sinks use resolves exactly the same way.
-    row = columns([JsonKey(k) for k in names]).rows([payload])[0]
+    row = columns([ColumnMapping(column_name="c", json_key=k) for k in names]).rows([payload])[0]
     assert dict(zip(names, row, strict=True)) == got
     assert got == {"a.b[0].c": 1, "a.b[1].c": None, "a.b[2]": None, "a.x": 5, "s[0]": None,
                    "a.b.c": None, "a.b[0]": {"c": 1}, "a.n": None, "zz": None,
@@ -47,7 +48,7 @@ def test_event_time_ms():
 
 
 def test_sql_values_objects_and_arrays_become_json_text():
-    cols = columns([JsonKey(k) for k in ["o", "l", "s", "n", "f"]])
+    cols = columns([ColumnMapping(column_name=k, json_key=k) for k in ["o", "l", "s", "n", "f"]])
     row = cols.rows([{"o": {"a": [1, True]}, "l": [], "s": "x", "n": None, "f": 1.5}], True)[0]
     assert row == ('{"a":[1,true]}', "[]", "x", None, 1.5)
 
