@@ -57,7 +57,8 @@ RULES = {
                                "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') AS level",
                           "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') < 10",
                           resource="device.property", event="report"),
-    # every event (a few fields: SELECT * costs the rule core ~4x more, see docs/runtime.md)
+    # every event, a few fields (SELECT * costs about the same since the raw forms
+    # stopped copying the event they decoded: 284k vs 306k events/s, rule core alone)
     "match-all": RuleSpec("r", "notify_data.header.device_id AS device_id, resource, event, "
                                "event_time", None),
 }
