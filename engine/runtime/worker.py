@@ -46,13 +46,14 @@ log = logging.getLogger(__name__)
 def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
     o = entry.options
     if entry.kind == "kafka":
-        from engine.runtime.sources.kafka import KafkaSource, client_options
+        from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
 
-        return KafkaSource(topics=o.topics, group_id=o.group_id, batch_size=o.max_batch,
+        return KafkaSource(bootstrap_servers=o.bootstrap_servers, topics=o.topics,
+                           group_id=o.group_id, batch_size=o.max_batch,
                            auto_offset_reset=o.auto_offset_reset,
                            session_timeout_ms=o.session_timeout_ms,
                            heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                           **client_options(o))
+                           config=librdkafka_config(o))
     if entry.kind == "amqp":
         from engine.runtime.sources.amqp import AmqpSource
 

@@ -1,4 +1,9 @@
-"""Kafka consumer-group source (aiokafka).
+"""Kafka consumer-group source (confluent-kafka, i.e. librdkafka).
+
+librdkafka fetches and parses records in C threads of its own; the source
+takes them in batches (`Consumer.consume`) on a dedicated thread, so the
+event loop never blocks on the client, and hands the payloads (bytes) to the
+pipeline as they are.
 
 Offsets are committed by hand, only when the pipeline acks a batch: the
 commit covers exactly the records of that batch (next offset per partition).
@@ -22,20 +27,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from engine.runtime.sources import Batch, Source
 
 log = logging.getLogger(__name__)
 
+# How long start() waits for the cluster's metadata before giving up (it gives
+# up at once when every bootstrap server failed or authentication failed).
+START_TIMEOUT = 30.0
+# The longest one wait for records blocks the consumer thread (stop() is
+# noticed within this time).
+POLL_TIMEOUT = 0.2
+
 
 def client_options(conn) -> dict[str, Any]:
-    """aiokafka connection arguments for a config `KafkaConnection` (holds the
-    password: never log the result)."""
+    """aiokafka connection arguments for a config `KafkaConnection` (used by
+    the Kafka dead-letter store; holds the password: never log the result)."""
     options: dict[str, Any] = {"bootstrap_servers": conn.bootstrap_servers,
                                "client_id": conn.client_id,
                                "security_protocol": conn.security_protocol}
@@ -47,6 +61,30 @@ def client_options(conn) -> dict[str, Any]:
     return options
 
 
+def librdkafka_config(conn) -> dict[str, Any]:
+    """librdkafka connection settings for a config `KafkaConnection` (holds
+    the password: never log the result). TLS verifies the broker's certificate
+    and host name (librdkafka's defaults); without `ssl_cafile` the system's
+    CA certificates are used."""
+    servers = conn.bootstrap_servers
+    config: dict[str, Any] = {
+        "bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers),
+        "client.id": conn.client_id,
+        "security.protocol": conn.security_protocol.lower(),
+    }
+    if conn.sasl_mechanism:
+        config.update({"sasl.mechanism": conn.sasl_mechanism,
+                       "sasl.username": conn.sasl_username,
+                       "sasl.password": conn.sasl_password.get_secret_value()})
+    if conn.security_protocol.endswith("SSL") and conn.ssl_cafile:
+        config["ssl.ca.location"] = conn.ssl_cafile
+    return config
+
+
+class KafkaStartError(RuntimeError):
+    """The source cannot be used: bad settings, broker unreachable, login refused."""
+
+
 class KafkaSource(Source):
     kind = "kafka"
 
@@ -54,104 +92,259 @@ class KafkaSource(Source):
                  topics: list[str], group_id: str, batch_size: int = 1000,
                  auto_offset_reset: str = "earliest", session_timeout_ms: int = 10000,
                  heartbeat_interval_ms: int = 3000, name: str | None = None,
-                 handoff_timeout: float = 10.0, **consumer_options) -> None:
+                 handoff_timeout: float = 10.0,
+                 config: Mapping[str, Any] | None = None) -> None:
+        """`config`: further librdkafka settings (security, client.id; see
+        `librdkafka_config`); they override the defaults below."""
         super().__init__(name)
         self.topics = topics
         self.group_id = group_id
         self.batch_size = batch_size
         self.handoff_timeout = handoff_timeout
-        self.assigned: set[TopicPartition] = set()
-        self._outstanding = 0            # batches yielded, not acked yet
-        self._acked = asyncio.Event()    # set whenever _outstanding drops to 0
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
+        self.assigned: set[tuple[str, int]] = set()
+        servers = bootstrap_servers if isinstance(bootstrap_servers, str) \
+            else ",".join(bootstrap_servers)
+        self.bootstrap_servers = servers
+        self.config: dict[str, Any] = {
+            "bootstrap.servers": servers,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
             # Only for a group without committed offsets: an existing group
             # resumes where it committed. ("latest" is unreliable on some
             # Kafka-wire brokers, e.g. tansu.)
-            auto_offset_reset=auto_offset_reset,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            max_poll_records=batch_size,
-            **consumer_options,
-        )
-        self._consumer.subscribe(topics, listener=_Handoff(self))
+            "auto.offset.reset": auto_offset_reset,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_interval_ms,
+            "log.connection.close": False,
+            **(config or {}),
+        }
+        self._consumer: Consumer | None = None
+        # One thread calls the consumer (consume, rebalance callbacks, close);
+        # another one commits, so that a commit never waits for a poll.
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
+        self._committer_thread = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
+        self._outstanding = 0            # batches yielded, not acked yet
+        self._acked = threading.Condition()  # notified whenever _outstanding drops to 0
+        self._errors: list[KafkaError] = []  # reported by librdkafka, not handled yet
+        self._fatal: KafkaError | None = None
+        self._last_warning: dict[int, float] = {}
         self._stopped = False
-        self._started = False
+
+    # -- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._consumer.start()
-        self._started = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._poller, self._start)
+
+    def _start(self) -> None:
+        config = {**self.config, "error_cb": self._on_error, "logger": log.getChild("librdkafka")}
+        try:
+            consumer = Consumer(config)
+        except (KafkaException, ValueError, TypeError) as e:
+            raise KafkaStartError(f"kafka source: invalid settings: {_reason(e)}") from None
+        try:
+            self._wait_for_cluster(consumer)
+            consumer.subscribe(self.topics, on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_lost)
+        except BaseException:
+            consumer.close()
+            raise
+        self._consumer = consumer
+
+    def _wait_for_cluster(self, consumer: Consumer) -> None:
+        """Fetch the cluster's metadata once: raises KafkaStartError naming the
+        cause when no bootstrap server answers or the login is refused."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                consumer.list_topics(timeout=0.5)
+                self._errors.clear()
+                return
+            except KafkaException as e:
+                failure = e.args[0] if e.args else None
+            consumer.poll(0)  # serves the error callback (nothing is subscribed yet)
+            errors, self._errors = self._errors, []
+            causes = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+            refused = [e for e in errors if e.fatal() or e.code() in _REFUSED]
+            down = any(e.code() == KafkaError._ALL_BROKERS_DOWN for e in errors)
+            if refused or down or time.monotonic() > deadline:
+                cause = (refused or causes or [failure])[0]
+                raise KafkaStartError(f"kafka source: cannot use {self.bootstrap_servers}: "
+                                      f"{_reason(cause)}")
 
     def stop(self) -> None:
         self._stopped = True
 
     async def close(self) -> None:
-        if self._started:
-            self._started = False
-            await self._consumer.stop()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._close)
+
+    def _close(self) -> None:
+        # Waits for a commit or a poll still running (after a shutdown timeout).
+        self._committer_thread.shutdown(wait=True)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            self._poller.submit(consumer.close).result()
+        self._poller.shutdown(wait=True)
+
+    # -- intake -----------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[Batch]:
-        consumer = self._consumer
-        while not self._stopped:
-            # A short poll timeout so that stop() is noticed promptly.
-            fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
-            if not fetched:
-                continue
-            items: list[bytes] = []
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in fetched.items():
-                items.extend(r.value for r in records if r.value is not None)
-                offsets[tp] = records[-1].offset + 1
-            self._outstanding += 1
-            self._acked.clear()
-            yield Batch(items, self._committer(offsets))
+        loop = asyncio.get_running_loop()
+        # One batch is taken ahead: the consumer thread converts the next
+        # records while the pipeline routes these.
+        ahead = loop.run_in_executor(self._poller, self._take)
+        try:
+            while True:
+                items, offsets = await ahead
+                ahead = None
+                if self._fatal is not None:
+                    raise KafkaException(self._fatal)
+                if self._stopped:
+                    if offsets:  # taken, never yielded: redelivered later
+                        self._settled()
+                    return
+                ahead = loop.run_in_executor(self._poller, self._take)
+                if offsets:
+                    yield Batch(items, self._ack_for(offsets))
+        finally:
+            if ahead is not None:  # taken ahead, not yielded (cancelled, or not iterated on)
+                ahead.add_done_callback(self._drop_taken)
 
-    def _committer(self, offsets: dict[TopicPartition, int]):
+    def _drop_taken(self, ahead: asyncio.Future) -> None:
+        if not ahead.cancelled() and ahead.exception() is None and ahead.result()[1]:
+            self._settled()
+
+    def _take(self) -> tuple[list[bytes], dict[tuple[str, int], int]]:
+        """(payloads, last offset per partition) of the records available now,
+        or of those arriving within POLL_TIMEOUT (on the consumer thread). A
+        batch with records counts as outstanding from here on: a rebalance
+        in the next call waits for its ack."""
+        consumer = self._consumer
+        if self._stopped:
+            return [], {}
+        messages = consumer.consume(self.batch_size, 0)
+        if not messages:
+            # Returns at the first record (consume() would wait for a full batch).
+            first = consumer.poll(POLL_TIMEOUT)
+            if first is None:
+                return [], {}
+            messages = [first]
+            if self.batch_size > 1:
+                messages.extend(consumer.consume(self.batch_size - 1, 0))
+        items: list[bytes] = []
+        last: dict[tuple[str, int], int] = {}
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                self._on_error(error)
+                continue
+            value = m.value()
+            if value is not None:
+                items.append(value)
+            last[m.topic(), m.partition()] = m.offset()
+        if last:
+            with self._acked:
+                self._outstanding += 1
+        return items, last
+
+    def _settled(self) -> None:
+        with self._acked:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._acked.notify_all()
+
+    # -- acks ---------------------------------------------------------------------
+
+    def _ack_for(self, last: dict[tuple[str, int], int]):
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
         async def ack() -> None:
             try:
-                await self._consumer.commit(offsets)
-            except KafkaError as e:
-                log.warning("kafka commit failed (records will be redelivered): %s", e)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._committer_thread, self._commit, offsets)
             finally:
-                self._outstanding -= 1
-                if not self._outstanding:
-                    self._acked.set()
+                self._settled()
 
         return ack
 
-    async def _handoff(self, revoked: set[TopicPartition]) -> None:
-        """Before giving up partitions: let the batches in flight be acked."""
-        if not revoked or not self._outstanding or self._stopped:
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None:
             return
-        n = self._outstanding
         try:
-            await asyncio.wait_for(self._acked.wait(), self.handoff_timeout)
-        except TimeoutError:
-            log.warning("kafka group %s: rebalance: %d batch(es) not acked within %gs; their "
-                        "records will be redelivered to the partitions' new owners",
-                        self.group_id, self._outstanding, self.handoff_timeout)
-        else:
-            log.info("kafka group %s: rebalance: committed %d batch(es) in flight before "
-                     "giving up partitions", self.group_id, n)
+            done = consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            log.warning("kafka commit failed (records will be redelivered): %s", _reason(e))
+            return
+        failed = [tp for tp in done or () if tp.error is not None]
+        if failed:
+            log.warning("kafka commit failed for %s (records will be redelivered): %s",
+                        _partitions((tp.topic, tp.partition) for tp in failed),
+                        _reason(failed[0].error))
+
+    # -- callbacks (on the consumer thread) -----------------------------------------
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+        if self._consumer is None:  # starting: _wait_for_cluster decides
+            self._errors.append(error)
+            return
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        # librdkafka retries by itself; one line per kind of problem per 30 s.
+        now = time.monotonic()
+        if now - self._last_warning.get(error.code(), -1e9) >= 30:
+            self._last_warning[error.code()] = now
+            log.warning("kafka: %s", _reason(error))
+
+    def _on_revoke(self, _consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        """Before giving up partitions: let the batches in flight be acked."""
+        self.assigned.clear()
+        if not revoked or self._stopped:
+            return
+        with self._acked:
+            n = self._outstanding
+            if not n:
+                return
+            if self._acked.wait_for(lambda: not self._outstanding, self.handoff_timeout):
+                log.info("kafka group %s: rebalance: committed %d batch(es) in flight before "
+                         "giving up partitions", self.group_id, n)
+            else:
+                log.warning("kafka group %s: rebalance: %d batch(es) not acked within %gs; "
+                            "their records will be redelivered to the partitions' new owners",
+                            self.group_id, self._outstanding, self.handoff_timeout)
+
+    def _on_lost(self, _consumer: Consumer, lost: list[TopicPartition]) -> None:
+        self.assigned.clear()
+        log.warning("kafka group %s: %d partition(s) lost (session timed out): %s; records "
+                    "not committed yet go to their new owners", self.group_id, len(lost),
+                    _partitions((tp.topic, tp.partition) for tp in lost))
+
+    def _on_assign(self, _consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self.assigned = {(tp.topic, tp.partition) for tp in assigned}
+        log.info("kafka group %s: %d partition(s) assigned: %s", self.group_id,
+                 len(assigned), _partitions(self.assigned))
+
+
+# Errors that retrying does not fix: a refused login, a broker without SSL.
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL,
+            KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.UNSUPPORTED_SASL_MECHANISM,
+            KafkaError.ILLEGAL_SASL_STATE}
+
+
+def _reason(e: BaseException | KafkaError | None) -> str:
+    if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
+        e = e.args[0]
+    if isinstance(e, KafkaError):
+        return e.str()
+    return str(e) if e is not None else "no answer"
 
 
 def _partitions(tps) -> str:
     by_topic: dict[str, list[int]] = {}
-    for tp in tps:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    for topic, partition in tps:
+        by_topic.setdefault(topic, []).append(partition)
     return ", ".join(f"{t}{sorted(p)}" for t, p in sorted(by_topic.items())) or "none"
-
-
-class _Handoff(ConsumerRebalanceListener):
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self.source._handoff(set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        self.source.assigned = set(assigned)
-        log.info("kafka group %s: %d partition(s) assigned: %s", self.source.group_id,
-                 len(assigned), _partitions(assigned))
