@@ -11,6 +11,7 @@ from engine.destinations.common import (
     NetAddress,
     columns,
     event_time_ms,
+    event_times_ms,
     parse_json_key,
 )
 
@@ -45,6 +46,18 @@ def test_event_time_ms():
     assert event_time_ms("2015-12-12T12:12:12Z") == 1449922332000
     for bad in [None, "", "garbage", "20151312T121212Z", "2015121xT121212Z"]:
         assert event_time_ms(bad) is None
+    # Exact: int(timestamp() * 1000) gave ...410 for this one.
+    assert event_time_ms("2039-03-08T19:46:13.411Z") == 2183226373411
+
+
+def test_event_times_ms_same_as_one_by_one():
+    times = ["20151212T121212Z", "2015-12-12T12:12:12.345Z", "2015-12-12T12:12:12.3456+08:00",
+             "2004-03-15T07:55:47.472Z"]
+    assert event_times_ms(times) == [event_time_ms(t) for t in times]
+    # Not all with an offset: time by time, same answers (naive is UTC).
+    odd = [*times, None, "garbage", "2015-12-12T12:12:12", "2015-12-12"]
+    assert event_times_ms(odd) == [event_time_ms(t) for t in odd]
+    assert event_times_ms(["2015-12-12T12:12:12"]) == [1449922332000]
 
 
 def test_sql_values_objects_and_arrays_become_json_text():
