@@ -115,6 +115,37 @@ async def test_value_too_long_fails_only_that_row(db):
     assert [r[0] for r in stored] == [0, 1, 3, 5]
 
 
+async def test_statements_bounded_and_oversized_row_fails_alone(db):
+    table, query = db
+    sink = MysqlSink(config(table))
+    await sink.open()
+    assert sink._max_packet >= 1 << 20  # read from the server at open
+    sink._budget = 4000  # as if max_allowed_packet were tiny: many statements, one transaction
+    recs = records(200)
+    recs[5].payload["notify_data"]["body"]["services"][0]["properties"]["blob"] = "x" * 5000
+    try:
+        result = await sink.write(recs)
+    finally:
+        await sink.close()
+    assert list(result.failures) == [5]
+    assert not result.failures[5].retryable and "max_allowed_packet" in result.failures[5].reason
+    assert await query(f"SELECT COUNT(*), SUM(battery) FROM `{table}`") == (
+        (199, sum(range(200)) - 5),)
+
+
+async def test_mixed_value_types_in_a_column(db):
+    # Ints and floats in one column, and a column NULL in every row: the
+    # statement forms differ (text or bulk), the stored values must not.
+    table, query = db
+    recs = records(4)
+    recs[1].payload["notify_data"]["body"]["services"][0]["properties"]["ratio"] = 3
+    recs[2].payload["notify_data"]["body"]["services"][0]["properties"]["batteryLevel"] = "42"
+    result = await run(config(table), recs)
+    assert result.ok
+    rows = await query(f"SELECT battery, ratio, missing FROM `{table}` ORDER BY id")
+    assert rows == ((0, 0.0, None), (1, 3.0, None), (42, 0.5, None), (3, 0.75, None))
+
+
 async def test_null_in_not_null_column_is_permanent(db):
     table, _ = db
     result = await run(config(table), [Record({"other": 1})])
