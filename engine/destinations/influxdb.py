@@ -21,6 +21,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import is_
 from typing import Any
 
 import aiohttp
@@ -30,11 +32,11 @@ from pydantic import Field, SecretStr, model_validator
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import (
     ColumnMapping,
-    JsonKey,
     NetAddress,
     _Model,
     client_ssl_context,
-    event_time_ms,
+    columns,
+    event_times_ms,
 )
 from engine.destinations.registry import register
 
@@ -150,6 +152,87 @@ def tag_value(v: Any) -> str | None:
     return orjson.dumps(v).decode()
 
 
+def tag_text(v: Any) -> str | None:
+    """The escaped tag value, or None to leave the tag out (also when line
+    protocol cannot carry it: the record is then formatted on its own)."""
+    text = tag_value(v)
+    if text is None or unrepresentable(text) is not None:
+        return None
+    return escape_key(text)
+
+
+_NO_FIELD = Failure("InfluxDB point has no field value (all field mappings missing)", False)
+
+
+# ------------------------------------------------------------------ a batch at once
+#
+# InfluxDBSink.lines gives, for a whole batch, the same lines as formatting
+# each record with field_value / tag_value / escape_key. It looks at each
+# column of the batch once (in C: set(map(type, ...)), min, max, `in` on the
+# joined strings) to find its kind, then fills every line with a formatter
+# made for that combination of kinds: one f-string per line, compiled once per
+# combination. Records with a value missing in a column that other records
+# have, or with a tag value line protocol cannot carry, are formatted one by
+# one.
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+# Column kinds, and the f-string part that formats a value @c of that kind
+# under the escaped key @K. "-": no value in any record (left out). "x": the
+# texts were made beforehand, value by value.
+_TAG_EXPR = {"s": ",{@K}={@c}", "e": ",{@K}={@c.translate(KEY)}", "x": ",{@K}={@c}"}
+# A stand-in of each kind for a missing value (that record's line is redone).
+_DUMMY = {"s": "", "e": "", "i": 0, "f": 0.0, "q": "", "b": False}
+_FIELD_EXPR = {"i": "{@K}={@c}i", "f": "{@K}={@c!r}", "s": '{@K}="{@c}"', "q": "{@K}={ESC(@c)}",
+               "b": "{@K}={BOOL[@c]}", "x": "{@K}={@c}"}
+
+
+def _tag_kind(values: list[Any]) -> str:
+    """The kind of a tag column's values (None excluded, at least one)."""
+    if set(map(type, values)) == {str} and "" not in values:
+        joined = "".join(values)
+        if "\n" not in joined and "\r" not in joined and "\\" not in joined:
+            return "e" if ("," in joined or "=" in joined or " " in joined) else "s"
+    return "x"
+
+
+def _field_kind(values: list[Any]) -> str:
+    """The kind of a field column's values (None excluded, at least one)."""
+    types = set(map(type, values))
+    if len(types) == 1:
+        t = types.pop()
+        if t is int and min(values) >= _INT64_MIN and max(values) <= _INT64_MAX:
+            return "i"
+        if t is float and all(map(math.isfinite, values)):
+            return "f"
+        if t is str:
+            joined = "".join(values)
+            return "q" if ('"' in joined or "\\" in joined) else "s"
+        if t is bool:
+            return "b"
+    return "x"
+
+
+def _make_formatter(measurement: str, keys: list[str], kinds: list[str], ntags: int):
+    """A function (columns, times) -> lines for one combination of column
+    kinds. Only generated names and the expressions above go into the source;
+    the measurement and keys are passed in as values."""
+    names = [f"c{j}" for j, k in enumerate(kinds) if k != "-"]
+    tags = "".join(_TAG_EXPR[k].replace("@K", f"K{j}").replace("@c", f"c{j}")
+                   for j, k in enumerate(kinds[:ntags]) if k != "-")
+    fields = ",".join(_FIELD_EXPR[k].replace("@K", f"K{j}").replace("@c", f"c{j}")
+                      for j, k in enumerate(kinds) if j >= ntags and k != "-")
+    body = "{M}" + tags + " " + fields + " {t}"
+    args = ", ".join(["M", *(f"K{j}" for j in range(len(kinds))), "KEY", "ESC", "BOOL"])
+    src = (f"def make({args}):\n"
+           f"    def fmt(columns, times):\n"
+           f"        return [f'{body}' for {', '.join(names)}, t in zip(*columns, times)]\n"
+           f"    return fmt\n")
+    namespace: dict[str, Any] = {}
+    exec(src, namespace)  # noqa: S102 - the source holds no configured or record text
+    return namespace["make"](measurement, *keys, _KEY, escape_string_field, ("false", "true"))
+
+
 class _Status(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(status, text)
@@ -166,13 +249,17 @@ class InfluxDBSink(Sink):
     def __init__(self, config: InfluxDBForwarding) -> None:
         super().__init__(config)
         tags = set(config.tags)
-        # Tags sorted by key: InfluxDB's preferred order.
-        self._tags = sorted(((escape_key(m.column_name), JsonKey(m.json_key))
-                             for m in config.column_mappings if m.column_name in tags),
-                            key=lambda t: t[0])
-        self._fields = [(escape_key(m.column_name), JsonKey(m.json_key))
-                        for m in config.column_mappings if m.column_name not in tags]
+        # Tags sorted by key: InfluxDB's preferred order. Fields in mapping order.
+        tag_maps = sorted((m for m in config.column_mappings if m.column_name in tags),
+                          key=lambda m: escape_key(m.column_name))
+        field_maps = [m for m in config.column_mappings if m.column_name not in tags]
+        self._tag_keys = [escape_key(m.column_name) for m in tag_maps]
+        self._field_keys = [escape_key(m.column_name) for m in field_maps]
+        # One call of the core's extractor gives every mapping's value of a
+        # whole batch: tags first, then fields.
+        self._cols = columns(tag_maps + field_maps)
         self._measurement = escape_measurement(config.measurement)
+        self._formatters: dict[tuple[str, ...], Any] = {}
         scheme = "https" if config.use_tls else "http"
         a = config.address
         host = f"[{a.host}]" if ":" in a.host else a.host
@@ -186,23 +273,101 @@ class InfluxDBSink(Sink):
 
     def line(self, rec: Record, now_ms: int) -> str | Failure:
         """The record's line, or why it cannot be written."""
-        p = rec.payload
+        lines, _, failures = self.lines([rec], now_ms)
+        return failures[0] if failures else lines[0]
+
+    def lines(self, records: Sequence[Record], now_ms: int
+              ) -> tuple[list[str], list[int], dict[int, Failure]]:
+        """The lines of the records that can be written, their positions in
+        `records`, and why the others cannot be (see "a batch at once")."""
+        n = len(records)
+        if not n:
+            return [], [], {}
+        rows = self._cols.rows([r.payload for r in records], False)  # tags, then fields
+        cols = list(zip(*rows, strict=True))
+        times = self._times(records, now_ms)
+        nt = len(self._tag_keys)
+        kinds: list[str] = []
+        inputs: list[Sequence[Any]] = []
+        irregular: set[int] = set()
+        for j, col in enumerate(cols):
+            values = col
+            if None in col:
+                values = [v for v in col if v is not None]
+                if not values:
+                    kinds.append("-")
+                    continue
+                irregular.update(compress(range(n), map(is_, col, repeat(None))))
+            kind = (_tag_kind if j < nt else _field_kind)(values)
+            if kind == "x":
+                texts = [tag_text(v) for v in col] if j < nt else list(map(field_value, col))
+                if None in texts:
+                    irregular.update(compress(range(n), map(is_, texts, repeat(None))))
+                col = texts
+            elif values is not col:  # the records without a value are redone one by one
+                dummy = _DUMMY[kind]
+                col = [dummy if v is None else v for v in col]
+            kinds.append(kind)
+            inputs.append(col)
+        if all(k == "-" for k in kinds[nt:]):
+            return [], [], dict.fromkeys(range(n), _NO_FIELD)
+        key = tuple(kinds)
+        fmt = self._formatters.get(key)
+        if fmt is None:
+            if len(self._formatters) >= 64:
+                self._formatters.clear()
+            fmt = self._formatters[key] = _make_formatter(
+                self._measurement, self._tag_keys + self._field_keys, kinds, nt)
+        out = fmt(inputs, times)
+        if not irregular:
+            return out, list(range(n)), {}
+        failures: dict[int, Failure] = {}
+        for i in irregular:
+            line = self._point(rows[i], times[i])
+            if isinstance(line, Failure):
+                failures[i] = line
+            else:
+                out[i] = line
+        if not failures:
+            return out, list(range(n)), failures
+        idx = [i for i in range(n) if i not in failures]
+        return [out[i] for i in idx], idx, failures
+
+    def _point(self, values: tuple[Any, ...], ts: int) -> str | Failure:
+        """One record's line from its column values (tags, then fields),
+        value by value."""
+        nt = len(self._tag_keys)
         fields = []
-        for key, path in self._fields:
-            text = field_value(path.resolve(p))
+        for key, v in zip(self._field_keys, values[nt:], strict=True):
+            text = field_value(v)
             if text is not None:
                 fields.append(f"{key}={text}")
         if not fields:
-            return Failure("InfluxDB point has no field value (all field mappings missing)", False)
+            return _NO_FIELD
         parts = [self._measurement]
-        for key, path in self._tags:
-            v = tag_value(path.resolve(p))
-            if v is not None:
-                if (why := unrepresentable(v)) is not None:
+        for key, v in zip(self._tag_keys, values, strict=False):
+            text = tag_value(v)
+            if text is not None:
+                if (why := unrepresentable(text)) is not None:
                     return Failure(f"InfluxDB tag value {why}, which line protocol cannot carry", False)
-                parts.append(f"{key}={escape_key(v)}")
-        ts = event_time_ms(rec.event_time)
-        return f"{','.join(parts)} {','.join(fields)} {ts if ts is not None else now_ms}"
+                parts.append(f"{key}={escape_key(text)}")
+        return f"{','.join(parts)} {','.join(fields)} {ts}"
+
+    @staticmethod
+    def _times(records: Sequence[Record], now_ms: int) -> list[int]:
+        """Each record's event_time in ms, or now_ms. Parsed once per
+        distinct time when many records share one (a notification time is
+        often only precise to the second)."""
+        times = [r.event_time for r in records]
+        distinct = dict.fromkeys(times)
+        if len(distinct) * 2 <= len(times):
+            ms = dict(zip(distinct, event_times_ms(list(distinct)), strict=True))
+            out = list(map(ms.__getitem__, times))
+        else:
+            out = event_times_ms(times)
+        if None in out:
+            out = [now_ms if t is None else t for t in out]
+        return out
 
     # -------------------------------------------------------------- connection
 
@@ -276,17 +441,7 @@ class InfluxDBSink(Sink):
             return WriteResult()
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
-        now_ms = int(time.time() * 1000)
-        failures: dict[int, Failure] = {}
-        lines: list[str] = []
-        idx: list[int] = []
-        for i, rec in enumerate(records):
-            line = self.line(rec, now_ms)
-            if isinstance(line, Failure):
-                failures[i] = line
-            else:
-                lines.append(line)
-                idx.append(i)
+        lines, idx, failures = self.lines(records, int(time.time() * 1000))
         step = self.config.max_points_per_request
         for start in range(0, len(lines), step):
             await self._send(lines[start:start + step], idx[start:start + step], failures)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import shutil
 import subprocess
 import time
@@ -15,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.destinations.base import Record, SinkError
+from engine.destinations.common import JsonKey, event_time_ms
 from engine.destinations.influxdb import (
     InfluxDBForwarding,
     InfluxDBSink,
@@ -22,6 +25,8 @@ from engine.destinations.influxdb import (
     escape_measurement,
     escape_string_field,
     field_value,
+    tag_value,
+    unrepresentable,
 )
 from tests.destinations.support import (
     HOST,
@@ -86,6 +91,75 @@ def test_line_shape():
     assert sink.line(Record(rec.payload), now_ms=7).endswith(" 7")
     assert not sink.line(Record({"x": 1}), 7).retryable  # no field value at all
     assert "backslash" in sink.line(Record(records(1, device="d\\")[0].payload), 7).reason
+
+
+def reference_line(sink: InfluxDBSink, config: InfluxDBForwarding, rec: Record, now_ms: int):
+    """The documented mapping, one record at a time and straight from the
+    definitions: what the batch formatter must reproduce."""
+    maps = {m.column_name: JsonKey(m.json_key) for m in config.column_mappings}
+    fields = []
+    for m in config.column_mappings:
+        if m.column_name not in config.tags:
+            text = field_value(maps[m.column_name].resolve(rec.payload))
+            if text is not None:
+                fields.append(f"{escape_key(m.column_name)}={text}")
+    if not fields:
+        return "no field"
+    parts = [escape_measurement(config.measurement)]
+    for name in sorted(config.tags, key=escape_key):
+        v = tag_value(maps[name].resolve(rec.payload))
+        if v is not None:
+            if unrepresentable(v) is not None:
+                return "tag"
+            parts.append(f"{escape_key(name)}={escape_key(v)}")
+    ts = event_time_ms(rec.event_time)
+    return f"{','.join(parts)} {','.join(fields)} {ts if ts is not None else now_ms}"
+
+
+# Values by family: a batch draws each column from one family (so the
+# formatter's per-column fast paths run) or from all of them (mixed columns).
+FAMILIES = {
+    "int": [0, -5, 7, 1 << 62, -(1 << 63), (1 << 63) - 1],
+    "bigint": [1 << 63, -(1 << 64), 3],
+    "float": [0.0, 1.5, -2.25e-7, 1e22, 0.1],
+    "nonfinite": [math.nan, math.inf, -math.inf, 2.5],
+    "str": ["plain", "dev-1", "ünï", "a_b"],
+    "escaped": ["a b", "x,y", "k=v", 'q"uote', "back\\slash", "{braces}"],
+    "bad": ["", "end\\", "new\nline", "cr\r", "ok"],
+    "bool": [True, False],
+    "json": [{"a": [1, "x"]}, [1, 2], {}],
+}
+TIMES = [None, "20151212T121212Z", "2015-12-12T12:12:12.345Z", "2015-12-12T12:12:12.1+08:00",
+         "2015-12-12T12:12:12", "garbage", "2016-02-29T00:00:00.999Z"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_lines_match_record_by_record_definition(seed):
+    rnd = random.Random(seed)
+    names = ["t{b}", "a b", "f,x", "f=y", "ok", "n"][: rnd.randint(3, 6)]
+    tags = rnd.sample(names, rnd.randint(0, len(names) - 1))
+    config = InfluxDBForwarding(
+        address={"ip": HOST}, db_name="d", username="u", password="p", measurement="m {x},y",
+        column_mappings=[{"column_name": n, "json_key": f"p.{i}"} for i, n in enumerate(names)],
+        tags=tags)
+    sink = InfluxDBSink(config)
+    family = {n: rnd.choice([*FAMILIES, "any", "absent"]) for n in names}
+    pool = [v for vs in FAMILIES.values() for v in vs]
+    missing = rnd.choice([0.0, 0.0, 0.1, 0.5])
+    times = rnd.choice([TIMES, TIMES[1:3], ["2015-12-12T12:12:12.345Z"]])
+    recs = []
+    for _ in range(rnd.randint(1, 60)):
+        p = {}
+        for i, n in enumerate(names):
+            if family[n] == "absent" or rnd.random() < missing:
+                continue
+            p[str(i)] = rnd.choice(pool if family[n] == "any" else FAMILIES[family[n]])
+        recs.append(Record({"p": p}, event_time=rnd.choice(times)))
+    lines, idx, failures = sink.lines(recs, 7)
+    got = dict(zip(idx, lines, strict=True)) | {
+        i: "no field" if "no field" in f.reason else "tag" for i, f in failures.items()}
+    assert all(not f.retryable for f in failures.values())
+    assert [got[i] for i in range(len(recs))] == [reference_line(sink, config, r, 7) for r in recs]
 
 
 def test_config_rules():
