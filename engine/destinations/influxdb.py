@@ -17,6 +17,7 @@ already stored is harmless (same series and time: overwritten).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -91,6 +92,9 @@ class InfluxDBForwarding(_Model):
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8086
+# Event-loop turns a write gives a request to go out (connection, headers,
+# body) before it formats the next request's points.
+_YIELDS = 6
 
 # ------------------------------------------------------------------ line protocol
 
@@ -441,10 +445,34 @@ class InfluxDBSink(Sink):
             return WriteResult()
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
-        lines, idx, failures = self.lines(records, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        n = len(records)
         step = self.config.max_points_per_request
-        for start in range(0, len(lines), step):
-            await self._send(lines[start:start + step], idx[start:start + step], failures)
+        failures: dict[int, Failure] = {}
+        sending: asyncio.Future[None] | None = None
+        try:
+            for start in range(0, n, step):
+                lines, idx, fails = self.lines(records[start:start + step], now_ms)
+                if start:
+                    idx = [start + i for i in idx]
+                    fails = {start + i: f for i, f in fails.items()}
+                failures.update(fails)
+                if sending is not None:
+                    await sending  # one request at a time, in order
+                    sending = None
+                if not lines:
+                    continue
+                if start + step >= n:
+                    await self._send(lines, idx, failures)
+                    break
+                # Give the loop a few turns so the request goes out, then
+                # format the next one while the server works on this one.
+                sending = asyncio.ensure_future(self._send(lines, idx, failures))
+                for _ in range(_YIELDS):
+                    await asyncio.sleep(0)
+        finally:
+            if sending is not None and not sending.done():
+                sending.cancel()
         return WriteResult(failures)
 
     async def _send(self, lines: list[str], idx: list[int], failures: dict[int, Failure]) -> None:

@@ -255,6 +255,20 @@ async def test_v1_type_conflict_fails_only_that_point(influx_db):
     assert [r["battery"] for r in rows] == [0, 1, 2, 4]
 
 
+@pytest.mark.services
+async def test_v1_failures_keep_their_positions_across_requests(influx_db):
+    # 2 points per request: the failures are in the second and third request.
+    recs = [Record(r.payload, event_time=f"2016-01-01T00:00:00.{i:03d}Z")
+            for i, r in enumerate(records(5))]
+    recs[3] = Record({"other": 1})  # no field value: fails before sending
+    recs[4].payload["notify_data"]["body"]["services"][0]["properties"]["batteryLevel"] = "high"
+    result = await run(cfg(influx_db, max_points_per_request=2), recs)
+    assert sorted(result.failures) == [3, 4]
+    assert "no field" in result.failures[3].reason and "400" in result.failures[4].reason
+    rows = series_values(await influx_query("SELECT battery FROM battery_status", influx_db))
+    assert [r["battery"] for r in rows] == [0, 1, 2]
+
+
 async def test_v1_destination_down_is_retryable():
     sink = InfluxDBSink(cfg(port=closed_port(), timeout_s=2))
     await sink.open()  # does not raise: the server may come back
