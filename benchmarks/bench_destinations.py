@@ -5,9 +5,12 @@ would write with the same client library, in the same run.
     .venv/bin/python -m pytest benchmarks/bench_destinations.py --benchmark-only \
         --benchmark-columns=min,median,mean,rounds -q
 
-Each benchmark records `items_per_s` (items / median round time) in
-extra_info. Rounds are few (pedantic mode) so the whole file stays quick.
-Records are the notification-shaped payloads of the tests (~330 B of JSON).
+Each benchmark records in extra_info: `items_per_s` (items / median round
+time), `bytes_per_s` (the same rate in bytes of the records' JSON payloads,
+~293 B each: the notification-shaped payloads of the tests) and
+`peak_alloc_mb` (peak Python memory allocated in this process during one more round, untimed,
+measured with tracemalloc). Rounds are few (pedantic mode) so the whole file
+stays quick.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import uuid
 
 import aio_pika
@@ -39,7 +43,7 @@ from tests.destinations.support import closed_port, port_open, records
 
 pytestmark = pytest.mark.services
 
-ROUNDS = 3
+ROUNDS = 5
 N_BATCH = 10_000   # items per round through a sink or a batched bare call
 N_LOOP = 1_000     # items per round for one-at-a-time bare loops (slow by nature)
 
@@ -58,12 +62,23 @@ def loop():
     lp.close()
 
 
-def measure(benchmark, loop, n: int, make_round):
-    """Run `await make_round()` ROUNDS times; report items/s from the median."""
+def measure(benchmark, loop, recs: list[Record], make_round):
+    """Run `await make_round()` ROUNDS times; report items/s and bytes/s from
+    the median, then the peak allocation of one more (untimed) round."""
     benchmark.pedantic(lambda: loop.run_until_complete(make_round()), rounds=ROUNDS,
                        iterations=1, warmup_rounds=1)
+    n = len(recs)
+    nbytes = sum(len(orjson.dumps(r.payload)) for r in recs)
+    median = benchmark.stats.stats.median
     benchmark.extra_info["items"] = n
-    benchmark.extra_info["items_per_s"] = round(n / benchmark.stats.stats.median)
+    benchmark.extra_info["items_per_s"] = round(n / median)
+    benchmark.extra_info["bytes_per_s"] = round(nbytes / median)
+    tracemalloc.start()
+    try:
+        loop.run_until_complete(make_round())
+        benchmark.extra_info["peak_alloc_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    finally:
+        tracemalloc.stop()
 
 
 def need(port: int, what: str) -> None:
@@ -109,7 +124,7 @@ def test_http_sink(benchmark, loop, http_url):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
@@ -124,7 +139,7 @@ def test_http_bare_post_loop(benchmark, loop, http_url):
                 await resp.read()
                 assert resp.status == 200
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(session.close())
 
 
@@ -162,7 +177,7 @@ def test_amqp_sink(benchmark, loop, amqp_queue):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
@@ -182,7 +197,7 @@ def test_amqp_bare_publish_confirm_each(benchmark, loop, amqp_queue):
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=amqp_queue)
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(conn.close())
 
 
@@ -218,7 +233,7 @@ def test_kafka_sink(benchmark, loop, kafka_topic):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
@@ -237,7 +252,7 @@ def test_kafka_bare_send_and_wait_loop(benchmark, loop, kafka_topic):
         for r in recs:
             await producer.send_and_wait(kafka_topic, orjson.dumps(r.payload), key=r.key.encode())
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(producer.stop())
 
 
@@ -279,16 +294,21 @@ def test_mysql_sink(benchmark, loop, mysql_table):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
-def test_mysql_bare_executemany(benchmark, loop, mysql_table):
+@pytest.mark.parametrize("stmt_cache_size", [0, 32], ids=["text", "prepared"])
+def test_mysql_bare_executemany(benchmark, loop, mysql_table, stmt_cache_size):
+    """asyncmy's defaults (text: client-side escaping into multi-row
+    INSERTs), and with its prepared-statement cache turned on as the sink
+    does (on MariaDB, executemany then sends one binary bulk command)."""
     recs = records(N_BATCH)
 
     async def connect():
         return await asyncmy.connect(host=svc.MYSQL_HOST, port=svc.MYSQL_PORT, user=svc.MYSQL_USER,
-                                     password=svc.MYSQL_PASSWORD, database=svc.MYSQL_DB)
+                                     password=svc.MYSQL_PASSWORD, database=svc.MYSQL_DB,
+                                     stmt_cache_size=stmt_cache_size)
 
     conn = loop.run_until_complete(connect())
 
@@ -300,7 +320,7 @@ def test_mysql_bare_executemany(benchmark, loop, mysql_table):
                 " VALUES (%s, %s, %s, %s)", rows)
         await conn.commit()
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(conn.ensure_closed())
 
 
@@ -334,7 +354,7 @@ def test_postgresql_sink(benchmark, loop, pg_table):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
@@ -348,7 +368,7 @@ def test_postgresql_bare_executemany(benchmark, loop, pg_table):
             f'INSERT INTO "{pg_table}" (device, service_id, battery, ratio) VALUES ($1, $2, $3, $4)',
             rows)
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(conn.close())
 
 
@@ -390,7 +410,7 @@ def test_influxdb_sink(benchmark, loop, influx_db):
     async def one_round():
         assert (await sink.write(recs)).ok
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(sink.close())
 
 
@@ -418,7 +438,7 @@ def test_influxdb_bare_post_per_point(benchmark, loop, influx_db):
             async with session.post(url, data=_bare_line(r, i)) as resp:
                 assert resp.status == 204
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(session.close())
 
 
@@ -433,5 +453,5 @@ def test_influxdb_bare_single_write(benchmark, loop, influx_db):
         async with session.post(url, data=body) as resp:
             assert resp.status == 204
 
-    measure(benchmark, loop, len(recs), one_round)
+    measure(benchmark, loop, recs, one_round)
     loop.run_until_complete(session.close())
