@@ -226,7 +226,103 @@ cdef extern from "Python.h":
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
+cdef extern from *:
+    """
+    /* The inline cache's entry read. PyDict_Next is an out-of-line call that
+       costs ~100 instructions; reading entry p of a combined table is a few
+       loads. The mirror of CPython's dict-keys header below is the layout of
+       CPython 3.11-3.13 (non-free-threaded); eng_dict_layout_check() verifies
+       it against PyDict_Next at import and otherwise PyDict_Next is used. */
+    typedef struct {
+        Py_ssize_t refcnt;
+        uint8_t log2_size, log2_index_bytes, kind;
+        uint32_t version;
+        Py_ssize_t usable, nentries;
+        char indices[];
+    } eng_dict_keys;
+    typedef struct { PyObject *key, *value; } eng_unicode_entry;
+    typedef struct { Py_hash_t hash; PyObject *key, *value; } eng_general_entry;
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    #define ENG_DICT_MIRROR 1
+    #else
+    #define ENG_DICT_MIRROR 0
+    #endif
+    static int eng_dict_mirror_ok = 0;
 
+    static inline PyObject* eng_dict_slot_direct(PyObject* d, Py_ssize_t p, PyObject* key) {
+        PyDictObject* mp = (PyDictObject*)d;
+        eng_dict_keys* k = (eng_dict_keys*)mp->ma_keys;
+        const char* entries;
+        if (p >= k->nentries) return NULL;
+        entries = k->indices + ((size_t)1 << k->log2_index_bytes);
+        if (k->kind == 0) {   /* DICT_KEYS_GENERAL */
+            const eng_general_entry* e = (const eng_general_entry*)entries + p;
+            return e->key == key ? e->value : NULL;
+        } else {
+            const eng_unicode_entry* e = (const eng_unicode_entry*)entries + p;
+            return e->key == key ? e->value : NULL;
+        }
+    }
+
+    /* The value at entry position p if that entry's key is `key` (the very
+       object), else NULL. */
+    static inline PyObject* eng_dict_slot(PyObject* d, Py_ssize_t p, PyObject* key) {
+        PyObject *k, *v;
+    #if ENG_DICT_MIRROR
+        if (eng_dict_mirror_ok && ((PyDictObject*)d)->ma_values == NULL)
+            return eng_dict_slot_direct(d, p, key);
+    #endif
+        if (PyDict_Next(d, &p, &k, &v) && k == key) return v;
+        return NULL;
+    }
+
+    /* Compare the mirror with PyDict_Next on every entry of d. */
+    static int eng_dict_layout_matches(PyObject* d) {
+    #if ENG_DICT_MIRROR
+        Py_ssize_t pos = 0, p;
+        PyObject *k, *v;
+        if (((PyDictObject*)d)->ma_values != NULL) return 0;
+        while (PyDict_Next(d, &pos, &k, &v)) {
+            p = pos - 1;
+            if (eng_dict_slot_direct(d, p, k) != v) return 0;
+        }
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int eng_dict_mirror_ok
+    bint eng_dict_layout_matches(object d)
+    PyObject* p_dict_slot "eng_dict_slot" (PyObject* d, Py_ssize_t p, PyObject* key) noexcept
+
+
+def _check_dict_layout():
+    """Enable the direct entry read only if it agrees with PyDict_Next on
+    dicts of both key kinds and several sizes (including one with a
+    deleted entry)."""
+    global eng_dict_mirror_ok
+    samples = [orjson.loads(b'{"a":1,"b":[2],"c":{"d":null}}'),
+               {f"k{i}": i for i in range(40)}, {1: "x", "y": 2, (3,): 4}]
+    del samples[1]["k3"]
+    eng_dict_mirror_ok = all(eng_dict_layout_matches(d) for d in samples)
+    return bool(eng_dict_mirror_ok)
+
+
+_check_dict_layout()
+
+
+# Borrowed-pointer forms for Path: no reference-count writes to the event's
+# objects (Cython increfs a temporary when a PyObject* is passed as object).
+cdef extern from "Python.h":
+    bint p_dict_check "PyDict_Check" (PyObject* o) noexcept nogil
+    bint p_list_check "PyList_Check" (PyObject* o) noexcept nogil
+    Py_ssize_t p_list_size "PyList_GET_SIZE" (PyObject* o) noexcept nogil
+    PyObject* p_list_item "PyList_GET_ITEM" (PyObject* o, Py_ssize_t i) noexcept nogil
+    PyObject* p_dict_get "eng_dict_get" (PyObject* d, PyObject* key) noexcept
+
+
+@cython.final
 @cython.no_gc
 cdef class Path(Expr):
     """Member and index steps from the root; never raises."""
@@ -249,35 +345,38 @@ cdef class Path(Expr):
     def steps(self):
         return tuple(self.keys)
 
+    cdef inline PyObject* _step(self, PyObject* cur, Py_ssize_t i) noexcept:
+        """One step from `cur` (borrowed), or NULL when it does not apply."""
+        cdef PyObject* key
+        cdef PyObject* v
+        cdef Py_ssize_t j = self.idx[i], p
+        if j < 0:
+            if not p_dict_check(cur):
+                return NULL
+            key = p_list_item(<PyObject*>self.keys, i)
+            # Inline cache: events of one shape keep each member at the
+            # same entry position, and the decoder reuses key objects, so
+            # one entry read usually replaces a hash-table lookup.
+            p = self.slot[i]
+            if p >= 0:
+                v = p_dict_slot(cur, p, key)
+                if v != NULL:
+                    return v
+            return p_dict_get(cur, key)
+        if not p_list_check(cur) or j >= p_list_size(cur):
+            return NULL
+        return p_list_item(cur, j)
+
     cdef object value(self, object ev):
         cdef PyObject* cur = <PyObject*>ev
-        cdef PyObject* key
-        cdef PyObject* k
-        cdef PyObject* v
-        cdef Py_ssize_t i, j, p
+        cdef Py_ssize_t i
         self.calls += 1
         if (self.calls & 4095) == 1:
             self._learn(ev)
         for i in range(self.n):
-            j = self.idx[i]
-            if j < 0:
-                if not PyDict_Check(<object>cur):
-                    return _MISSING
-                key = PyList_GET_ITEM(self.keys, i)
-                # Inline cache: events of one shape keep each member at the
-                # same entry position, and the decoder reuses key objects, so
-                # one entry read usually replaces a hash-table lookup.
-                p = self.slot[i]
-                if p >= 0 and PyDict_Next(<object>cur, &p, &k, &v) and k == key:
-                    cur = v
-                    continue
-                cur = PyDict_GetItem(<object>cur, <object>key)
-                if cur == NULL:
-                    return _MISSING
-            else:
-                if not PyList_Check(<object>cur) or j >= PyList_GET_SIZE(<object>cur):
-                    return _MISSING
-                cur = PyList_GET_ITEM(<object>cur, j)
+            cur = self._step(cur, i)
+            if cur == NULL:
+                return _MISSING
         return <object>cur
 
     cdef void _learn(self, object ev):
