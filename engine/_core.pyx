@@ -1271,31 +1271,67 @@ cdef str _json_type(object v):
 # backslash (see _prefilter_pass), so strings hold no escapes.
 
 cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+    # One comparison in the common case: bytes above the space are never whitespace.
+    while i < n and s[i] <= 32 and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
         i += 1
     return i
 
 
-cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+cdef extern from *:
+    """
+    /* The end of a JSON string without escapes: s[i] is the opening quote.
+       Returns the index after the closing quote, or -1 for a backslash, a
+       control character or no closing quote; *high is set when a byte
+       >= 0x80 occurs (the caller then checks UTF-8). With SSE2 (every
+       x86-64) 16 bytes are classified per step: IoT payloads are mostly
+       short ASCII strings, and a byte loop cost ~10 instructions per byte. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    static inline Py_ssize_t eng_string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int* high) {
+        Py_ssize_t j = i + 1;
+        unsigned char c;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8(34), bslash = _mm_set1_epi8(92);   /* '"' and backslash */
+        const __m128i ctl = _mm_set1_epi8(0x1F);
+        while (j + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(s + j));
+            unsigned q = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote));
+            /* unsigned c <= 0x1F  <=>  min(c, 0x1F) == c */
+            unsigned bad = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(v, bslash), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            unsigned h = (unsigned)_mm_movemask_epi8(v);
+            if (q) {
+                unsigned before = (q & (0u - q)) - 1u;   /* lanes before the first quote */
+                if (bad & before) return -1;
+                if (h & before) *high = 1;
+                return j + __builtin_ctz(q) + 1;
+            }
+            if (bad) return -1;
+            if (h) *high = 1;
+            j += 16;
+        }
+    #endif
+        for (; j < n; j++) {
+            c = s[j];
+            if (c == 34) return j + 1;
+            if (c < 0x20 || c == 92) return -1;
+            if (c >= 0x80) *high = 1;
+        }
+        return -1;
+    }
+    """
+    Py_ssize_t eng_string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int* high) noexcept nogil
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """s[i] is the opening quote; index after the closing quote, or -1 (also
     for any backslash: escapes are left to the real decoder)."""
-    cdef const unsigned char* q = <const unsigned char*>memchr(s + i + 1, 34, n - i - 1)
-    cdef Py_ssize_t j, k
-    cdef unsigned char c, high = 0, bad = 0
-    if q == NULL:
-        return -1
-    j = q - s
-    # Branch-free scan (the compiler vectorises it): control characters and
-    # backslashes are refused, bytes >= 0x80 send the string to the UTF-8 check.
-    for k in range(i + 1, j):
-        c = s[k]
-        high |= c
-        bad |= (c < 0x20) | (c == 92)
-    if bad:
-        return -1
-    if high < 0x80:
-        return j + 1
-    return j + 1 if _utf8_ok(s, i + 1, j) else -1
+    cdef int high = 0
+    cdef Py_ssize_t j = eng_string_end(s, i, n, &high)
+    if j < 0 or not high:
+        return j
+    return j if _utf8_ok(s, i + 1, j - 1) else -1
 
 
 cdef bint _utf8_ok(const unsigned char* s, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
@@ -1441,11 +1477,99 @@ def is_json_object(bytes data):
 
 
 
+cdef extern from "Python.h":
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
+
+# Operators of a numeric atom (see NumKey).
+cdef enum:
+    NK_LT = 0
+    NK_LE = 1
+    NK_GT = 2
+    NK_GE = 3
+    NK_EQ = 4
+    NK_NE = 5
+    NK_RANGE = 6    # lo <= v <= hi
+
+
+@cython.final
+@cython.no_gc
+cdef class NumKey:
+    """A pre-filter atom for `member OP number`: some member named `key`
+    must hold a number that satisfies OP. In a valid JSON document without
+    escapes every occurrence of `"key"` followed by `:` is that member's
+    key, and its value follows verbatim; numbers are compared as doubles,
+    exactly (the constants are exact doubles, and integers of more than 15
+    digits are let through)."""
+    cdef readonly bytes key    # the member name with its quotes
+    cdef readonly int op
+    cdef readonly double lo, hi
+
+    def __init__(self, bytes key, int op, double lo, double hi=0.0):
+        self.key = key
+        self.op = op
+        self.lo = lo
+        self.hi = hi
+
+    def __repr__(self):
+        return f"NumKey({self.key!r}, {self.op}, {self.lo!r}, {self.hi!r})"
+
+    cdef bint _holds(self, double v) noexcept:
+        if self.op == NK_LT:
+            return v < self.lo
+        if self.op == NK_LE:
+            return v <= self.lo
+        if self.op == NK_GT:
+            return v > self.lo
+        if self.op == NK_GE:
+            return v >= self.lo
+        if self.op == NK_EQ:
+            return v == self.lo
+        if self.op == NK_NE:
+            return v != self.lo
+        return self.lo <= v <= self.hi
+
+    cdef bint may_match(self, const char* s, Py_ssize_t n):
+        cdef const char* k = PyBytes_AS_STRING(self.key)
+        cdef Py_ssize_t kn = PyBytes_GET_SIZE(self.key), at = 0, i, j, d
+        cdef const char* q
+        cdef const unsigned char* u = <const unsigned char*>s
+        cdef Py_ssize_t at2
+        cdef char* endp
+        cdef bint integer
+        cdef double v
+        while True:
+            q = <const char*>memmem(s + at, n - at, k, kn)
+            if q == NULL:
+                return False
+            at = q - s + 1
+            i = _ws(u, q - s + kn, n)
+            if i >= n or u[i] != 58:     # not followed by ':' -> a string value
+                continue
+            i = _ws(u, i + 1, n)
+            j = _number_end(u, i, n)
+            if j < 0:
+                continue                  # not a number: the comparison is not TRUE
+            integer = True
+            d = 0
+            for at2 in range(i, j):
+                if u[at2] == 46 or u[at2] == 101 or u[at2] == 69:
+                    integer = False
+                elif 48 <= u[at2] <= 57:
+                    d += 1
+            if integer and d > 15:
+                return True               # may not be an exact double: let it through
+            v = PyOS_string_to_double(s + i, &endp, NULL)   # stops after the number
+            if self._holds(v):
+                return True
+
+
 @cython.no_gc
 cdef class Prefilter:
     """Necessary conditions on the raw bytes, in conjunctive normal form:
-    every clause needs one of its needles to occur. Only applied to inputs
-    without a backslash, where every JSON string appears verbatim."""
+    every clause needs one of its atoms to hold: a needle (bytes) that
+    occurs, or a NumKey. Only applied to inputs without a backslash, where
+    every JSON string appears verbatim; NumKey atoms further rely on the
+    input being a valid JSON object, which is checked before skipping."""
     cdef tuple clauses   # tuple of tuples of bytes
 
     def __init__(self, clauses):
@@ -1460,8 +1584,11 @@ cdef class Prefilter:
         for clause in self.clauses:
             found = False
             for needle in <tuple>clause:
-                if memmem(s, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle)) != NULL:
-                    found = True
+                if type(needle) is bytes:
+                    found = memmem(s, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle)) != NULL
+                else:
+                    found = (<NumKey>needle).may_match(s, n)
+                if found:
                     break
             if not found:
                 return False
@@ -1666,6 +1793,8 @@ def decode_event(data):
 
 
 # Comparison operator codes for the compiler.
+NUMKEY_OPS = {"<": NK_LT, "<=": NK_LE, ">": NK_GT, ">=": NK_GE, "=": NK_EQ, "<>": NK_NE,
+              "BETWEEN": NK_RANGE}
 OPS = {"=": Py_EQ, "<>": Py_NE, "<": Py_LT, "<=": Py_LE, ">": Py_GT, ">=": Py_GE}
 KIND_STR = K_STR
 KIND_NUM = K_NUM
