@@ -226,7 +226,103 @@ cdef extern from "Python.h":
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
+cdef extern from *:
+    """
+    /* The inline cache's entry read. PyDict_Next is an out-of-line call that
+       costs ~100 instructions; reading entry p of a combined table is a few
+       loads. The mirror of CPython's dict-keys header below is the layout of
+       CPython 3.11-3.13 (non-free-threaded); eng_dict_layout_check() verifies
+       it against PyDict_Next at import and otherwise PyDict_Next is used. */
+    typedef struct {
+        Py_ssize_t refcnt;
+        uint8_t log2_size, log2_index_bytes, kind;
+        uint32_t version;
+        Py_ssize_t usable, nentries;
+        char indices[];
+    } eng_dict_keys;
+    typedef struct { PyObject *key, *value; } eng_unicode_entry;
+    typedef struct { Py_hash_t hash; PyObject *key, *value; } eng_general_entry;
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    #define ENG_DICT_MIRROR 1
+    #else
+    #define ENG_DICT_MIRROR 0
+    #endif
+    static int eng_dict_mirror_ok = 0;
 
+    static inline PyObject* eng_dict_slot_direct(PyObject* d, Py_ssize_t p, PyObject* key) {
+        PyDictObject* mp = (PyDictObject*)d;
+        eng_dict_keys* k = (eng_dict_keys*)mp->ma_keys;
+        const char* entries;
+        if (p >= k->nentries) return NULL;
+        entries = k->indices + ((size_t)1 << k->log2_index_bytes);
+        if (k->kind == 0) {   /* DICT_KEYS_GENERAL */
+            const eng_general_entry* e = (const eng_general_entry*)entries + p;
+            return e->key == key ? e->value : NULL;
+        } else {
+            const eng_unicode_entry* e = (const eng_unicode_entry*)entries + p;
+            return e->key == key ? e->value : NULL;
+        }
+    }
+
+    /* The value at entry position p if that entry's key is `key` (the very
+       object), else NULL. */
+    static inline PyObject* eng_dict_slot(PyObject* d, Py_ssize_t p, PyObject* key) {
+        PyObject *k, *v;
+    #if ENG_DICT_MIRROR
+        if (eng_dict_mirror_ok && ((PyDictObject*)d)->ma_values == NULL)
+            return eng_dict_slot_direct(d, p, key);
+    #endif
+        if (PyDict_Next(d, &p, &k, &v) && k == key) return v;
+        return NULL;
+    }
+
+    /* Compare the mirror with PyDict_Next on every entry of d. */
+    static int eng_dict_layout_matches(PyObject* d) {
+    #if ENG_DICT_MIRROR
+        Py_ssize_t pos = 0, p;
+        PyObject *k, *v;
+        if (((PyDictObject*)d)->ma_values != NULL) return 0;
+        while (PyDict_Next(d, &pos, &k, &v)) {
+            p = pos - 1;
+            if (eng_dict_slot_direct(d, p, k) != v) return 0;
+        }
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int eng_dict_mirror_ok
+    bint eng_dict_layout_matches(object d)
+    PyObject* p_dict_slot "eng_dict_slot" (PyObject* d, Py_ssize_t p, PyObject* key) noexcept
+
+
+def _check_dict_layout():
+    """Enable the direct entry read only if it agrees with PyDict_Next on
+    dicts of both key kinds and several sizes (including one with a
+    deleted entry)."""
+    global eng_dict_mirror_ok
+    samples = [orjson.loads(b'{"a":1,"b":[2],"c":{"d":null}}'),
+               {f"k{i}": i for i in range(40)}, {1: "x", "y": 2, (3,): 4}]
+    del samples[1]["k3"]
+    eng_dict_mirror_ok = all(eng_dict_layout_matches(d) for d in samples)
+    return bool(eng_dict_mirror_ok)
+
+
+_check_dict_layout()
+
+
+# Borrowed-pointer forms for Path: no reference-count writes to the event's
+# objects (Cython increfs a temporary when a PyObject* is passed as object).
+cdef extern from "Python.h":
+    bint p_dict_check "PyDict_Check" (PyObject* o) noexcept nogil
+    bint p_list_check "PyList_Check" (PyObject* o) noexcept nogil
+    Py_ssize_t p_list_size "PyList_GET_SIZE" (PyObject* o) noexcept nogil
+    PyObject* p_list_item "PyList_GET_ITEM" (PyObject* o, Py_ssize_t i) noexcept nogil
+    PyObject* p_dict_get "eng_dict_get" (PyObject* d, PyObject* key) noexcept
+
+
+@cython.final
 @cython.no_gc
 cdef class Path(Expr):
     """Member and index steps from the root; never raises."""
@@ -249,35 +345,38 @@ cdef class Path(Expr):
     def steps(self):
         return tuple(self.keys)
 
+    cdef inline PyObject* _step(self, PyObject* cur, Py_ssize_t i) noexcept:
+        """One step from `cur` (borrowed), or NULL when it does not apply."""
+        cdef PyObject* key
+        cdef PyObject* v
+        cdef Py_ssize_t j = self.idx[i], p
+        if j < 0:
+            if not p_dict_check(cur):
+                return NULL
+            key = p_list_item(<PyObject*>self.keys, i)
+            # Inline cache: events of one shape keep each member at the
+            # same entry position, and the decoder reuses key objects, so
+            # one entry read usually replaces a hash-table lookup.
+            p = self.slot[i]
+            if p >= 0:
+                v = p_dict_slot(cur, p, key)
+                if v != NULL:
+                    return v
+            return p_dict_get(cur, key)
+        if not p_list_check(cur) or j >= p_list_size(cur):
+            return NULL
+        return p_list_item(cur, j)
+
     cdef object value(self, object ev):
         cdef PyObject* cur = <PyObject*>ev
-        cdef PyObject* key
-        cdef PyObject* k
-        cdef PyObject* v
-        cdef Py_ssize_t i, j, p
+        cdef Py_ssize_t i
         self.calls += 1
         if (self.calls & 4095) == 1:
             self._learn(ev)
         for i in range(self.n):
-            j = self.idx[i]
-            if j < 0:
-                if not PyDict_Check(<object>cur):
-                    return _MISSING
-                key = PyList_GET_ITEM(self.keys, i)
-                # Inline cache: events of one shape keep each member at the
-                # same entry position, and the decoder reuses key objects, so
-                # one entry read usually replaces a hash-table lookup.
-                p = self.slot[i]
-                if p >= 0 and PyDict_Next(<object>cur, &p, &k, &v) and k == key:
-                    cur = v
-                    continue
-                cur = PyDict_GetItem(<object>cur, <object>key)
-                if cur == NULL:
-                    return _MISSING
-            else:
-                if not PyList_Check(<object>cur) or j >= PyList_GET_SIZE(<object>cur):
-                    return _MISSING
-                cur = PyList_GET_ITEM(<object>cur, j)
+            cur = self._step(cur, i)
+            if cur == NULL:
+                return _MISSING
         return <object>cur
 
     cdef void _learn(self, object ev):
@@ -1172,31 +1271,67 @@ cdef str _json_type(object v):
 # backslash (see _prefilter_pass), so strings hold no escapes.
 
 cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+    # One comparison in the common case: bytes above the space are never whitespace.
+    while i < n and s[i] <= 32 and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
         i += 1
     return i
 
 
-cdef Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+cdef extern from *:
+    """
+    /* The end of a JSON string without escapes: s[i] is the opening quote.
+       Returns the index after the closing quote, or -1 for a backslash, a
+       control character or no closing quote; *high is set when a byte
+       >= 0x80 occurs (the caller then checks UTF-8). With SSE2 (every
+       x86-64) 16 bytes are classified per step: IoT payloads are mostly
+       short ASCII strings, and a byte loop cost ~10 instructions per byte. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    static inline Py_ssize_t eng_string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int* high) {
+        Py_ssize_t j = i + 1;
+        unsigned char c;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8(34), bslash = _mm_set1_epi8(92);   /* '"' and backslash */
+        const __m128i ctl = _mm_set1_epi8(0x1F);
+        while (j + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(s + j));
+            unsigned q = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote));
+            /* unsigned c <= 0x1F  <=>  min(c, 0x1F) == c */
+            unsigned bad = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(v, bslash), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            unsigned h = (unsigned)_mm_movemask_epi8(v);
+            if (q) {
+                unsigned before = (q & (0u - q)) - 1u;   /* lanes before the first quote */
+                if (bad & before) return -1;
+                if (h & before) *high = 1;
+                return j + __builtin_ctz(q) + 1;
+            }
+            if (bad) return -1;
+            if (h) *high = 1;
+            j += 16;
+        }
+    #endif
+        for (; j < n; j++) {
+            c = s[j];
+            if (c == 34) return j + 1;
+            if (c < 0x20 || c == 92) return -1;
+            if (c >= 0x80) *high = 1;
+        }
+        return -1;
+    }
+    """
+    Py_ssize_t eng_string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int* high) noexcept nogil
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """s[i] is the opening quote; index after the closing quote, or -1 (also
     for any backslash: escapes are left to the real decoder)."""
-    cdef const unsigned char* q = <const unsigned char*>memchr(s + i + 1, 34, n - i - 1)
-    cdef Py_ssize_t j, k
-    cdef unsigned char c, high = 0, bad = 0
-    if q == NULL:
-        return -1
-    j = q - s
-    # Branch-free scan (the compiler vectorises it): control characters and
-    # backslashes are refused, bytes >= 0x80 send the string to the UTF-8 check.
-    for k in range(i + 1, j):
-        c = s[k]
-        high |= c
-        bad |= (c < 0x20) | (c == 92)
-    if bad:
-        return -1
-    if high < 0x80:
-        return j + 1
-    return j + 1 if _utf8_ok(s, i + 1, j) else -1
+    cdef int high = 0
+    cdef Py_ssize_t j = eng_string_end(s, i, n, &high)
+    if j < 0 or not high:
+        return j
+    return j if _utf8_ok(s, i + 1, j - 1) else -1
 
 
 cdef bint _utf8_ok(const unsigned char* s, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
@@ -1342,11 +1477,99 @@ def is_json_object(bytes data):
 
 
 
+cdef extern from "Python.h":
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
+
+# Operators of a numeric atom (see NumKey).
+cdef enum:
+    NK_LT = 0
+    NK_LE = 1
+    NK_GT = 2
+    NK_GE = 3
+    NK_EQ = 4
+    NK_NE = 5
+    NK_RANGE = 6    # lo <= v <= hi
+
+
+@cython.final
+@cython.no_gc
+cdef class NumKey:
+    """A pre-filter atom for `member OP number`: some member named `key`
+    must hold a number that satisfies OP. In a valid JSON document without
+    escapes every occurrence of `"key"` followed by `:` is that member's
+    key, and its value follows verbatim; numbers are compared as doubles,
+    exactly (the constants are exact doubles, and integers of more than 15
+    digits are let through)."""
+    cdef readonly bytes key    # the member name with its quotes
+    cdef readonly int op
+    cdef readonly double lo, hi
+
+    def __init__(self, bytes key, int op, double lo, double hi=0.0):
+        self.key = key
+        self.op = op
+        self.lo = lo
+        self.hi = hi
+
+    def __repr__(self):
+        return f"NumKey({self.key!r}, {self.op}, {self.lo!r}, {self.hi!r})"
+
+    cdef bint _holds(self, double v) noexcept:
+        if self.op == NK_LT:
+            return v < self.lo
+        if self.op == NK_LE:
+            return v <= self.lo
+        if self.op == NK_GT:
+            return v > self.lo
+        if self.op == NK_GE:
+            return v >= self.lo
+        if self.op == NK_EQ:
+            return v == self.lo
+        if self.op == NK_NE:
+            return v != self.lo
+        return self.lo <= v <= self.hi
+
+    cdef bint may_match(self, const char* s, Py_ssize_t n):
+        cdef const char* k = PyBytes_AS_STRING(self.key)
+        cdef Py_ssize_t kn = PyBytes_GET_SIZE(self.key), at = 0, i, j, d
+        cdef const char* q
+        cdef const unsigned char* u = <const unsigned char*>s
+        cdef Py_ssize_t at2
+        cdef char* endp
+        cdef bint integer
+        cdef double v
+        while True:
+            q = <const char*>memmem(s + at, n - at, k, kn)
+            if q == NULL:
+                return False
+            at = q - s + 1
+            i = _ws(u, q - s + kn, n)
+            if i >= n or u[i] != 58:     # not followed by ':' -> a string value
+                continue
+            i = _ws(u, i + 1, n)
+            j = _number_end(u, i, n)
+            if j < 0:
+                continue                  # not a number: the comparison is not TRUE
+            integer = True
+            d = 0
+            for at2 in range(i, j):
+                if u[at2] == 46 or u[at2] == 101 or u[at2] == 69:
+                    integer = False
+                elif 48 <= u[at2] <= 57:
+                    d += 1
+            if integer and d > 15:
+                return True               # may not be an exact double: let it through
+            v = PyOS_string_to_double(s + i, &endp, NULL)   # stops after the number
+            if self._holds(v):
+                return True
+
+
 @cython.no_gc
 cdef class Prefilter:
     """Necessary conditions on the raw bytes, in conjunctive normal form:
-    every clause needs one of its needles to occur. Only applied to inputs
-    without a backslash, where every JSON string appears verbatim."""
+    every clause needs one of its atoms to hold: a needle (bytes) that
+    occurs, or a NumKey. Only applied to inputs without a backslash, where
+    every JSON string appears verbatim; NumKey atoms further rely on the
+    input being a valid JSON object, which is checked before skipping."""
     cdef tuple clauses   # tuple of tuples of bytes
 
     def __init__(self, clauses):
@@ -1361,8 +1584,11 @@ cdef class Prefilter:
         for clause in self.clauses:
             found = False
             for needle in <tuple>clause:
-                if memmem(s, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle)) != NULL:
-                    found = True
+                if type(needle) is bytes:
+                    found = memmem(s, n, PyBytes_AS_STRING(needle), PyBytes_GET_SIZE(needle)) != NULL
+                else:
+                    found = (<NumKey>needle).may_match(s, n)
+                if found:
                     break
             if not found:
                 return False
@@ -1567,6 +1793,8 @@ def decode_event(data):
 
 
 # Comparison operator codes for the compiler.
+NUMKEY_OPS = {"<": NK_LT, "<=": NK_LE, ">": NK_GT, ">=": NK_GE, "=": NK_EQ, "<>": NK_NE,
+              "BETWEEN": NK_RANGE}
 OPS = {"=": Py_EQ, "<>": Py_NE, "<": Py_LT, "<=": Py_LE, ">": Py_GT, ">=": Py_GE}
 KIND_STR = K_STR
 KIND_NUM = K_NUM

@@ -2,21 +2,36 @@
 
 If an event's bytes contain no backslash, every JSON string in it appears
 verbatim between quotes. Then `path = 'X'` can only be TRUE if the bytes
-contain `"X"`, `path LIKE 'ab%'` only if they contain `"ab`, and so on. The
-core checks these needles with memmem before decoding and skips events that
-cannot match. The result is a CNF: a list of clauses, each a list of
-needles of which at least one must occur. Dropping a clause only weakens
-the filter, so every size cap below is sound.
+contain `"X"`, `path LIKE 'ab%'` only if they contain `"ab`, and so on; and
+`path.level < 10` only if some member `"level":` holds a number below 10
+(comparisons never coerce, so only numbers can satisfy it). The core checks
+these atoms (memmem; a number parse after each `"level":`) before decoding
+and skips valid JSON objects that cannot match. The result is a CNF: a list
+of clauses, each a list of atoms of which at least one must hold. Dropping a
+clause only weakens the filter, so every size cap below is sound.
 """
 
 from __future__ import annotations
 
+from engine import _core
 from engine.language import ast
 
 MAX_CLAUSES = 8
 MAX_NEEDLES = 16     # per clause
 
-Clause = frozenset[bytes]
+# An atom is a needle (bytes that must occur) or a _core.NumKey: a member
+# with that name must hold a number satisfying a comparison. Numbers have
+# many spellings (5, 5.0, 5e0), so they are parsed, not matched as text.
+Atom = bytes | _core.NumKey
+Clause = frozenset[Atom]
+
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "<>": "<>"}
+_EXACT = 2 ** 53
+
+
+def _weight(atom: Atom) -> int:
+    """How much an atom rejects: longer needles occur less often."""
+    return len(atom) if isinstance(atom, bytes) else len(atom.key)
 
 
 def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -> list[list[bytes]]:
@@ -25,8 +40,8 @@ def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -
     if where is not None:
         cnf += _cnf(where)
     # Longest needles first within the cap: they reject most.
-    cnf = sorted(set(cnf), key=lambda c: -min(len(n) for n in c))[:MAX_CLAUSES]
-    return [sorted(c, key=len, reverse=True) for c in cnf]
+    cnf = sorted(set(cnf), key=lambda c: -min(_weight(a) for a in c))[:MAX_CLAUSES]
+    return [sorted(c, key=_weight, reverse=True) for c in cnf]
 
 
 def json_string_needle(s: str, prefix: bytes = b'"', suffix: bytes = b'"') -> bytes | None:
@@ -44,6 +59,41 @@ def _verbatim(node: ast.Expr) -> bool:
     """Expressions whose string value is copied unchanged from the event."""
     return isinstance(node, ast.Path) or (
         isinstance(node, ast.Call) and node.name in ("GET_TAG", "GET_SERVICE_PROPERTY"))
+
+
+def _num_literal(node: ast.Expr) -> float | None:
+    """A numeric constant that is exactly a double, else None."""
+    sign = 1
+    if isinstance(node, ast.Neg):
+        node, sign = node.operand, -1
+    if not isinstance(node, ast.Literal) or isinstance(node.value, bool):
+        return None
+    v = node.value
+    if isinstance(v, float) or (isinstance(v, int) and abs(v) <= _EXACT):
+        return sign * float(v)
+    return None
+
+
+def _member_key(node: ast.Expr) -> bytes | None:
+    """The quoted member name right before the value of `node` in the
+    document: a path ending in a member, or GET_SERVICE_PROPERTY's
+    property."""
+    name = None
+    if isinstance(node, ast.Path) and node.steps and isinstance(node.steps[-1], str):
+        name = node.steps[-1]
+    elif isinstance(node, ast.Call) and node.name == "GET_SERVICE_PROPERTY" and len(node.args) == 2:
+        name = _str_literal(node.args[1])
+    return json_string_needle(name) if name is not None else None
+
+
+def _numeric(op: str, left: ast.Expr, right: ast.Expr) -> list[Clause]:
+    """`member OP number` (either side): TRUE only for a number value, since
+    comparisons never coerce."""
+    for val, lit, o in ((left, right, op), (right, left, _FLIPPED[op])):
+        c, key = _num_literal(lit), _member_key(val)
+        if c is not None and key is not None:
+            return [frozenset([_core.NumKey(key, _core.NUMKEY_OPS[o], c)])]
+    return []
 
 
 def _str_literal(node: ast.Expr) -> str | None:
@@ -66,12 +116,19 @@ def _cnf(node: ast.Expr) -> list[Clause]:
                 return []
             out = [x | y for x in ca for y in cb]
             return [c for c in out if len(c) <= MAX_NEEDLES][:MAX_CLAUSES]
-        case ast.Compare("=", left, right):
+        case ast.Compare("=", left, right) if any(_str_literal(x) is not None for x in (left, right)):
             for val, lit in ((left, right), (right, left)):
                 s = _str_literal(lit)
                 if s is not None and _verbatim(val):
                     return _one(json_string_needle(s))
             return []
+        case ast.Compare(op, left, right):
+            return _numeric(op, left, right)
+        case ast.Between(operand, low, high, False):
+            lo, hi, key = _num_literal(low), _num_literal(high), _member_key(operand)
+            if lo is None or hi is None or key is None:
+                return []
+            return [frozenset([_core.NumKey(key, _core.NUMKEY_OPS["BETWEEN"], lo, hi)])]
         case ast.InList(operand, items, False) if _verbatim(operand):
             needles = [json_string_needle(i.value) for i in items
                        if isinstance(i, ast.Literal) and isinstance(i.value, str)]

@@ -76,3 +76,26 @@ def test_malformed_input_is_reported_not_skipped_by_the_prefilter():
     rs = engine.compile_ruleset([engine.RuleSpec(1, None, "a = 'x'", "device.property", "report")])
     assert isinstance(rs.evaluate_raw(b'not json'), engine.MalformedEvent)
     assert rs.evaluate_raw(b'{"a": "y"}') == []
+
+
+# Strings are classified 16 bytes at a time (SSE2) with a byte loop for the
+# tail: put every kind of byte at every position of strings around those
+# boundaries, and compare with orjson.
+@pytest.mark.parametrize("length", [0, 1, 14, 15, 16, 17, 31, 32, 33, 47])
+@pytest.mark.parametrize("bad", [b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\xc3\xa9", b"\xe2\x82",
+                                 b"\xf0\x9f\x98\x80", b'"', b"x"])
+def test_string_bytes_at_every_position(length, bad):
+    for pos in range(length + 1):
+        body = b"a" * pos + bad + b"a" * (length - pos)
+        for raw in (b'{"k":"' + body + b'"}', b'{"' + body + b'":1}', b'{"k":"' + body + b'"',
+                    b'{"k":["' + body + b'", 1]}' + b" " * (length % 3)):
+            assert _core.is_json_object(raw) == orjson_object(raw), raw
+
+
+@settings(max_examples=1500, deadline=None)
+@given(prefix=st.text(max_size=40), junk=st.binary(max_size=4), suffix=st.text(max_size=40))
+def test_long_strings_agree_with_orjson(prefix, junk, suffix):
+    raw = b'{"k": "' + prefix.encode() + junk + suffix.encode() + b'", "n": 1}'
+    if b"\\" in raw:
+        return
+    assert _core.is_json_object(raw) == orjson_object(raw), raw

@@ -104,3 +104,20 @@ def test_ten_thousand_rules_fit_in_200_mb():
     assert out.returncode == 0, out.stderr
     total_mb, growth_mb = map(int, out.stdout.split())
     assert total_mb < 200, f"RSS {total_mb} MB with 10,000 rules (compile added {growth_mb} MB)"
+
+
+def test_direct_dict_entry_read_is_enabled_and_agrees():
+    """Path's inline cache reads dict entries directly when the import-time
+    check finds CPython's table layout as expected (3.11-3.13); if that
+    check ever fails the engine falls back to PyDict_Next, slower but
+    correct, so this test says when the fast path silently went away."""
+    from engine import _core
+    if sys.version_info < (3, 14):
+        assert _core._check_dict_layout()
+    rule = engine.compile_rule("a.b AS v", "a.b = 'x'")
+    events = [{"a": {"b": "x"}}, {"a": {"z": 1, "b": "x"}}, {"a": {"b": "y"}}, {"a": {}}]
+    d = {"a": {"q": 0, "b": "x"}}
+    del d["a"]["q"]                      # a deleted entry before the cached one
+    events.append(d)
+    for _ in range(3):                   # learn, then hit and miss the cache
+        assert rule.apply_many(events) == [{"v": "x"}, {"v": "x"}, None, None, {"v": "x"}]
