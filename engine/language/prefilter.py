@@ -39,8 +39,10 @@ def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -
     cnf = [frozenset(c) for c in required if c]
     if where is not None:
         cnf += _cnf(where)
-    # Longest needles first within the cap: they reject most.
-    cnf = sorted(set(cnf), key=lambda c: -min(_weight(a) for a in c))[:MAX_CLAUSES]
+    # Within the cap, needle-only clauses first (a memmem is cheaper than
+    # parsing numbers), longest needles first: they reject most.
+    cnf = sorted(set(cnf), key=lambda c: (any(isinstance(a, _core.NumKey) for a in c),
+                                          -min(_weight(a) for a in c)))[:MAX_CLAUSES]
     return [sorted(c, key=_weight, reverse=True) for c in cnf]
 
 
