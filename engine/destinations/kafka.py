@@ -1,9 +1,13 @@
 """DMS_KAFKA_FORWARDING: produce rule outputs to a Kafka topic.
 
 acks=all; the record key (the device id) is the message key, so one device's
-events land on one partition in order. Messages are batched by the producer
-(linger_ms, max_batch_bytes, optional compression); a record succeeds when
-its own delivery future resolves. The idempotent producer is not enabled
+events land on one partition in order. A write() builds the record batches
+itself (aiokafka's batch API): its records are grouped by the partition
+aiokafka's default partitioner picks for the key, packed into batches of up
+to max_batch_bytes (optional compression), and the batches of one partition
+are queued in order. A record succeeds when its batch is acknowledged.
+The batches are closed before they are queued, so they go out at once
+(linger_ms does not delay them). The idempotent producer is not enabled
 (several Kafka-wire brokers do not implement it), so a retried batch can
 duplicate messages: delivery is at-least-once.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -20,6 +25,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import create_conn
+from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import Field, SecretStr, model_validator
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
@@ -49,8 +56,9 @@ class DmsKafkaForwarding(_Model):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     """snappy/lz4/zstd need aiokafka's optional extras installed."""
     linger_ms: int = Field(default=5, ge=0, le=60_000)
+    """Passed to the producer; write() sends its batches at once."""
     max_batch_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
-    """Per-partition producer batch size."""
+    """Size of the record batches a write() builds per partition."""
     timeout_s: float = Field(default=15.0, gt=0, le=600)
     """Request timeout and wait for delivery."""
 
@@ -64,6 +72,9 @@ class DmsKafkaForwarding(_Model):
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9092
+MAX_REQUEST_BYTES = 1 << 20
+"""Largest message (as aiokafka estimates it) accepted; aiokafka's default."""
+_KEY_CACHE_MAX = 100_000
 
 _AUTH_ERRORS = (
     kafka_errors.SaslAuthenticationFailed,
@@ -88,6 +99,7 @@ def producer_kwargs(c: DmsKafkaForwarding) -> dict[str, Any]:
         "compression_type": None if c.compression == "none" else c.compression,
         "linger_ms": c.linger_ms,
         "max_batch_size": c.max_batch_bytes,
+        "max_request_size": MAX_REQUEST_BYTES,
         "request_timeout_ms": int(c.timeout_s * 1000),
     }
     if c.mechanism in (None, "PAAS"):
@@ -129,6 +141,9 @@ class KafkaSink(Sink):
     def __init__(self, config: DmsKafkaForwarding) -> None:
         super().__init__(config)
         self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._parts: list[int] = []          # the topic's partitions the cache is for
+        self._key_parts: dict[bytes, int] = {}  # key -> partition
 
     async def open(self) -> None:
         """Connect and look the topic up. A broker that is down is not an
@@ -193,30 +208,96 @@ class KafkaSink(Sink):
         if producer is not None:
             await producer.stop()  # flushes what is still batched
 
+    def _partitioner(self, topic: str) -> tuple[dict[bytes, int], Any]:
+        """What aiokafka's DefaultPartitioner does, with the key -> partition
+        choice cached while the topic's partition list stays the same: a
+        key's partition is murmur2(key) over all partitions (sorted); no key
+        means a random available partition."""
+        assert self._producer is not None
+        cluster = self._producer.client.cluster
+        parts = sorted(cluster.partitions_for_topic(topic) or ())
+        if parts != self._parts or len(self._key_parts) > _KEY_CACHE_MAX:
+            self._parts, self._key_parts = parts, {}
+        if not parts:
+            raise kafka_errors.UnknownTopicOrPartitionError(topic)
+        available = list(cluster.available_partitions_for_topic(topic) or ()) or parts
+        return self._key_parts, lambda key: (
+            parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)] if key is not None
+            else random.choice(available))
+
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
-        assert self._producer is not None
+        producer = self._producer
+        assert producer is not None
         topic = self.config.topic
         failures: dict[int, Failure] = {}
-        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        try:
+            # Metadata for the topic (no request when it is known already).
+            await producer.partitions_for(topic)
+            cache, choose = self._partitioner(topic)
+        except Exception as e:
+            return WriteResult(dict.fromkeys(range(len(records)), _failure(e)))
+
+        # Pack the records into closed batches, per partition in record order.
+        # batches[p] = [(batch, indexes of its records), ...]
+        batches: dict[int, list[tuple[Any, list[int]]]] = {}
+        current: dict[int, tuple[Any, list[int]]] = {}
+        dumps = orjson.dumps
+        limit = MAX_REQUEST_BYTES - 512  # below this no exact size estimate is needed
         for i, rec in enumerate(records):
-            try:
-                # send() only enqueues (waiting if the producer buffer is full);
-                # the returned future resolves on the broker's acknowledgement.
-                fut = await self._producer.send(
-                    topic,
-                    value=orjson.dumps(rec.payload),
-                    key=rec.key.encode() if rec.key is not None else None,
-                )
-            except Exception as e:  # e.g. message larger than max_request_size
-                failures[i] = _failure(e)
-            else:
-                pending.append((i, fut))
+            key = rec.key.encode() if rec.key is not None else None
+            value = dumps(rec.payload)
+            if len(value) + (len(key) if key else 0) > limit:
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+                if size > MAX_REQUEST_BYTES:  # what producer.send() refuses
+                    failures[i] = _failure(kafka_errors.MessageSizeTooLargeError(
+                        f"The message is {size} bytes when serialized which is larger than "
+                        "the maximum request size you have configured with the "
+                        "max_request_size configuration"))  # aiokafka's own wording
+                    continue
+            if key is None:
+                p = choose(None)
+            elif (p := cache.get(key)) is None:
+                p = cache[key] = choose(key)
+            cur = current.get(p)
+            if cur is None or cur[0].append(key=key, value=value, timestamp=None) is None:
+                # No batch yet, or it is full (append closed it): start another.
+                cur = current[p] = (producer.create_batch(), [])
+                batches.setdefault(p, []).append(cur)
+                # An empty batch always takes its first record (aiokafka's rule);
+                # should that ever change, fail the record rather than drop it.
+                if cur[0].append(key=key, value=value, timestamp=None) is None:
+                    failures[i] = Failure("Kafka error: the record does not fit a batch", False)
+                    continue
+            cur[1].append(i)
+
+        # Queue the batches (the producer holds one undrained batch per
+        # partition, so a partition's later batches wait for the earlier ones;
+        # different partitions are queued concurrently), then wait for every
+        # acknowledgement. The lock keeps concurrent writes from interleaving
+        # their batches within a partition.
+        pending: list[tuple[list[int], asyncio.Future[Any]]] = []
+
+        async def enqueue(p: int, group: list[tuple[Any, list[int]]]) -> None:
+            for n, (batch, idx) in enumerate(group):
+                batch.close()
+                try:
+                    fut = await producer.send_batch(batch, topic, partition=p)
+                except Exception as e:  # e.g. timed out waiting for buffer space
+                    # Later batches of this partition fail too (order).
+                    f = _failure(e)
+                    for _, rest in group[n:]:
+                        failures.update(dict.fromkeys(rest, f))
+                    return
+                pending.append((idx, fut))
+
+        async with self._lock:
+            await asyncio.gather(*(enqueue(p, g) for p, g in batches.items()))
         outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-        for (i, _), out in zip(pending, outcomes, strict=True):
+        for (idx, _), out in zip(pending, outcomes, strict=True):
             if isinstance(out, BaseException):
-                failures[i] = _failure(out)
+                failures.update(dict.fromkeys(idx, _failure(out)))
         return WriteResult(failures)

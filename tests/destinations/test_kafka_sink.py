@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from engine.destinations.base import Record, SinkError
@@ -143,6 +144,32 @@ async def test_happy_path_keys_and_order(topic):
         assert len({m.partition for m in msgs}) == 1  # one device, one partition
         assert [orjson.loads(m.value) for m in msgs] == [
             r.payload for r in recs if r.key == device]  # in order
+
+
+@pytest.mark.services
+async def test_many_small_batches_keep_placement_and_order(topic):
+    # 1 KiB batches: every partition gets many batches in one write. Each key
+    # lands where aiokafka's default partitioner puts it, in order; keyless
+    # records are all delivered.
+    devices = [f"dev-{d}" for d in range(12)]
+    recs = [r for i in range(40) for d in devices for r in records(1, device=d)]
+    for j, r in enumerate(recs):
+        r.payload = {"device": r.key, "seq": j}
+    recs += [Record({"device": None, "seq": -1 - j}) for j in range(20)]
+    result = await run(cfg(topic=topic, max_batch_bytes=1024), recs)
+    assert result.ok
+    got = await consume(topic, len(recs))
+    assert len(got) == len(recs)
+    seen: dict[str, list] = {}
+    for m in sorted(got, key=lambda m: (m.partition, m.offset)):
+        v = orjson.loads(m.value)
+        if m.key is None:
+            continue
+        assert m.partition == DefaultPartitioner()(m.key, [0, 1, 2], [0, 1, 2])
+        seen.setdefault(m.key.decode(), []).append(v["seq"])
+    for d in devices:
+        assert seen[d] == [j for j, r in enumerate(recs) if r.key == d]
+    assert sum(m.key is None for m in got) == 20
 
 
 @pytest.mark.services
