@@ -14,7 +14,7 @@ from engine import _core
 from engine.language import ast
 from engine.language.checker import constant_value
 from engine.language.errors import RuleError, RuleSemanticError
-from engine.language.prefilter import derive_prefilter
+from engine.language.prefilter import Atom, derive_prefilter
 
 _SWAP = {"=": "=", "<>": "<>", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
 
@@ -137,10 +137,10 @@ def compile_projection(select: ast.Select) -> _core.Projection:
 
 
 def build_rule(rule: ast.Rule, select_text, where_text, extra_conditions=(),
-               prefilter: list[list[bytes]] | None = None) -> _core.CompiledRule:
+               prefilter: list[list[Atom]] | None = None) -> _core.CompiledRule:
     """Compile a checked rule. `extra_conditions` are core conditions ANDed
     before the WHERE (a rule set's subject and app scope); `prefilter` is the
-    CNF of needles from derive_prefilter (None: decode every event)."""
+    CNF of atoms from derive_prefilter (None: decode every event)."""
     conds = list(extra_conditions)
     if rule.where is not None:
         conds.append(compile_expr(rule.where))

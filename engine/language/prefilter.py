@@ -34,8 +34,8 @@ def _weight(atom: Atom) -> int:
     return len(atom) if isinstance(atom, bytes) else len(atom.key)
 
 
-def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -> list[list[bytes]]:
-    """CNF of needles that every matching event's bytes must contain ([] = none)."""
+def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -> list[list[Atom]]:
+    """CNF of atoms that every matching event's bytes must satisfy ([] = none)."""
     cnf = [frozenset(c) for c in required if c]
     if where is not None:
         cnf += _cnf(where)
