@@ -4,6 +4,7 @@
 - `service`: what each request does to a project's configuration, checked
   by `engine.config`'s validator; `project_config` for workers
 - `storage`: SQLite and PostgreSQL stores with change subscription
+- `params`: formats of path ids and list filters (IoTDA's constraints)
 - `auth`, `limits`, `pagination`, `errors`, `openapi`, `metrics`: one role each
 
 A worker that takes its configuration from the store:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from engine.api.app import create_app
+from engine.api.app import ApiRunner, create_app
 from engine.api.effective import SEP, effective_config, qualify
 from engine.api.limits import ApiLimits
 from engine.api.metrics import ActionCounters, RuleCounters
@@ -91,7 +91,7 @@ async def run_with_api(config: EngineConfig,
             worker.store = store
             if config_paths is not None:
                 worker.config_paths = list(config_paths)
-            runner = web.AppRunner(create_app(api, store, ApiLimits.from_config(api.limits),
+            runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),
                                                metrics=WorkerMetrics(worker)))
             await runner.setup()
             try:

@@ -95,6 +95,20 @@ class Api:
         return await self.ok("POST", f"{base}/actions", {**body, **fields}, 201)
 
 
+def sdk_client(url: str, ak: str = AK_A, sk: str = SK_A, project: str = "proj-a"):
+    """The official Huawei Cloud IoTDA client (AK/SK signing) for `url`."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkiotda.v5 import IoTDAClient
+
+    config = HttpConfig.get_default_config()
+    config.ignore_ssl_verification = True
+    config.timeout = (5, 10)
+    credentials = BasicCredentials(ak, sk, project)
+    return (IoTDAClient.new_builder().with_credentials(credentials).with_endpoints([url])
+            .with_http_config(config).build())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
