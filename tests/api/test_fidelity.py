@@ -92,6 +92,28 @@ def test_several_backlog_policies_per_project_through_the_sdk(sdk):
             policy_id=policy.policy_id))
 
 
+def test_backlog_policy_quota_is_reachable_through_the_sdk(sdk):
+    # The engine's quota (max_backlog_policies, default 10) is now what stops
+    # an SDK user, not a one-per-scope rule.
+    from huaweicloudsdkiotda.v5 import (
+        AddBacklogPolicy,
+        CreateRoutingBacklogPolicyRequest,
+        DeleteRoutingBacklogPolicyRequest,
+        ListRoutingBacklogPolicyRequest,
+    )
+
+    def create():
+        return sdk.create_routing_backlog_policy(CreateRoutingBacklogPolicyRequest(
+            body=AddBacklogPolicy(backlog_time=600)))
+
+    existing = sdk.list_routing_backlog_policy(ListRoutingBacklogPolicyRequest(limit=50)).count
+    created = [create() for _ in range(10 - existing)]
+    assert sdk_error(create)[:2] == (403, "IOTDA.010003")
+    for policy in created:
+        sdk.delete_routing_backlog_policy(DeleteRoutingBacklogPolicyRequest(
+            policy_id=policy.policy_id))
+
+
 class _DeadLetters:
     def __init__(self) -> None:
         self.entries: list[dict] = []
