@@ -1106,6 +1106,7 @@ cdef class AppIs(Cond):
 cdef class Projection:
     """Builds the output object of a SELECT (8.5)."""
     cdef bint star
+    cdef readonly bint whole  # `SELECT *` alone (or no SELECT): the output is the input
     cdef tuple keys
     cdef tuple exprs
 
@@ -1113,6 +1114,7 @@ cdef class Projection:
         self.star = star
         self.keys = tuple(keys)
         self.exprs = tuple(exprs)
+        self.whole = star and not self.keys
 
     cdef dict build(self, object ev, bint copy=True):
         """`copy`: copy containers taken from the event, so the output never
@@ -1699,7 +1701,8 @@ cdef class RuleSet:
     def __len__(self):
         return len(self.rules)
 
-    cdef list _evaluate(self, object ev, bint copy=True):
+    cdef list _evaluate(self, object ev, bint copy=True, object raw=None):
+        """`raw`: the input bytes, the output of rules whose output is the input."""
         cdef list out = []
         cdef tuple bucket = ()
         cdef PyObject* p
@@ -1723,7 +1726,10 @@ cdef class RuleSet:
                 j += 1
             r = <CompiledRule>self.rules[pos]
             if r._holds(ev):
-                out.append((self.keys[pos], r.proj.build(ev, copy)))
+                if raw is not None and r.proj.whole:
+                    out.append((self.keys[pos], raw))
+                else:
+                    out.append((self.keys[pos], r.proj.build(ev, copy)))
         return out
 
     def evaluate(self, event):
@@ -1785,6 +1791,44 @@ cdef class RuleSet:
             else:
                 out.append((ev, self._evaluate(ev, False)))
         return out
+
+    cdef object _route_raw(self, object data):
+        ev = self._decode_unless_skipped(data)
+        if ev is None:
+            return None
+        if type(ev) is MalformedEvent:
+            return ev
+        cdef list matches = self._evaluate(ev, False, data if type(data) is bytes else None)
+        if not matches:
+            return None
+        key = _HEADER_DEVICE.value(ev)
+        if not PyUnicode_Check(key):
+            key = _BODY_DEVICE.value(ev)
+            if not PyUnicode_Check(key):
+                key = None
+        et = _EVENT_TIME.value(ev)
+        return (ev, key, et if PyUnicode_Check(et) else None, matches)
+
+    def route_raw_many(self, list datas):
+        """What the runtime needs to route a batch, in one pass: per input
+        None (nothing matched, or the pre-filter skipped it), a
+        MalformedEvent, or (event, device id, event_time, [(key, output), …]).
+        The device id (notify_data.header.device_id, else
+        notify_data.body.device_id) and event_time, strings only, are the
+        record key and time. A rule whose output is the input unchanged
+        (`SELECT *` alone) gets the input bytes as its output, so they are
+        forwarded as they arrived: exact numbers (also beyond 64 bits), key
+        order and escapes, and no copy or re-encoding."""
+        cdef list out = []
+        for d in datas:
+            out.append(self._route_raw(d))
+        return out
+
+
+# The record key and time of a notification (see RuleSet.route_raw_many).
+cdef Path _HEADER_DEVICE = Path(("notify_data", "header", "device_id"))
+cdef Path _BODY_DEVICE = Path(("notify_data", "body", "device_id"))
+cdef Path _EVENT_TIME = Path(("event_time",))
 
 
 def decode_event(data):

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import aio_pika
 import aiormq.exceptions as amqp_errors
-import orjson
 from pydantic import Field, SecretStr
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
@@ -109,7 +108,7 @@ class AmqpSink(Sink):
 
         async def publish(rec: Record) -> None:
             msg = aio_pika.Message(
-                orjson.dumps(rec.payload),
+                rec.json_bytes(),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 # aiormq matches a returned (unroutable) message by its id.

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 
 import aiohttp
-import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
@@ -145,7 +144,7 @@ class HttpSink(Sink):
         try:
             async with self._session.post(
                 self.config.url,
-                data=orjson.dumps(rec.payload),
+                data=rec.json_bytes(),
                 headers=headers,
                 allow_redirects=False,  # a redirect is not a delivery
                 server_hostname=self._server_hostname,

@@ -61,10 +61,10 @@ class JsonlFileSink(Sink):
     def _encode(self, records: Sequence[Record]) -> bytes:
         if self.config.include_metadata:
             lines = [orjson.dumps({"rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
-                                   "event_time": r.event_time, "payload": r.payload})
+                                   "event_time": r.event_time, "payload": r.json_value()})
                      for r in records]
         else:
-            lines = [orjson.dumps(r.payload) for r in records]
+            lines = [r.json_bytes() for r in records]
         lines.append(b"")
         return b"\n".join(lines)
 

@@ -249,7 +249,9 @@ class KafkaSink(Sink):
         limit = MAX_REQUEST_BYTES - 512  # below this no exact size estimate is needed
         for i, rec in enumerate(records):
             key = rec.key.encode() if rec.key is not None else None
-            value = dumps(rec.payload)
+            value = rec.raw
+            if value is None:
+                value = dumps(rec.payload)
             if len(value) + (len(key) if key else 0) > limit:
                 size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
                 if size > MAX_REQUEST_BYTES:  # what producer.send() refuses

@@ -2,8 +2,10 @@
 
 For each batch of a source:
   1. the compiled rule set evaluates the raw bytes in one call
-     (`evaluate_raw_many`; its pre-filter may skip decoding events no rule can
-     match);
+     (`route_raw_many`; its pre-filter may skip decoding events no rule can
+     match; it also reads each matched event's device id and time, the
+     record key and time, and gives a rule that forwards the whole
+     notification the input bytes, which the sinks forward as they arrived);
   2. malformed inputs are counted and dead-lettered with their reason;
   3. every match becomes one `Record` per action of its rule, grouped into one
      `Parcel` per action, and handed to the `ActionRunner`s (bounded queues:
@@ -34,24 +36,6 @@ from engine.runtime.metrics import Metrics
 from engine.runtime.sources import Batch, Source
 
 log = logging.getLogger(__name__)
-
-
-def record_meta(event: Any) -> tuple[str | None, str | None]:
-    """(device id, event_time) of a notification: the record key and time.
-    The device id is in the header for device-scoped kinds and in the body
-    for device create/update."""
-    if type(event) is not dict:
-        return None, None
-    device_id = None
-    nd = event.get("notify_data")
-    if type(nd) is dict:
-        for part in ("header", "body"):
-            sub = nd.get(part)
-            if type(sub) is dict and type(sub.get("device_id")) is str:
-                device_id = sub["device_id"]
-                break
-    et = event.get("event_time")
-    return device_id, et if type(et) is str else None
 
 
 class _Settlement:
@@ -190,26 +174,33 @@ class Pipeline:
 
     async def _route(self, gen: Generation, source: str, batch: Batch) -> asyncio.Future[None]:
         items = batch.items
-        results = gen.ruleset.evaluate_raw_many(items, True)
-        routes, meta = gen.routes, record_meta
+        # One call: decode (unless the pre-filter rules it out), evaluate,
+        # and the record key and time of each matched event.
+        results = gen.ruleset.route_raw_many(items)
+        routes = gen.routes
         per_action: dict[ActionRunner, list[Record]] = {}
         matched: dict[str, int] = {}
         malformed: list[dict[str, Any]] = []
         for raw, res in zip(items, results, strict=True):
+            if res is None:
+                continue
             if type(res) is not tuple:  # a MalformedEvent
                 malformed.append({"reason": res.reason, "source": source,
                                   "payload": raw_text(raw)})
-            elif res[1]:
-                event, matches = res
-                key, event_time = meta(event)
-                for rule, output in matches:
-                    matched[rule] = matched.get(rule, 0) + 1
-                    for runner in routes.get(rule, ()):
-                        rec = Record(output, key, event_time, rule, runner.action_id)
-                        if runner in per_action:
-                            per_action[runner].append(rec)
-                        else:
-                            per_action[runner] = [rec]
+                continue
+            event, key, event_time, matches = res
+            for rule, output in matches:
+                matched[rule] = matched.get(rule, 0) + 1
+                if type(output) is bytes:  # the input, forwarded as it arrived
+                    payload, exact = event, output
+                else:
+                    payload, exact = output, None
+                for runner in routes.get(rule, ()):
+                    rec = Record(payload, key, event_time, rule, runner.action_id, exact)
+                    if runner in per_action:
+                        per_action[runner].append(rec)
+                    else:
+                        per_action[runner] = [rec]
         self._count(source, len(items), len(malformed), matched)
         if malformed:
             await self.dead_letters.write(malformed)

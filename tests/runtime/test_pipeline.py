@@ -231,3 +231,43 @@ async def test_graceful_stop_drains_or_gives_up_after_the_timeout(blocked):
         # Every batch taken was delivered and acked: nothing in flight is lost.
         assert sum(acked) == len(sink.records) == w.metrics.totals.received > 0
     assert sink.closed
+
+
+# A notification the decoder cannot hold exactly: an integer beyond 64 bits,
+# a float written with an exponent, escapes, unusual key order and spacing.
+EXACT = (b'{"resource":"device.message","event":"report", "event_time":"20260101T000000Z",'
+         b'"notify_data":{"header":{"product_id":"p1","device_id":"d-1"},'
+         b'"body":{"big":123456789012345678901234567890,"x":1E2,"s":"caf\\u00e9\\/\\"q\\""}},'
+         b'"a":1}')
+
+
+async def test_select_star_forwards_the_input_bytes_unchanged(tmp_path):
+    from engine.destinations.jsonl_file import FileForwarding, JsonlFileSink
+
+    other = EXACT.replace(b'"p1"', b'"p2"')
+    rules = [RuleSpec("whole", "*", "notify_data.header.product_id = 'p1'"),
+             RuleSpec("star-plus", "*, event AS e", "notify_data.header.product_id = 'p1'")]
+    metrics, dl = Metrics(), DeadLetters()
+    whole, plus = MemorySink(), MemorySink()
+    path = tmp_path / "out.jsonl"
+    file_sink = JsonlFileSink(FileForwarding(path=str(path), include_metadata=True))
+    runners = [ActionRunner(a, rule, sink, metrics=metrics, dead_letters=dl, batch_size=100,
+                            linger=0.001, retry_initial=0.01, retry_max=0.05)
+               for a, rule, sink in (("w", "whole", whole), ("p", "star-plus", plus),
+                                     ("f", "whole", file_sink))]
+    w = Worker(compile_ruleset(rules), runners, [ListSource([[EXACT, other, EXACT]])],
+               metrics=metrics, dead_letters=dl, metrics_listen="127.0.0.1:0",
+               rule_keys=[r.key for r in rules])
+    await asyncio.wait_for(w.run(), 20)
+
+    assert [r.json_bytes() for r in whole.records] == [EXACT, EXACT]
+    assert [(r.key, r.event_time, r.rule_id) for r in whole.records] == [
+        ("d-1", "20260101T000000Z", "whole")] * 2
+    assert whole.records[0].payload == orjson.loads(EXACT)  # for sinks that need values
+    # Not the input unchanged: a new object, encoded by the sink.
+    assert [r.raw for r in plus.records] == [None, None]
+    assert plus.records[0].payload == {**orjson.loads(EXACT), "e": "report"}
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2 and all(line.endswith(b'"payload":' + EXACT + b"}") for line in lines)
+    t = w.metrics.totals
+    assert (t.received, t.matched, t.forwarded, t.inflight) == (3, 4, 6, 0)
