@@ -1182,6 +1182,70 @@ cdef class Columns:
         return out
 
 
+# ---------------------------------------------------------------- records
+
+@cython.final
+@cython.freelist(1024)
+cdef class Record:
+    """One rule output on its way to one action (the sink contract's item;
+    see engine.destinations.base). A C class because the runtime makes one
+    per output and action: building it is a fraction of a dataclass's cost.
+
+    `raw`, when set, is the exact JSON text of `payload`: the notification
+    as it arrived, for a rule that forwards it whole (`SELECT *`). Sinks that
+    send JSON send `json_bytes()`, so such outputs keep the input's numbers
+    (also integers beyond 64 bits, which the decoded `payload` holds only
+    approximately), key order and escapes, and are not re-encoded; sinks
+    that need values (SQL columns, InfluxDB) read `payload`. Sinks never
+    modify `payload`: one decoded notification may be shared by several
+    records."""
+    cdef public object payload     # the rule's output (a JSON object)
+    cdef public object key         # device id: ordering / partitioning key, or None
+    cdef public object event_time  # notification event_time, e.g. 20151212T121212Z, or None
+    cdef public object rule_id
+    cdef public object action_id
+    cdef public object raw         # the exact JSON of payload (bytes), when known
+
+    def __init__(self, payload, key=None, event_time=None, rule_id=None, action_id=None,
+                 raw=None):
+        self.payload = payload
+        self.key = key
+        self.event_time = event_time
+        self.rule_id = rule_id
+        self.action_id = action_id
+        self.raw = raw
+
+    def json_bytes(self):
+        """The output as JSON: `raw` if known, else `payload` encoded."""
+        if self.raw is not None:
+            return self.raw
+        return orjson.dumps(self.payload)
+
+    def json_value(self):
+        """The output to embed in a larger document encoded with orjson
+        (an envelope, a backlog entry): `raw` as is, else `payload`."""
+        if self.raw is not None:
+            return orjson.Fragment(self.raw)
+        return self.payload
+
+    def _fields(self):
+        return (self.payload, self.key, self.event_time, self.rule_id, self.action_id, self.raw)
+
+    def __eq__(self, other):
+        if type(other) is not Record:
+            return NotImplemented
+        return self._fields() == (<Record>other)._fields()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return ("Record(payload=%r, key=%r, event_time=%r, rule_id=%r, action_id=%r, raw=%r)"
+                % self._fields())
+
+    def __reduce__(self):
+        return (Record, self._fields())
+
+
 # ---------------------------------------------------------------- raw bytes
 
 cdef class MalformedEvent:

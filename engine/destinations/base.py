@@ -11,10 +11,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
-import orjson
 from pydantic import BaseModel
+
+from engine import _core
 
 
 class SinkError(Exception):
@@ -31,37 +32,11 @@ class Failure(NamedTuple):
     retryable: bool
 
 
-@dataclass(slots=True)
-class Record:
-    """One rule output on its way to one action.
-
-    `raw`, when set, is the exact JSON text of `payload`: the notification
-    as it arrived, for a rule that forwards it whole (`SELECT *`). Sinks that
-    send JSON send `json_bytes()`, so such outputs keep the input's numbers
-    (also integers beyond 64 bits, which the decoded `payload` holds only
-    approximately), key order and escapes, and are not re-encoded; sinks
-    that need values (SQL columns, InfluxDB) read `payload`. Sinks never
-    modify `payload`: one decoded notification may be shared by several
-    records."""
-
-    payload: dict[str, Any]          # the rule's projected output (a JSON object)
-    key: str | None = None           # device id: ordering / partitioning key
-    event_time: str | None = None    # notification event_time, e.g. 20151212T121212Z
-    rule_id: str | None = None
-    action_id: str | None = None
-    raw: bytes | None = None         # the exact JSON of payload, when known
-
-    def json_bytes(self) -> bytes:
-        """The output as JSON: `raw` if known, else `payload` encoded."""
-        raw = self.raw
-        return raw if raw is not None else orjson.dumps(self.payload)
-
-    def json_value(self) -> Any:
-        """The output to embed in a larger document encoded with orjson
-        (an envelope, a backlog entry): `raw` as is, else `payload`."""
-        raw = self.raw
-        return orjson.Fragment(raw) if raw is not None else self.payload
-
+# One rule output on its way to one action: Record(payload, key=None,
+# event_time=None, rule_id=None, action_id=None, raw=None), with
+# json_bytes() / json_value(). Defined in the core (a C class: the runtime
+# makes one per output and action); its docstring has the contract.
+Record = _core.Record
 
 @dataclass(slots=True)
 class WriteResult:
