@@ -143,7 +143,8 @@ class KafkaSink(Sink):
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._parts: list[int] = []          # the topic's partitions the cache is for
-        self._key_parts: dict[bytes, int] = {}  # key -> partition
+        # device id -> (its bytes, partition): one lookup per record
+        self._key_parts: dict[str, tuple[bytes, int]] = {}
 
     async def open(self) -> None:
         """Connect and look the topic up. A broker that is down is not an
@@ -208,7 +209,7 @@ class KafkaSink(Sink):
         if producer is not None:
             await producer.stop()  # flushes what is still batched
 
-    def _partitioner(self, topic: str) -> tuple[dict[bytes, int], Any]:
+    def _partitioner(self, topic: str) -> tuple[dict[str, tuple[bytes, int]], Any]:
         """What aiokafka's DefaultPartitioner does, with the key -> partition
         choice cached while the topic's partition list stays the same: a
         key's partition is murmur2(key) over all partitions (sorted); no key
@@ -248,7 +249,14 @@ class KafkaSink(Sink):
         dumps = orjson.dumps
         limit = MAX_REQUEST_BYTES - 512  # below this no exact size estimate is needed
         for i, rec in enumerate(records):
-            key = rec.key.encode() if rec.key is not None else None
+            if (k := rec.key) is None:
+                key, p = None, -1  # partition chosen below, if the record fits
+            elif (hit := cache.get(k)) is not None:
+                key, p = hit
+            else:
+                key = k.encode()
+                p = choose(key)
+                cache[k] = (key, p)
             value = rec.raw
             if value is None:
                 value = dumps(rec.payload)
@@ -262,8 +270,6 @@ class KafkaSink(Sink):
                     continue
             if key is None:
                 p = choose(None)
-            elif (p := cache.get(key)) is None:
-                p = cache[key] = choose(key)
             cur = current.get(p)
             if cur is None or cur[0].append(key=key, value=value, timestamp=None) is None:
                 # No batch yet, or it is full (append closed it): start another.
