@@ -7,6 +7,7 @@ built yet say so and exit non-zero rather than pretend.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -74,6 +75,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("engine run: no sources configured (add a sources: section)", file=sys.stderr)
         return EXIT_ERROR
 
+    from engine.runtime import supervisor
+
+    index = supervisor.worker_index()
+    if args.workers < 0:
+        print("engine run: --workers must be 0 (one per core) or more", file=sys.stderr)
+        return EXIT_ERROR
+    if index is None and args.workers != 1:
+        n = args.workers or os.cpu_count() or 1
+        if (why := supervisor.check_sources(config)) is not None or config.api is not None:
+            print(f"engine run --workers: {why or 'the management API runs in one worker'}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        extra = ["--log-format", args.log_format, "--log-level", args.log_level,
+                 "--status", "log", "--status-interval", str(args.status_interval)]
+        return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout)
+    if index is not None:
+        config = supervisor.for_worker(config, index)
+
     tty = None if args.status == "auto" else args.status == "tty"
 
     def status(worker: Worker) -> StatusReporter:
@@ -86,6 +105,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             worker = await run_with_api(config, status, config_paths=args.files)
         else:
             worker = Worker.from_config(config, config_paths=args.files)
+            if index is not None:
+                supervisor.share_ports(worker.sources)
             await serve(worker, status(worker))
         t = worker.metrics.totals
         print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
@@ -282,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live status line (tty) or periodic log lines (default: tty if stderr is one)")
     p.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between status log lines when not on a terminal (default 10)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N worker processes under a supervisor (0: one per core; "
+                        "Kafka and HTTP sources only; default 1)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("replay", help="replay an NDJSON file through rules")

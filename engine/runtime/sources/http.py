@@ -88,6 +88,7 @@ class HttpSource(Source):
         self._inflight = 0
         self._stopping = False
         self._runner: web.AppRunner | None = None
+        self.reuse_port = False  # several workers on one port (engine run --workers)
 
     @property
     def url(self) -> str:
@@ -98,7 +99,8 @@ class HttpSource(Source):
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port,
+                           reuse_port=True if self.reuse_port else None)
         await site.start()
         if self.port == 0:  # an ephemeral port was asked for: report the real one
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
