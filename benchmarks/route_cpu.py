@@ -1,0 +1,76 @@
+"""CPU time of the worker thread's per-batch work, without a broker: the
+pipeline's routing (decode, evaluate, key/time, Record per output) and the
+encoding a JSON-sending sink does (Record.raw, else orjson.dumps), per input
+event. process_time of this process only, so it is much less sensitive to
+the machine's load than events/s; compare trees or commits in one run:
+
+    for t in TREE_A TREE_B; do
+        (cd $t && PYTHONPATH=$t python benchmarks/route_cpu.py)
+    done
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import orjson
+
+from engine import RuleSpec, compile_ruleset
+from engine.runtime.deadletter import DeadLetters
+from engine.runtime.metrics import Metrics
+from engine.runtime.pipeline import Pipeline
+from engine.runtime.sources import Batch
+from engine.runtime.sources.simulator import SimulatorSource
+
+N, BATCH, ROUNDS = 100_000, 2000, 5
+OTHER = "1027c4d1c386bbc4cd613e30"
+RULES = {
+    "broad": RuleSpec("r", "notify_data.header.device_id AS device_id, event_time", None,
+                      resource="device.property", event="report"),
+    "whole": RuleSpec("r", None, f"notify_data.header.product_id <> '{OTHER}'",
+                      resource="device.property", event="report"),
+}
+
+
+class Runner:
+    action_id = "a"
+
+    def __init__(self) -> None:
+        self.parcels: list = []
+
+    async def submit(self, parcel) -> None:
+        self.parcels.append(parcel)
+
+
+async def one(kind: str, items: list[bytes]) -> tuple[float, float]:
+    runner = Runner()
+    p = Pipeline(compile_ruleset([RULES[kind]]), {"r": [runner]}, metrics=Metrics(),
+                 dead_letters=DeadLetters())
+    batches = [Batch(items[i:i + BATCH]) for i in range(0, len(items), BATCH)]
+    t0 = time.process_time()
+    for b in batches:
+        await p.process("s", b)
+    t1 = time.process_time()
+    dumps = orjson.dumps
+    for parcel in runner.parcels:
+        [getattr(r, "raw", None) or dumps(r.payload) for r in parcel.records]
+    t2 = time.process_time()
+    return t1 - t0, t2 - t1
+
+
+def main() -> None:
+    items = SimulatorSource(rate=10_000, devices=1000, seed=1, start=1.7e9).make(N)
+    gc.freeze()
+    gc.disable()  # engine run freezes start-up objects; keep collections out of the timing
+    for kind in RULES:
+        runs = [asyncio.run(one(kind, items)) for _ in range(ROUNDS)]
+        route = min(r[0] for r in runs) / N * 1e6
+        enc = min(r[1] for r in runs) / N * 1e6
+        print(f"{kind}: route {route:.2f} us/event, encode {enc:.2f} us/event, "
+              f"sum {route + enc:.2f} (min of {ROUNDS})")
+
+
+if __name__ == "__main__":
+    main()
