@@ -148,7 +148,7 @@ def dead_letters_from_config(config) -> DeadLetters:
     if config.kind == "file":
         return FileDeadLetters(config.file)
     if config.kind == "kafka":
-        from engine.runtime.sources.kafka import client_options
+        from engine.sources.kafka import client_options
 
         return KafkaDeadLetters(config.kafka.topic, **client_options(config.kafka))
     return AmqpDeadLetters(config.amqp.url.get_secret_value(), config.amqp.queue)

@@ -37,42 +37,14 @@ from engine.runtime.actions import ActionRunner, expire_periodically
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
-from engine.runtime.sources import Source
 from engine.runtime.watch import ConfigWatcher
+from engine.sources import SOURCES, Source
 
 log = logging.getLogger(__name__)
 
 
 def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
-    o = entry.options
-    if entry.kind == "kafka":
-        from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
-
-        return KafkaSource(bootstrap_servers=o.bootstrap_servers, topics=o.topics,
-                           group_id=o.group_id, batch_size=o.max_batch,
-                           auto_offset_reset=o.auto_offset_reset,
-                           session_timeout_ms=o.session_timeout_ms,
-                           heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                           config=librdkafka_config(o))
-    if entry.kind == "amqp":
-        from engine.runtime.sources.amqp import AmqpSource
-
-        return AmqpSource(url=o.url.get_secret_value(), queue=o.queue, prefetch=o.prefetch,
-                          batch_size=batch_size)
-    if entry.kind == "http":
-        from engine.runtime.sources.http import HttpSource
-
-        return HttpSource(listen=o.listen, path=o.path, max_inflight=o.max_inflight,
-                          max_body=o.max_body_bytes)
-    if entry.kind == "file":
-        from engine.runtime.sources.file import FileSource
-
-        return FileSource(o.path, batch_size=batch_size)
-    from engine.runtime.sources.simulator import SimulatorSource
-
-    kinds = [(k.resource, k.event) for k in o.kinds] if o.kinds else None
-    return SimulatorSource(rate=o.rate, devices=o.devices, seed=o.seed or 0, count=o.count,
-                           duration=o.duration, kinds=kinds, batch_size=batch_size)
+    return SOURCES[entry.kind].from_options(entry.options, batch_size=batch_size)
 
 
 def build_ruleset(config: EngineConfig):

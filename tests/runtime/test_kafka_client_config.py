@@ -5,10 +5,10 @@ import socket
 
 import pytest
 
-from engine.config.models import KafkaSource as KafkaSourceConfig
 from engine.config.models import SourceEntry
-from engine.runtime.sources.kafka import KafkaSource, KafkaStartError, librdkafka_config
 from engine.runtime.worker import build_source
+from engine.sources.kafka import KafkaOptions as KafkaSourceConfig
+from engine.sources.kafka import KafkaSource, KafkaStartError, librdkafka_config
 
 
 def conf(**kw) -> KafkaSourceConfig:

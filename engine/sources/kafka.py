@@ -31,11 +31,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import Field
 
-from engine.runtime.sources import Batch, Source
+from engine.schema import KafkaConnection
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +84,27 @@ def librdkafka_config(conn) -> dict[str, Any]:
     return config
 
 
+class KafkaOptions(KafkaConnection, SourceOptions):
+    """Consume notifications (one JSON object per message) from Kafka topics."""
+
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(default="forwarder", min_length=1)
+    # Where a group without committed offsets starts. "earliest": a new
+    # forwarder processes what is already in the topic (at-least-once).
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    max_batch: int = Field(default=500, ge=1, le=100_000)
+    """Most records taken per poll."""
+
+
 class KafkaStartError(RuntimeError):
     """The source cannot be used: bad settings, broker unreachable, login refused."""
 
 
+@register
 class KafkaSource(Source):
     kind = "kafka"
+    Options = KafkaOptions
 
     def __init__(self, *, bootstrap_servers: str | list[str] = "127.0.0.1:9092",
                  topics: list[str], group_id: str, batch_size: int = 1000,
@@ -132,6 +150,15 @@ class KafkaSource(Source):
         self._stopped = False
 
     # -- life cycle -------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: KafkaOptions, *, batch_size: int) -> KafkaSource:
+        o = options  # batch_size: the source has its own (max_batch)
+        return cls(bootstrap_servers=o.bootstrap_servers, topics=o.topics, group_id=o.group_id,
+                   batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,
+                   session_timeout_ms=o.session_timeout_ms,
+                   heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
+                   config=librdkafka_config(o))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
