@@ -167,7 +167,7 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
 
 
 def run_engine(*args) -> dict:
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
 
     return run_sync(_run_engine(*args))
 

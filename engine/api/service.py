@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine.api import errors
-from engine.api.limits import ApiLimits
 from engine.api.storage import KINDS, Delete, Op, Put, Store, Stored
 from engine.config import ConfigError, EngineConfig, validate_config_dict
+from engine.config.limits import ApiLimits
 from engine.config.models import Action, BacklogPolicy, FlowControlPolicy, Rule
 from engine.config.secrets import is_secret_key
 

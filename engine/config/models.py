@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.config import channels
+from engine.config.limits import ApiLimits
 from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_EVENTS
     RESOURCE_EVENTS,
     AmqpConnection,
@@ -315,14 +316,12 @@ class ApiConfig(_Model):
     `postgresql://…`; none: kept in memory."""
     projects: dict[ProjectId, ProjectAuth] = Field(default_factory=dict)
     limits: dict[str, int | float | bool] = Field(default_factory=dict)
-    """Overrides of engine.api.limits.ApiLimits (max_body_bytes, rate, burst,
+    """Overrides of engine.config.limits.ApiLimits (max_body_bytes, rate, burst,
     max_rules, …); `engine api --limit NAME=VALUE` overrides these."""
 
     @field_validator("limits")
     @classmethod
     def _known_limits(cls, v: dict[str, int | float | bool]) -> dict[str, int | float | bool]:
-        from engine.api.limits import ApiLimits  # the one definition of the limits
-
         ApiLimits.parse([f"{k}={str(x).lower()}" for k, x in v.items()])  # ValueError names the bad one
         return v
 

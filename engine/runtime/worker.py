@@ -26,7 +26,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from engine import RuleSpec, compile_ruleset
 from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
@@ -100,9 +100,9 @@ class Worker:
         self.config_paths: list[str] | None = None
         self.reload_interval = float(os.environ.get("ENGINE_RELOAD_POLL", "1") or 0)
         self.reloads = 0                      # applied reloads
-        # Management API (engine.runtime.managed): the running config is the
-        # rule files (`file_config`) plus the projects of `store`.
-        self.store = None
+        # Management API (engine.app.managed): the running config is
+        # `compose(file_config)`, the rule files plus the API store's projects.
+        self.compose: Callable[[EngineConfig], Awaitable[EngineConfig]] | None = None
         self.file_config: EngineConfig | None = None
         self._reload_files = False
         self._deliver = True
@@ -273,10 +273,10 @@ class Worker:
 
     async def reload(self, reason: str = "reload", *, files: bool = True) -> bool:
         """Load the configuration files again (unless `files=False`), add
-        the API store's projects (when there is a store) and apply the result
+        the API store's projects (through `compose`, if set) and apply the result
         if it is valid. Returns whether a new configuration was applied; never
         raises (problems are logged, one line each, and the running rules stay)."""
-        if self.config is None or not (self.config_paths or self.store is not None):
+        if self.config is None or not (self.config_paths or self.compose is not None):
             log.warning("reload (%s) ignored: this worker was not started from rule files",
                         reason)
             return False
@@ -286,10 +286,8 @@ class Worker:
             if files and self.config_paths:
                 file_config = await asyncio.to_thread(load_config, self.config_paths)
             config = file_config
-            if self.store is not None:
-                from engine.api.effective import effective_config
-
-                config = await effective_config(file_config, self.store)
+            if self.compose is not None:
+                config = await self.compose(file_config)
         except ConfigError as e:
             for issue in e.issues:
                 # One line each (a rule's syntax error also draws a caret
