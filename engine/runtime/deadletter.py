@@ -82,8 +82,8 @@ class FileDeadLetters(DeadLetters):
             self._fd = None
 
     async def _store(self, docs: list[bytes]) -> None:
-        docs.append(b"")
-        await asyncio.to_thread(append_durably, self._fd, b"\n".join(docs))
+        # Not docs.append(b""): the caller retries with the same list.
+        await asyncio.to_thread(append_durably, self._fd, b"\n".join(docs) + b"\n")
 
 
 class KafkaDeadLetters(DeadLetters):

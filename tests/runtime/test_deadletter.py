@@ -1,4 +1,6 @@
 import asyncio
+import errno
+import os
 import uuid
 
 import aio_pika
@@ -33,6 +35,32 @@ async def test_file(tmp_path):
     await dl.write(ENTRIES[:1])
     await dl.close()
     docs = [orjson.loads(x) for x in (tmp_path / "dl.jsonl").read_bytes().splitlines()]
+    check(docs[:2])
+    assert len(docs) == 3
+
+
+async def test_file_retries_leave_no_blank_lines(tmp_path, monkeypatch):
+    """A write that fails (here: fsync, 3 times) and is retried stores each
+    entry once and nothing else: no blank or partial lines per retry."""
+    real_fsync, failures = os.fsync, [3]
+
+    def flaky_fsync(fd):
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    path = tmp_path / "dl.jsonl"
+    dl = dead_letters_from_config(DeadLetterConfig(file=str(path)))
+    await dl.open()
+    await asyncio.wait_for(dl.write(ENTRIES), 10)
+    await dl.write(ENTRIES[:1])
+    await dl.close()
+    assert failures == [0]
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every line ends with a newline
+    docs = [orjson.loads(x) for x in lines[:-1]]  # no blank line in between
     check(docs[:2])
     assert len(docs) == 3
 
