@@ -34,7 +34,7 @@ _ERRORS = {
     "429": "Too many requests from this credential",
 }
 
-_FILTER_SCHEMAS = {
+_FILTER_SCHEMAS: dict[str, dict[str, Any]] = {
     "active": {"type": "boolean"},
     "app_type": {"type": "string", "enum": ["GLOBAL", "APP"]},
     "scope": {"type": "string", "enum": ["USER", "CHANNEL", "RULE", "ACTION"]},

@@ -62,7 +62,7 @@ def _detail_model(channel: str) -> type[BaseModel]:
     # channel_detail holds exactly one key, the channel's detail_key, e.g.
     # {"http_forwarding": {...}}; a wrapper model gives errors that location.
     sink = registry()[channel]
-    return create_model(
+    return create_model(  # type: ignore[call-overload]  # field definitions built at run time
         f"{sink.Config.__name__}ChannelDetail",
         __config__=ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True),
         **{sink.detail_key: (sink.Config, ...)},

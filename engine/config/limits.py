@@ -9,6 +9,7 @@ keep one project's configuration small enough to validate on every change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 
@@ -30,7 +31,8 @@ class ApiLimits:
     (rule files and `engine import` are the operator's and always may)."""
 
     @classmethod
-    def from_config(cls, configured: dict[str, object], overrides: list[str] = ()) -> ApiLimits:
+    def from_config(cls, configured: Mapping[str, object],
+                    overrides: Sequence[str] = ()) -> ApiLimits:
         """The `api.limits` section of the config, then `NAME=VALUE` overrides."""
         items = [f"{k}={str(v).lower()}" for k, v in configured.items()]
         return cls.parse(items + list(overrides))

@@ -221,9 +221,10 @@ class KafkaSource(Source):
         loop = asyncio.get_running_loop()
         # One batch is taken ahead: the consumer thread converts the next
         # records while the pipeline routes these.
-        ahead = loop.run_in_executor(self._poller, self._take)
+        ahead: asyncio.Future[Any] | None = loop.run_in_executor(self._poller, self._take)
         try:
             while True:
+                assert ahead is not None
                 items, offsets = await ahead
                 ahead = None
                 if self._fatal is not None:
@@ -251,6 +252,7 @@ class KafkaSource(Source):
         consumer = self._consumer
         if self._stopped:
             return [], {}
+        assert consumer is not None  # started, not closed: the source is iterated
         messages = consumer.consume(self.batch_size, 0)
         if not messages:
             # Returns at the first record (consume() would wait for a full batch).

@@ -65,7 +65,8 @@ class SimulatorSource(Source):
     @classmethod
     def from_options(cls, options: SimulatorOptions, *, batch_size: int) -> SimulatorSource:
         o = options
-        kinds = [(k.resource, k.event) for k in o.kinds] if o.kinds else None
+        kinds: list[tuple[str, str]] | None = (
+            [(k.resource, k.event) for k in o.kinds] if o.kinds else None)
         return cls(rate=o.rate, devices=o.devices, seed=o.seed or 0, count=o.count,
                    duration=o.duration, kinds=kinds, batch_size=batch_size)
 
