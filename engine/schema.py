@@ -1,7 +1,10 @@
 """Settings building blocks shared by the rule-file models (`engine.config`)
 and the options of the sources (`engine.sources`): the strict model base,
 listen addresses, `host:port` lists, AMQP URLs, Kafka and AMQP connection
-settings, and the IoTDA notification kinds.
+settings, and the IoTDA notification kinds. `KafkaClient` is the one
+translation of Kafka connection settings (SASL/SSL) into the options of the
+two client libraries: aiokafka (the Kafka sink, hence dead letters) and
+librdkafka (the Kafka source).
 
 They live below both so that a source module can own its options model and
 `engine.config` can collect those models from the source registry without
@@ -10,6 +13,9 @@ an import circle.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -81,6 +87,57 @@ AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
 # ------------------------------------------------------------------ connections
 
 
+@dataclass(frozen=True)
+class KafkaClient:
+    """Where and how a Kafka client connects, for either client library.
+    Holds the password: never log it or the options made from it."""
+
+    servers: Sequence[str]
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    """PEM CA bundle; without it TLS verifies against the system's CAs."""
+    client_id: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def aiokafka(self, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
+        """AIOKafkaProducer/Consumer connection arguments. `ssl_context`
+        replaces the default one (system or `ssl_cafile` CAs, host name
+        checked) when TLS is used."""
+        options: dict[str, Any] = {"bootstrap_servers": list(self.servers),
+                                   "security_protocol": self.security_protocol}
+        if self.client_id is not None:
+            options["client_id"] = self.client_id
+        if self.sasl_mechanism:
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        if self.tls:
+            options["ssl_context"] = ssl_context or ssl.create_default_context(
+                cafile=self.ssl_cafile)
+        return options
+
+    def librdkafka(self) -> dict[str, Any]:
+        """librdkafka settings. TLS verifies the broker's certificate and host
+        name (librdkafka's defaults)."""
+        config: dict[str, Any] = {"bootstrap.servers": ",".join(self.servers),
+                                  "security.protocol": self.security_protocol.lower()}
+        if self.client_id is not None:
+            config["client.id"] = self.client_id
+        if self.sasl_mechanism:
+            config.update({"sasl.mechanism": self.sasl_mechanism,
+                           "sasl.username": self.sasl_username,
+                           "sasl.password": self.sasl_password})
+        if self.tls and self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        return config
+
+
 class KafkaConnection(StrictModel):
     """How to reach a Kafka cluster (shared by the source and dead letters)."""
 
@@ -107,6 +164,11 @@ class KafkaConnection(StrictModel):
                 "sasl", "sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL"
             )
         return self
+
+    def client(self) -> KafkaClient:
+        password = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return KafkaClient(self.bootstrap_servers, self.security_protocol, self.sasl_mechanism,
+                           self.sasl_username, password, self.ssl_cafile, self.client_id)
 
 
 class AmqpConnection(StrictModel):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -48,40 +47,6 @@ START_TIMEOUT = 30.0
 # The longest one wait for records blocks the consumer thread (stop() is
 # noticed within this time).
 POLL_TIMEOUT = 0.2
-
-
-def client_options(conn) -> dict[str, Any]:
-    """aiokafka connection arguments for a config `KafkaConnection` (used by
-    the Kafka dead-letter store; holds the password: never log the result)."""
-    options: dict[str, Any] = {"bootstrap_servers": conn.bootstrap_servers,
-                               "client_id": conn.client_id,
-                               "security_protocol": conn.security_protocol}
-    if conn.sasl_mechanism:
-        options.update(sasl_mechanism=conn.sasl_mechanism, sasl_plain_username=conn.sasl_username,
-                       sasl_plain_password=conn.sasl_password.get_secret_value())
-    if conn.security_protocol.endswith("SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=conn.ssl_cafile)
-    return options
-
-
-def librdkafka_config(conn) -> dict[str, Any]:
-    """librdkafka connection settings for a config `KafkaConnection` (holds
-    the password: never log the result). TLS verifies the broker's certificate
-    and host name (librdkafka's defaults); without `ssl_cafile` the system's
-    CA certificates are used."""
-    servers = conn.bootstrap_servers
-    config: dict[str, Any] = {
-        "bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers),
-        "client.id": conn.client_id,
-        "security.protocol": conn.security_protocol.lower(),
-    }
-    if conn.sasl_mechanism:
-        config.update({"sasl.mechanism": conn.sasl_mechanism,
-                       "sasl.username": conn.sasl_username,
-                       "sasl.password": conn.sasl_password.get_secret_value()})
-    if conn.security_protocol.endswith("SSL") and conn.ssl_cafile:
-        config["ssl.ca.location"] = conn.ssl_cafile
-    return config
 
 
 class KafkaOptions(KafkaConnection, SourceOptions):
@@ -113,7 +78,7 @@ class KafkaSource(Source):
                  handoff_timeout: float = 10.0,
                  config: Mapping[str, Any] | None = None) -> None:
         """`config`: further librdkafka settings (security, client.id; see
-        `librdkafka_config`); they override the defaults below."""
+        `engine.schema.KafkaClient`); they override the defaults below."""
         super().__init__(name)
         self.topics = topics
         self.group_id = group_id
@@ -158,7 +123,7 @@ class KafkaSource(Source):
                    batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,
                    session_timeout_ms=o.session_timeout_ms,
                    heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                   config=librdkafka_config(o))
+                   config=o.client().librdkafka())
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
