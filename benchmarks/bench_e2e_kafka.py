@@ -128,8 +128,8 @@ def run_quix(in_topic: str, out_topic: str, group: str, n: int, kind: str) -> di
 
 async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: str) -> dict:
     from engine.config import validate_config_dict
-    from engine.runtime.sources.kafka import KafkaSource
     from engine.runtime.worker import Worker
+    from engine.sources.kafka import KafkaSource
 
     class TimedKafkaSource(KafkaSource):
         first: float | None = None
@@ -167,7 +167,7 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
 
 
 def run_engine(*args) -> dict:
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
 
     return run_sync(_run_engine(*args))
 
@@ -225,7 +225,7 @@ async def _count(topic: str, expected: int, idle: float = 3.0) -> int:
 
 @pytest.fixture(scope="module")
 def input_topic():
-    from engine.runtime.sources.simulator import SimulatorSource
+    from engine.sources.simulator import SimulatorSource
 
     name = f"bench-e2e-in-{uuid.uuid4().hex[:8]}"
     items = SimulatorSource(rate=10_000, devices=1000, seed=1, start=1.7e9).make(N)

@@ -37,14 +37,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
 from engine import RuleSpec, compile_ruleset
+from engine.app.main import new_event_loop
 from engine.destinations.base import Record, Sink, WriteResult
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters
-from engine.runtime.main import new_event_loop
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources.kafka import KafkaSource
-from engine.runtime.sources.simulator import SimulatorSource
 from engine.runtime.worker import Worker
+from engine.sources.kafka import KafkaSource
+from engine.sources.simulator import SimulatorSource
 
 pytestmark = pytest.mark.services
 

@@ -42,7 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from engine.runtime import demo
+    from engine.app import demo
 
     return demo.main(args.duration, args.rate, args.devices, args.seed, args.out)
 
@@ -62,7 +62,7 @@ def _load_for(command: str, files: Sequence[str]):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """The forwarding worker: runs until its sources end or SIGTERM/SIGINT."""
-    from engine.runtime.main import run_sync, serve
+    from engine.app.main import run_sync, serve
     from engine.runtime.status import StatusReporter, setup_logging
     from engine.runtime.worker import Worker
 
@@ -81,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         if config.api is not None:  # the management API in this worker
-            from engine.runtime.managed import run_with_api
+            from engine.app.managed import run_with_api
 
             worker = await run_with_api(config, status, config_paths=args.files)
         else:
@@ -102,8 +102,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import time
 
-    from engine.runtime.main import run_sync
-    from engine.runtime.replay import print_summary, run_replay
+    from engine.app.main import run_sync
+    from engine.app.replay import print_summary, run_replay
     from engine.runtime.status import setup_logging
 
     setup_logging(args.log_format, args.log_level)
@@ -159,7 +159,7 @@ def _api_config(command: str, files: Sequence[str]):
 def _cmd_api(args: argparse.Namespace) -> int:
     """The management API as its own process, until SIGTERM/SIGINT."""
     from engine.api import ApiLimits, serve
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
     from engine.runtime.status import setup_logging
 
     setup_logging(args.log_format, args.log_level)
@@ -194,8 +194,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from engine.api import open_store
     from engine.api.transfer import export_project
+    from engine.app.main import run_sync
     from engine.config import ConfigError
-    from engine.runtime.main import run_sync
 
     config = _api_config("export", args.config)
     project = config and _project_for("export", config, args.project)
@@ -226,8 +226,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from engine.api import open_store
     from engine.api.errors import ApiError
     from engine.api.transfer import import_sections, read_rule_file
+    from engine.app.main import run_sync
     from engine.config import ConfigError
-    from engine.runtime.main import run_sync
 
     config = _api_config("import", args.config)
     project = config and _project_for("import", config, args.project)

@@ -26,13 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.api import errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
-from engine.api.limits import ApiLimits, RateLimiter
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
+from engine.api.ratelimit import RateLimiter
 from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
 from engine.api.storage import Store, open_store
 from engine.config import ApiConfig, EngineConfig
 from engine.config.errors import pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
 from engine.language.tester import test_rule
 

@@ -26,10 +26,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.api import errors, params
-from engine.api.limits import ApiLimits
 from engine.api.storage import KINDS, Delete, Op, Put, Store, Stored
 from engine.config import ConfigError, EngineConfig, channels, validate_config_dict
 from engine.config.errors import format_loc, pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import Action, BacklogPolicy, FlowControlPolicy, Rule
 from engine.config.secrets import is_secret_key
 

@@ -55,8 +55,8 @@ def load_config(
     issues: list[Issue] = []
     documents: list[Document] = []
     for path in paths:
-        document, problems = read_document(Path(path))
-        issues += problems
+        document, read_problems = read_document(Path(path))
+        issues += read_problems
         if document is not None:
             documents.append(document)
 

@@ -44,8 +44,11 @@ class AmqpSink(Sink):
     Config = AmqpForwarding
     config: AmqpForwarding
 
-    def __init__(self, config: AmqpForwarding) -> None:
+    def __init__(self, config: AmqpForwarding, *, declare: bool = False) -> None:
+        """`declare`: create the queue (durable) if it is missing, instead
+        of refusing to open (the dead-letter store's behaviour)."""
         super().__init__(config)
+        self.declare = declare
         self._conn: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
 
@@ -78,7 +81,8 @@ class AmqpSink(Sink):
             await self._drop()
             raise Unavailable(f"cannot connect to the AMQP broker ({type(e).__name__})") from None
         try:
-            await channel.declare_queue(c.queue_name, passive=True, timeout=c.timeout_s)
+            await channel.declare_queue(c.queue_name, passive=not self.declare,
+                                        durable=self.declare, timeout=c.timeout_s)
         except amqp_errors.ChannelNotFoundEntity:
             await self._drop()
             raise SinkError(f"AMQP queue {c.queue_name!r} does not exist") from None

@@ -31,7 +31,7 @@ from engine.destinations.base import Record
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters, raw_text
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources import Batch, Source
+from engine.sources import Batch, Source
 
 log = logging.getLogger(__name__)
 

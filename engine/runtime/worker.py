@@ -26,7 +26,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from engine import RuleSpec, compile_ruleset
 from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
@@ -37,42 +37,14 @@ from engine.runtime.actions import ActionRunner, expire_periodically
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
-from engine.runtime.sources import Source
 from engine.runtime.watch import ConfigWatcher
+from engine.sources import SOURCES, Source
 
 log = logging.getLogger(__name__)
 
 
 def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
-    o = entry.options
-    if entry.kind == "kafka":
-        from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
-
-        return KafkaSource(bootstrap_servers=o.bootstrap_servers, topics=o.topics,
-                           group_id=o.group_id, batch_size=o.max_batch,
-                           auto_offset_reset=o.auto_offset_reset,
-                           session_timeout_ms=o.session_timeout_ms,
-                           heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                           config=librdkafka_config(o))
-    if entry.kind == "amqp":
-        from engine.runtime.sources.amqp import AmqpSource
-
-        return AmqpSource(url=o.url.get_secret_value(), queue=o.queue, prefetch=o.prefetch,
-                          batch_size=batch_size)
-    if entry.kind == "http":
-        from engine.runtime.sources.http import HttpSource
-
-        return HttpSource(listen=o.listen, path=o.path, max_inflight=o.max_inflight,
-                          max_body=o.max_body_bytes)
-    if entry.kind == "file":
-        from engine.runtime.sources.file import FileSource
-
-        return FileSource(o.path, batch_size=batch_size)
-    from engine.runtime.sources.simulator import SimulatorSource
-
-    kinds = [(k.resource, k.event) for k in o.kinds] if o.kinds else None
-    return SimulatorSource(rate=o.rate, devices=o.devices, seed=o.seed or 0, count=o.count,
-                           duration=o.duration, kinds=kinds, batch_size=batch_size)
+    return SOURCES[entry.kind].from_options(entry.options, batch_size=batch_size)
 
 
 def build_ruleset(config: EngineConfig):
@@ -128,9 +100,9 @@ class Worker:
         self.config_paths: list[str] | None = None
         self.reload_interval = float(os.environ.get("ENGINE_RELOAD_POLL", "1") or 0)
         self.reloads = 0                      # applied reloads
-        # Management API (engine.runtime.managed): the running config is the
-        # rule files (`file_config`) plus the projects of `store`.
-        self.store = None
+        # Management API (engine.app.managed): the running config is
+        # `compose(file_config)`, the rule files plus the API store's projects.
+        self.compose: Callable[[EngineConfig], Awaitable[EngineConfig]] | None = None
         self.file_config: EngineConfig | None = None
         self._reload_files = False
         self._deliver = True
@@ -301,10 +273,10 @@ class Worker:
 
     async def reload(self, reason: str = "reload", *, files: bool = True) -> bool:
         """Load the configuration files again (unless `files=False`), add
-        the API store's projects (when there is a store) and apply the result
+        the API store's projects (through `compose`, if set) and apply the result
         if it is valid. Returns whether a new configuration was applied; never
         raises (problems are logged, one line each, and the running rules stay)."""
-        if self.config is None or not (self.config_paths or self.store is not None):
+        if self.config is None or not (self.config_paths or self.compose is not None):
             log.warning("reload (%s) ignored: this worker was not started from rule files",
                         reason)
             return False
@@ -314,10 +286,8 @@ class Worker:
             if files and self.config_paths:
                 file_config = await asyncio.to_thread(load_config, self.config_paths)
             config = file_config
-            if self.store is not None:
-                from engine.api.effective import effective_config
-
-                config = await effective_config(file_config, self.store)
+            if self.compose is not None:
+                config = await self.compose(file_config)
         except ConfigError as e:
             for issue in e.issues:
                 # One line each (a rule's syntax error also draws a caret

@@ -313,7 +313,7 @@ ENGINE_CASES = [
     (
         "source-exactly-one",
         "sources:\n  - file: {path: a.ndjson}\n    http: {}\n",
-        2, "sources[0]", "exactly one of: kafka, amqp, http, file, simulator",
+        2, "sources[0]", "exactly one of: amqp, file, http, kafka, simulator",
     ),
     (
         "source-unknown-kind",

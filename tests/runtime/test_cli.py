@@ -7,7 +7,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.e2e import ENGINE, EngineProcess, free_port, wait_ready, write_config
 
 RULE = {"rule_id": "status", "subject": {"resource": "device.status", "event": "update"},

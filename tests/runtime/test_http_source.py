@@ -3,7 +3,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from engine.runtime.sources.http import BodyError, HttpSource, split_body
+from engine.sources.http import BodyError, HttpSource, split_body
 
 OBJ = b'{"resource": "device", "event": "delete", "notify_data": {}}'
 

@@ -15,9 +15,9 @@ import aiohttp
 import orjson
 
 from engine.config import load_config
-from engine.runtime.sources import Batch, Source
 from engine.runtime.watch import ConfigWatcher
 from engine.runtime.worker import Worker
+from engine.sources import Batch, Source
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
 from tests.runtime.support import assert_balanced, by_label, scrape
 

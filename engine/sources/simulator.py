@@ -17,13 +17,34 @@ import time
 from collections.abc import AsyncIterator
 
 import orjson
+from pydantic import Field
 
-from engine.runtime.simulator import Fleet
-from engine.runtime.sources import Batch, Source
+from engine.schema import Kind
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.fleet import Fleet
+from engine.sources.registry import register
 
 
+class SimulatorOptions(SourceOptions):
+    """Generate synthetic notifications (demo, benchmarks)."""
+
+    rate: float = Field(default=1000.0, gt=0, le=10_000_000)
+    """Events per second."""
+    devices: int = Field(default=100, ge=1, le=10_000_000)
+    kinds: list[Kind] | None = None
+    """Notification kinds to generate; default: all 12."""
+    seed: int | None = None
+    """Random seed for a reproducible stream."""
+    count: int | None = Field(default=None, ge=1)
+    """Stop after this many events (default: run until stopped)."""
+    duration: float | None = Field(default=None, gt=0)
+    """Stop after this many seconds."""
+
+
+@register
 class SimulatorSource(Source):
     kind = "simulator"
+    Options = SimulatorOptions
 
     def __init__(self, *, rate: float = 1000.0, devices: int = 100, seed: int = 0,
                  count: int | None = None, duration: float | None = None,
@@ -40,6 +61,14 @@ class SimulatorSource(Source):
         self.fleet = Fleet(seed=seed, devices=devices, start=self.start_time, kinds=kinds)
         self.produced = 0
         self._stopped = False
+
+    @classmethod
+    def from_options(cls, options: SimulatorOptions, *, batch_size: int) -> SimulatorSource:
+        o = options
+        kinds: list[tuple[str, str]] | None = (
+            [(k.resource, k.event) for k in o.kinds] if o.kinds else None)
+        return cls(rate=o.rate, devices=o.devices, seed=o.seed or 0, count=o.count,
+                   duration=o.duration, kinds=kinds, batch_size=batch_size)
 
     def stop(self) -> None:
         self._stopped = True

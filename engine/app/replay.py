@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import sys
 
+from engine.app.main import serve
 from engine.config import EngineConfig
-from engine.runtime.main import serve
-from engine.runtime.sources.file import FileSource
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
+from engine.sources.file import FileSource
 
 
 async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,

@@ -15,14 +15,27 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import Field
 
-from engine.runtime.sources import Batch, Source
+from engine.schema import AmqpConnection
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.registry import register
 
 log = logging.getLogger(__name__)
 
 
+class AmqpOptions(AmqpConnection, SourceOptions):
+    """Consume notifications from an AMQP 0-9-1 queue (e.g. RabbitMQ)."""
+
+    queue: str = Field(min_length=1, max_length=255)
+    prefetch: int = Field(default=256, ge=1, le=65_535)
+    """Unacknowledged messages the broker may send ahead."""
+
+
+@register
 class AmqpSource(Source):
     kind = "amqp"
+    Options = AmqpOptions
 
     def __init__(self, *, url: str = "amqp://guest:guest@127.0.0.1:5672/", queue: str,
                  prefetch: int = 1000, batch_size: int = 500, linger: float = 0.005,
@@ -37,6 +50,11 @@ class AmqpSource(Source):
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._tag: str | None = None
+
+    @classmethod
+    def from_options(cls, options: AmqpOptions, *, batch_size: int) -> AmqpSource:
+        return cls(url=options.url.get_secret_value(), queue=options.queue,
+                   prefetch=options.prefetch, batch_size=batch_size)
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(self.url)

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from engine.app.main import serve
 from engine.config import validate_config_dict
 from engine.destinations.http import verify_signature
-from engine.runtime.main import serve
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
 
@@ -139,7 +139,7 @@ def summary(worker: Worker, receiver: Receiver, out_dir: Path) -> int:
 
 
 def main(duration: float, rate: float, devices: int, seed: int, out: str | None) -> int:
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
     from engine.runtime.status import setup_logging
 
     setup_logging()

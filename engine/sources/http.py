@@ -19,8 +19,11 @@ from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
+from pydantic import Field
 
-from engine.runtime.sources import Batch, Source
+from engine.schema import Listen
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.registry import register
 
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
                 "application/x-jsonlines"}
@@ -70,8 +73,20 @@ def _json(status: int, obj: dict, **headers: str) -> web.Response:
                         headers=headers or None)
 
 
+class HttpOptions(SourceOptions):
+    """Receive notifications pushed by HTTP POST (IoTDA HTTP push format)."""
+
+    listen: Listen = "127.0.0.1:8088"
+    path: str = Field(default="/v1/notifications", pattern=r"^/")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_inflight: int = Field(default=1000, ge=1, le=100_000)
+    """Requests being processed at once (back-pressure above that)."""
+
+
+@register
 class HttpSource(Source):
     kind = "http"
+    Options = HttpOptions
 
     def __init__(self, *, listen: str = "127.0.0.1:8080", path: str = "/notifications",
                  max_inflight: int = 64, timeout: float = 30.0, max_body: int = 16 << 20,
@@ -88,6 +103,11 @@ class HttpSource(Source):
         self._inflight = 0
         self._stopping = False
         self._runner: web.AppRunner | None = None
+
+    @classmethod
+    def from_options(cls, options: HttpOptions, *, batch_size: int) -> HttpSource:
+        return cls(listen=options.listen, path=options.path, max_inflight=options.max_inflight,
+                   max_body=options.max_body_bytes)
 
     @property
     def url(self) -> str:

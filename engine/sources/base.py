@@ -1,4 +1,4 @@
-"""Sources: where notifications come from.
+"""The contract every source implements.
 
 Every source is an async iterator of `Batch`es of raw JSON notifications
 (bytes, not decoded: the rule set decodes them, and may skip decoding via its
@@ -16,6 +16,9 @@ import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from engine.schema import StrictModel
 
 
 async def _no_ack() -> None:
@@ -30,15 +33,31 @@ class Batch:
     received_at: float = field(default_factory=time.monotonic)
 
 
+class SourceOptions(StrictModel):
+    """Base of a source's options model: the object under its kind in a
+    `sources:` item (unknown keys are refused, values never echoed)."""
+
+
 class Source(abc.ABC):
     """One input. `batches()` yields until `stop()` is called (or the input
     ends, for finite sources); `close()` releases connections after the
-    pipeline drained the acks."""
+    pipeline drained the acks.
 
-    kind: str = "source"
+    A registered source (`engine.sources.register`) also sets `kind` (its key
+    in a `sources:` item) and `Options` (the model of what is under that key),
+    and builds itself from validated options in `from_options`."""
+
+    kind: ClassVar[str] = "source"
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.kind
+
+    @classmethod
+    def from_options(cls, options: Any, *, batch_size: int) -> Source:
+        """The source a `sources:` item describes; `batch_size` is the
+        worker's (`worker.batch_size`), for sources without their own."""
+        raise NotImplementedError(f"source {cls.kind!r} cannot be configured from a rule file")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect / bind. Raise if the source cannot be used at all."""

@@ -1,5 +1,6 @@
-"""Limits of the management API: body size, request rate per credential,
-objects per project.
+"""Limits of the management API (the `api.limits` section): body size,
+request rate per credential, objects per project. Here, not in `engine.api`,
+because the config validates `api.limits` against them.
 
 Defaults follow IoTDA where it documents a number (50 records a page, 4 flow
 control policies a tenant, 10 actions a rule) and are otherwise chosen to
@@ -8,7 +9,7 @@ keep one project's configuration small enough to validate on every change.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 
@@ -30,7 +31,8 @@ class ApiLimits:
     (rule files and `engine import` are the operator's and always may)."""
 
     @classmethod
-    def from_config(cls, configured: dict[str, object], overrides: list[str] = ()) -> ApiLimits:
+    def from_config(cls, configured: Mapping[str, object],
+                    overrides: Sequence[str] = ()) -> ApiLimits:
         """The `api.limits` section of the config, then `NAME=VALUE` overrides."""
         items = [f"{k}={str(v).lower()}" for k, v in configured.items()]
         return cls.parse(items + list(overrides))
@@ -53,21 +55,3 @@ class ApiLimits:
                     raise ValueError(f"limit {name} must be positive")
                 values[name] = number
         return cls(**values)  # type: ignore[arg-type]
-
-
-class RateLimiter:
-    """A token bucket per key: `allow(key)` is false once the key has spent
-    its burst faster than `rate` refills it. Keys are authenticated
-    credentials only, so their number is bounded by the configuration."""
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
-
-    def allow(self, key: str) -> bool:
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        return allowed

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import Field
 
-from engine.runtime.sources import Batch, Source
+from engine.schema import KafkaConnection
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -47,46 +49,27 @@ START_TIMEOUT = 30.0
 POLL_TIMEOUT = 0.2
 
 
-def client_options(conn) -> dict[str, Any]:
-    """aiokafka connection arguments for a config `KafkaConnection` (used by
-    the Kafka dead-letter store; holds the password: never log the result)."""
-    options: dict[str, Any] = {"bootstrap_servers": conn.bootstrap_servers,
-                               "client_id": conn.client_id,
-                               "security_protocol": conn.security_protocol}
-    if conn.sasl_mechanism:
-        options.update(sasl_mechanism=conn.sasl_mechanism, sasl_plain_username=conn.sasl_username,
-                       sasl_plain_password=conn.sasl_password.get_secret_value())
-    if conn.security_protocol.endswith("SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=conn.ssl_cafile)
-    return options
+class KafkaOptions(KafkaConnection, SourceOptions):
+    """Consume notifications (one JSON object per message) from Kafka topics."""
 
-
-def librdkafka_config(conn) -> dict[str, Any]:
-    """librdkafka connection settings for a config `KafkaConnection` (holds
-    the password: never log the result). TLS verifies the broker's certificate
-    and host name (librdkafka's defaults); without `ssl_cafile` the system's
-    CA certificates are used."""
-    servers = conn.bootstrap_servers
-    config: dict[str, Any] = {
-        "bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers),
-        "client.id": conn.client_id,
-        "security.protocol": conn.security_protocol.lower(),
-    }
-    if conn.sasl_mechanism:
-        config.update({"sasl.mechanism": conn.sasl_mechanism,
-                       "sasl.username": conn.sasl_username,
-                       "sasl.password": conn.sasl_password.get_secret_value()})
-    if conn.security_protocol.endswith("SSL") and conn.ssl_cafile:
-        config["ssl.ca.location"] = conn.ssl_cafile
-    return config
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(default="forwarder", min_length=1)
+    # Where a group without committed offsets starts. "earliest": a new
+    # forwarder processes what is already in the topic (at-least-once).
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    max_batch: int = Field(default=500, ge=1, le=100_000)
+    """Most records taken per poll."""
 
 
 class KafkaStartError(RuntimeError):
     """The source cannot be used: bad settings, broker unreachable, login refused."""
 
 
+@register
 class KafkaSource(Source):
     kind = "kafka"
+    Options = KafkaOptions
 
     def __init__(self, *, bootstrap_servers: str | list[str] = "127.0.0.1:9092",
                  topics: list[str], group_id: str, batch_size: int = 1000,
@@ -95,7 +78,7 @@ class KafkaSource(Source):
                  handoff_timeout: float = 10.0,
                  config: Mapping[str, Any] | None = None) -> None:
         """`config`: further librdkafka settings (security, client.id; see
-        `librdkafka_config`); they override the defaults below."""
+        `engine.schema.KafkaClient`); they override the defaults below."""
         super().__init__(name)
         self.topics = topics
         self.group_id = group_id
@@ -132,6 +115,15 @@ class KafkaSource(Source):
         self._stopped = False
 
     # -- life cycle -------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: KafkaOptions, *, batch_size: int) -> KafkaSource:
+        o = options  # batch_size: the source has its own (max_batch)
+        return cls(bootstrap_servers=o.bootstrap_servers, topics=o.topics, group_id=o.group_id,
+                   batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,
+                   session_timeout_ms=o.session_timeout_ms,
+                   heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
+                   config=o.client().librdkafka())
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,9 +186,10 @@ class KafkaSource(Source):
         loop = asyncio.get_running_loop()
         # One batch is taken ahead: the consumer thread converts the next
         # records while the pipeline routes these.
-        ahead = loop.run_in_executor(self._poller, self._take)
+        ahead: asyncio.Future[Any] | None = loop.run_in_executor(self._poller, self._take)
         try:
             while True:
+                assert ahead is not None
                 items, offsets = await ahead
                 ahead = None
                 if self._fatal is not None:
@@ -224,6 +217,7 @@ class KafkaSource(Source):
         consumer = self._consumer
         if self._stopped:
             return [], {}
+        assert consumer is not None  # started, not closed: the source is iterated
         messages = consumer.consume(self.batch_size, 0)
         if not messages:
             # Returns at the first record (consume() would wait for a full batch).

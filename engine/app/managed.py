@@ -13,6 +13,7 @@ configuration and swaps it in exactly like a rule-file reload
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -20,12 +21,12 @@ from aiohttp import web
 
 from engine.api.app import ApiRunner, create_app
 from engine.api.effective import SEP, effective_config, qualify
-from engine.api.limits import ApiLimits
 from engine.api.metrics import ActionCounters, RuleCounters
 from engine.api.storage import ChangeEvent, open_store
+from engine.app.main import serve
 from engine.config import EngineConfig
+from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
-from engine.runtime.main import serve
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
 
@@ -88,7 +89,7 @@ async def run_with_api(config: EngineConfig,
         try:
             worker = Worker.from_config(await effective_config(config, store))
             worker.file_config = config
-            worker.store = store
+            worker.compose = functools.partial(effective_config, store=store)
             if config_paths is not None:
                 worker.config_paths = list(config_paths)
             runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),

@@ -1,13 +1,13 @@
 """Running a worker as a process: event loop (uvloop when available),
 signals (SIGTERM/SIGINT: graceful stop; SIGHUP: reload the rule files),
-status reporting."""
+status reporting. Used by every command that runs a worker (`engine run`,
+`replay`, `demo`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 from engine.runtime.status import StatusReporter
@@ -30,34 +30,16 @@ def run_sync(coro):
         return runner.run(coro)
 
 
-def cli_config_paths(argv: Sequence[str] | None = None) -> list[str] | None:
-    """The rule files of an `engine run FILE...` command line, else None.
-    (A fallback for callers that do not pass `config_paths` to `serve`.)"""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "run":
-        return None
-    from engine.cli import build_parser
-
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit:
-        return None
-    files = getattr(args, "files", None)
-    return list(files) if files else None
-
-
 async def serve(worker: Worker, status: StatusReporter | None = None, *,
                 config_paths: Sequence[str] | None = None) -> None:
     """Run `worker` until its sources end or SIGTERM/SIGINT (graceful drain;
     a second signal gives up on draining). With the rule files known
-    (`config_paths`, or the `engine run` command line), SIGHUP and changes of
+    (`config_paths`, or given to `Worker.from_config`), SIGHUP and changes of
     those files reload the rules (see `Worker.reload`)."""
     loop = asyncio.get_running_loop()
     worker.freeze_gc = True  # a process of its own: see Worker.run
     if config_paths is not None:
         worker.config_paths = list(config_paths)
-    elif worker.config_paths is None and worker.config is not None:
-        worker.config_paths = cli_config_paths()
 
     def on_signal(sig: signal.Signals) -> None:
         if worker.stopping:

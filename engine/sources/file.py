@@ -12,11 +12,22 @@ import sys
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
-from engine.runtime.sources import Batch, Source
+from pydantic import Field
+
+from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.registry import register
 
 
+class FileOptions(SourceOptions):
+    """Read notifications from an NDJSON file; `-` reads standard input."""
+
+    path: str = Field(min_length=1)
+
+
+@register
 class FileSource(Source):
     kind = "file"
+    Options = FileOptions
 
     def __init__(self, path: str, *, batch_size: int = 1000, name: str | None = None) -> None:
         super().__init__(name)
@@ -24,6 +35,10 @@ class FileSource(Source):
         self.batch_size = batch_size
         self._stopped = False
         self.bytes_read = 0  # progress for `engine replay`
+
+    @classmethod
+    def from_options(cls, options: FileOptions, *, batch_size: int) -> FileSource:
+        return cls(options.path, batch_size=batch_size)
 
     def stop(self) -> None:
         self._stopped = True
