@@ -8,16 +8,19 @@ batches in flight drain for up to `shutdown_timeout` seconds and are acked
 (committed); what did not drain in time stays unacked and is redelivered by
 the source on the next start (at-least-once).
 
-Hot reload (`reload()`, triggered by SIGHUP or a change of the rule files):
-the files are loaded and validated again (`load_config`, no side effects);
-only a valid configuration is applied. New and changed actions are opened
+Hot reload (`reload()`, triggered by SIGHUP or a change of the rule files,
+once they settled - see engine.runtime.watch): the files are loaded and
+validated again (`load_config`, no side effects; an empty file, a file that
+changed while read or one without rules while rules run is refused); only a
+valid configuration is applied. New and changed actions are opened
 first, then the rule set and routes are swapped in one step (a batch is
 routed entirely by the old or entirely by the new rules), and actions that
 were removed or changed are closed once every batch routed by an older rule
 set is settled. Unchanged actions keep running (same queue, same order).
 Changed flow-control policies apply at the swap (new token buckets for
-every action). Sources, the metrics endpoint, dead letters and backlog
-policies are not restarted: changes there are logged and need a restart.
+every action). Sources, the metrics endpoint, dead letters, backlog
+policies, the API and the state directory are not restarted: a
+configuration that changes them is refused as a whole (RESTART_SECTIONS).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.sources import Source
-from engine.runtime.watch import ConfigWatcher
+from engine.runtime.watch import ConfigWatcher, digests
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,16 @@ def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
     return (action, config.worker.batch_size, config.worker.linger_ms)
 
 
-# Sections a reload does not apply (the running ones are kept).
-RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies")
+# Sections a reload cannot apply: a reload that changes one is refused.
+RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "api",
+                    "worker.state_dir")
+RELOAD_READ_TRIES = 10
+
+
+def _restart_only(config: EngineConfig, section: str) -> object:
+    if section == "worker.state_dir":
+        return config.worker.state_dir
+    return getattr(config, section)
 
 
 class Worker:
@@ -169,7 +180,7 @@ class Worker:
                      shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
         worker.config = config
         worker.backlog, worker.flow = backlog, flow
-        worker._running = {k: getattr(config, k) for k in RESTART_SECTIONS}
+        worker._running = {k: _restart_only(config, k) for k in RESTART_SECTIONS}
         worker._deliver = actions
         worker._specs = specs
         if config_paths is not None:
@@ -312,7 +323,14 @@ class Worker:
         file_config = self.file_config or self.config
         try:
             if files and self.config_paths:
-                file_config = await asyncio.to_thread(load_config, self.config_paths)
+                file_config = await self._load_files()
+                if file_config is None:
+                    return False
+                if not file_config.rules and (self.file_config or self.config).rules:
+                    log.error("reload refused: the rule files define no rules (cut off while "
+                              "being written?); the running configuration is kept - to forward "
+                              "nothing, set active: false on the rules")
+                    return False
             config = file_config
             if self.store is not None:
                 from engine.api.effective import effective_config
@@ -335,6 +353,22 @@ class Worker:
             self.file_config = file_config
         return applied
 
+    async def _load_files(self) -> EngineConfig | None:
+        """The rule files as one configuration, read while no file changed
+        (checked by content hash before and after; a writer still at it is
+        waited for, up to RELOAD_READ_TRIES reads). Raises ConfigError."""
+        paths = self.config_paths
+        assert paths
+        for _ in range(RELOAD_READ_TRIES):
+            before = await asyncio.to_thread(digests, paths)
+            config = await asyncio.to_thread(load_config, paths, allow_empty=False)
+            if await asyncio.to_thread(digests, paths) == before:
+                return config
+            await asyncio.sleep(max(self.reload_interval, 0.2))
+        log.error("reload refused: %s kept changing while being read; the running "
+                  "configuration is kept", ", ".join(paths))
+        return None
+
     async def apply(self, config: EngineConfig) -> bool:
         """Swap in a validated configuration (see the module docstring)."""
         async with self._reload_lock:
@@ -350,10 +384,15 @@ class Worker:
     async def _apply(self, config: EngineConfig) -> bool:
         old = self.config
         assert old is not None
-        for section in RESTART_SECTIONS:
-            if getattr(config, section) != self._running.get(section, getattr(old, section)):
-                log.warning("reload: '%s' differs from the running one and is not applied: "
-                            "changing %s needs a restart", section, section)
+        differ = [k for k in RESTART_SECTIONS
+                  if _restart_only(config, k) != self._running.get(k, _restart_only(old, k))]
+        if differ:
+            # Applying the rest would run new rules against old sources or
+            # stores: half a configuration (a cut-off file loses its tail).
+            log.error("reload refused: the new configuration changes %s, which only a "
+                      "restart applies; nothing was applied, the running configuration is "
+                      "kept (undo that change to reload, or restart)", ", ".join(differ))
+            return False
         if all(getattr(config, k) == getattr(old, k)
                for k in ("rules", "actions", "worker", "flowcontrol_policies")):
             log.info("reload: rules, actions and worker settings unchanged")
