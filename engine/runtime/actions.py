@@ -43,7 +43,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
 from engine.policies.backlog import Backlog
@@ -63,15 +63,18 @@ STORE_RETRY_MAX = 30.0       # cap of the wait between attempts to write the bac
 
 @dataclass(slots=True)
 class _Counted:
-    """How much of one action's backlog counters is already in the metrics.
-    Shared by every runner of that action on that backlog (a reload may run
-    an old and a new one side by side for a moment), so nothing is counted
-    twice."""
+    """How much of one action's backlog counters is already in the metrics,
+    and the action's drain coordination. Shared by every runner of that
+    action on that backlog (a reload may run an old and a new one side by
+    side for a moment), so nothing is counted twice and one drain step runs
+    at a time (two would send the same oldest entries)."""
 
     in_backlog: int = 0
     expired: int = 0
     refused: int = 0
     restored: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the backlog grew
+    drain_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 _COUNTED: weakref.WeakKeyDictionary[Backlog, dict[str, _Counted]] = weakref.WeakKeyDictionary()
@@ -121,7 +124,12 @@ class ActionRunner:
         self._rule_stats = metrics.rules
         self.forwarded = 0        # plain counts of this action, for summaries
         self.dead_lettered = 0
-        self._drain_wake = asyncio.Event()
+        self.restored = 0
+        # A reload removed the action (set by the worker): it gets no new
+        # records and drains only what its backlog holds.
+        self.removed = False
+        self.draining = backlog is not None  # False: the backlog is another runner's now
+        self._drain_wake = self._counted.wake if backlog is not None else asyncio.Event()
         # Backlog calls whose outcome is not counted yet: the expiry loop must
         # not sync the gauges in between (the counts would not balance).
         self.busy = 0
@@ -141,6 +149,7 @@ class ActionRunner:
                 restored = self.backlog.size(self.action_id)[0]
                 if restored:
                     self._restored.inc(restored)
+                    self.restored = restored
                     log.info("action %s: %d record(s) in the backlog from an earlier run; "
                              "draining them first", self.action_id, restored)
             self.sync_backlog()
@@ -159,10 +168,23 @@ class ActionRunner:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
-            log.warning("action %s: %d record(s) stay in the backlog (%s); they are delivered "
-                        "first on the next start", self.action_id, left, self.backlog.path)
+        if self.backlog is not None and self.draining \
+                and (left := self.backlog.size(self.action_id)[0]):
+            if self.removed:
+                log.warning("action %s (removed by a reload): %d record(s) stay in the backlog "
+                            "(%s); a start without this action dead-letters them", self.action_id,
+                            left, self.backlog.path)
+            else:
+                log.warning("action %s: %d record(s) stay in the backlog (%s); they are "
+                            "delivered first on the next start", self.action_id, left,
+                            self.backlog.path)
         await self.sink.close()
+
+    def stop_draining(self) -> None:
+        """Leave the action's backlog to another runner (a reload replaced
+        this one): the drain ends after the step it is in, if any."""
+        self.draining = False
+        self._drain_wake.set()
 
     async def submit(self, parcel: Parcel) -> None:
         n = len(parcel.records)
@@ -303,18 +325,22 @@ class ActionRunner:
         action, so at most one write at a time from the backlog)."""
         backlog, action_id = self.backlog, self.action_id
         backoff = Backoff(self.retry_policy)
-        while True:
+        lock = self._counted.drain_lock
+        while self.draining:
             if not backlog.size(action_id)[0]:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
-            self.busy += 1
-            try:
-                step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
-                                        backoff=backoff, dead_letters=self.dead_letters,
-                                        batch_size=self.batch_size)
-            finally:
-                self.busy -= 1
+            async with lock:
+                if not self.draining:
+                    return
+                self.busy += 1
+                try:
+                    step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
+                                            backoff=backoff, dead_letters=self.dead_letters,
+                                            batch_size=self.batch_size)
+                finally:
+                    self.busy -= 1
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
                 log.warning("action %s: %d record(s) dead-lettered: %s", action_id,

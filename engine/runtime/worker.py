@@ -99,6 +99,7 @@ def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
 RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "api",
                     "worker.state_dir")
 RELOAD_READ_TRIES = 10
+RETIRE_POLL = 0.2  # seconds between checks of a removed action's backlog
 
 
 def _restart_only(config: EngineConfig, section: str) -> object:
@@ -433,6 +434,13 @@ class Worker:
 
         # The swap: nothing awaits between these lines.
         previous = self.pipeline.swap(ruleset, routes)
+        for r in self._open:
+            if id(r) in kept:
+                continue
+            if r.action_id in specs:  # replaced: the new runner drains the action's backlog
+                r.stop_draining()
+            else:
+                r.removed = True
         if flow is not self.flow:
             self.flow = flow
             for r in runners:
@@ -462,15 +470,42 @@ class Worker:
 
     async def _retire(self, previous: Generation, runners: list[ActionRunner]) -> None:
         """Close actions a reload removed or replaced, once every batch routed
-        by an older rule set is settled (delivered or dead-lettered)."""
+        by an older rule set is settled (delivered, in the backlog or
+        dead-lettered). A removed action with a backlog first delivers it to
+        its destination: the records were routed there, and the rename of
+        an action must not strand them (see docs/RELIABILITY.md)."""
         await self.pipeline.drained(previous)
+        draining = [r for r in runners if r.removed and r.draining and self._left(r)]
+        closing = [r for r in runners if r not in draining]
         async with self._reload_lock:
-            for r in runners:
+            for r in closing:
                 if r in self._open:
                     self._open.remove(r)
                     await r.close()
-        log.info("reload: closed %d replaced or removed action(s): %s", len(runners),
-                 ", ".join(r.action_id for r in runners))
+        if closing:
+            log.info("reload: closed %d replaced or removed action(s): %s", len(closing),
+                     ", ".join(r.action_id for r in closing))
+        await asyncio.gather(*(self._drain_then_close(r) for r in draining))
+
+    def _left(self, runner: ActionRunner) -> int:
+        return self.backlog.size(runner.action_id)[0] if self.backlog is not None else 0
+
+    async def _drain_then_close(self, runner: ActionRunner) -> None:
+        log.warning("action %s was removed by a reload: delivering the %d record(s) of its "
+                    "backlog to its destination before closing it (what a stop leaves there "
+                    "is dead-lettered at the next start)", runner.action_id, self._left(runner))
+        while runner.draining and self._left(runner) and runner in self._open:
+            await asyncio.sleep(RETIRE_POLL)
+        async with self._reload_lock:
+            if runner not in self._open:
+                return  # closed by the shutdown
+            self._open.remove(runner)
+            await runner.close()
+        if runner.draining:
+            log.info("action %s (removed): backlog delivered, action closed", runner.action_id)
+        else:
+            log.info("action %s (removed): closed; the action configured again under this id "
+                     "delivers its backlog", runner.action_id)
 
 
 def _make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters,
