@@ -29,6 +29,7 @@ import asyncio
 import gc
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 from engine import RuleSpec, compile_ruleset
@@ -100,6 +101,7 @@ RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "ap
                     "worker.state_dir")
 RELOAD_READ_TRIES = 10
 RETIRE_POLL = 0.2  # seconds between checks of a removed action's backlog
+BACKLOG_POLL = 0.1  # seconds between checks while waiting for the backlog to drain
 
 
 def _restart_only(config: EngineConfig, section: str) -> object:
@@ -129,6 +131,10 @@ class Worker:
         self._abort_timer: asyncio.TimerHandle | None = None
         self.stopping = False
         self.timed_out = False
+        # `engine replay`: once the sources ended, wait for the backlog to
+        # drain (see drain_backlog) instead of leaving it to a next start.
+        self.drain_backlog_at_end = False
+        self.unconfigured_dead_lettered = 0   # backlog entries of removed actions, at start
         # Process-wide GC setting, set by `main.serve` (engine run): freeze
         # what start-up created so full collections skip it (see run()).
         self.freeze_gc = False
@@ -201,7 +207,7 @@ class Worker:
             if self.backlog is not None:  # before the actions: they drain it first
                 await self.backlog.open()
                 backlog_open = True
-                await self.backlog.settle_unconfigured()
+                self.unconfigured_dead_lettered = await self.backlog.settle_unconfigured()
             for runner in self.runners:
                 await runner.open()
                 self._open.append(runner)
@@ -228,6 +234,8 @@ class Worker:
             failure = await self._wait_sources()
             if failure is not None:
                 raise failure
+            if self.drain_backlog_at_end and not self.stopping:
+                await self.drain_backlog()
         finally:
             self.metrics.ready = False
             if self._abort_timer is not None:
@@ -262,6 +270,31 @@ class Worker:
                     failure = exc
                     self.stop()  # one source failing stops the worker, gracefully
         return failure
+
+    def backlog_size(self) -> int:
+        """Records in the backlog now, over all actions."""
+        if self.backlog is None:
+            return 0
+        return sum(self.backlog.size(a)[0] for a in self.backlog.pending_actions())
+
+    async def drain_backlog(self) -> int:
+        """Wait until the backlog is empty, as long as it shrinks: give up
+        after `shutdown_timeout` seconds in which no record left it (the
+        destination is down), or on stop(). Returns the records left."""
+        left = self.backlog_size()
+        if left:
+            log.info("sources done; waiting for the backlog to drain: %d record(s)", left)
+        progress = time.monotonic()
+        while left and not self.stopping:
+            await asyncio.sleep(BACKLOG_POLL)
+            now = self.backlog_size()
+            if now < left:
+                left, progress = now, time.monotonic()
+            elif time.monotonic() - progress > self.shutdown_timeout:
+                log.warning("backlog: %d record(s) not delivered in %gs without progress; they "
+                            "stay in %s", left, self.shutdown_timeout, self.backlog.path)
+                break
+        return left
 
     def stop(self) -> None:
         """Stop intake and drain (safe to call from a signal handler, twice)."""
