@@ -145,6 +145,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.flowcontrol_policies)} flow control policies, "
         f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources"
     )
+    if not config.rules:  # valid (e.g. sources only), but an empty file also looks like this
+        print("note: no rules: a worker with only this forwards nothing", file=sys.stderr)
     return EXIT_OK
 
 

@@ -96,9 +96,12 @@ async def test_renamed_action_delivers_its_backlog_once_the_destination_is_back(
         assert await worker.reload("rename")
         await asyncio.sleep(1.0)
         rx.start()  # the destination recovers
+        back = time.monotonic()
         await wait_for(lambda: len(rx.seqs()) >= BATCHES * PER_BATCH // 2, 60,
                        f"not delivered: {len(rx.seqs())}\n{caplog.text[-3000:]}")
         await wait_for(lambda: worker.backlog.size("push")[0] == 0, 10, "backlog not empty")
+        print(f"\nFIGURES rename push -> push2: {BATCHES * PER_BATCH // 2} backlogged, "
+              f"delivered {time.monotonic() - back:.1f} s after the receiver came back")
         await wait_for(lambda: all(r.action_id != "push" for r in worker._open), 10,
                        "removed action not closed")
         samples = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")

@@ -65,6 +65,8 @@ def test_replay_drains_the_backlog_an_earlier_replay_left(tmp_path):
     finally:
         rx.proc.stop()
     seqs = rx.seqs()
+    print(f"\nFIGURES replay: down -> exit {down.returncode}, 1000 left; up -> "
+          f"{up.stdout.splitlines()[0]}; receiver {len(seqs)} rows, {len(set(seqs))} distinct")
     assert duplicates(seqs) == 0
     assert sorted(seqs) == list(range(0, 3 * N, 2))
     # Nothing was set aside.
