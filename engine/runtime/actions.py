@@ -134,6 +134,8 @@ class ActionRunner:
         # not sync the gauges in between (the counts would not balance).
         self.busy = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stepping = False  # a drain step (a write from the backlog) is under way
         self._problem: str | None = None
         self._problem_logged = 0.0
 
@@ -154,14 +156,18 @@ class ActionRunner:
                              "draining them first", self.action_id, restored)
             self.sync_backlog()
             self._drain_wake.set()
-            self._tasks.append(asyncio.create_task(self._drain(),
-                                                   name=f"backlog {self.action_id}"))
+            self._drain_task = asyncio.create_task(self._drain(),
+                                                   name=f"backlog {self.action_id}")
+            self._tasks.append(self._drain_task)
 
     async def close(self) -> None:
         """Stop writing (unsettled parcels stay unacked, the backlog stays on
         disk) and close the sink."""
         for task in self._tasks:
-            task.cancel()
+            # A replaced runner's drain step is let finish: cut off, its
+            # write would be sent again by the runner that has the backlog.
+            if not (task is self._drain_task and self._stepping and not self.draining):
+                task.cancel()
         for task in self._tasks:
             try:
                 await task
@@ -335,12 +341,14 @@ class ActionRunner:
                 if not self.draining:
                     return
                 self.busy += 1
+                self._stepping = True
                 try:
                     step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
                                             backoff=backoff, dead_letters=self.dead_letters,
                                             batch_size=self.batch_size)
                 finally:
                     self.busy -= 1
+                    self._stepping = False
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
                 log.warning("action %s: %d record(s) dead-lettered: %s", action_id,
@@ -357,7 +365,7 @@ class ActionRunner:
                              f"{how}{step.wait:.1f}s")
             elif step.delivered:
                 self._recovered()
-            if step.wait:
+            if step.wait and self.draining:
                 await asyncio.sleep(step.wait)
 
     def sync_backlog(self) -> None:
