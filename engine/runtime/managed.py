@@ -5,8 +5,9 @@ The worker runs its rule files plus every project in the API store (see
 listens on `api.listen` in the worker's event loop; every change event of
 the store (this worker's API, another process's, or - with PostgreSQL -
 another host's, via LISTEN/NOTIFY) requests a reload, which rebuilds the
-configuration and swaps it in exactly like a rule-file reload
-(`Worker.reload`/`Worker.apply`). The worker's counters answer
+configuration (`StoreConfig`, the reloader's config provider: the rule files
+plus the store) and swaps it in exactly like a rule-file reload
+(`Reloader.reload`/`Worker.apply`). The worker's counters answer
 `GET .../rules/{rule_id}/metrics`.
 """
 
@@ -22,10 +23,11 @@ from engine.api.app import create_app
 from engine.api.effective import SEP, effective_config, qualify
 from engine.api.limits import ApiLimits
 from engine.api.metrics import ActionCounters, RuleCounters
-from engine.api.storage import ChangeEvent, open_store
+from engine.api.storage import ChangeEvent, Store, open_store
 from engine.config import EngineConfig
 from engine.config.models import parse_listen
 from engine.runtime.main import serve
+from engine.runtime.reloader import RuleFiles
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
 
@@ -64,6 +66,24 @@ class WorkerMetrics:
                             failed=rules.failed.get(key, 0), actions=actions)
 
 
+class StoreConfig:
+    """The reload's configuration provider: the rule files (as last
+    accepted when `files=False`) plus every project of the API store."""
+
+    def __init__(self, files: RuleFiles, store: Store) -> None:
+        self.files, self.store = files, store
+
+    @property
+    def paths(self) -> Sequence[str]:
+        return self.files.paths
+
+    async def load(self, files: bool) -> EngineConfig:
+        return await effective_config(await self.files.load(files), self.store)
+
+    def accept(self) -> None:
+        self.files.accept()
+
+
 async def run_with_api(config: EngineConfig,
                        status: Callable[[Worker], StatusReporter | None],
                        config_paths: Sequence[str] | None = None) -> Worker:
@@ -86,11 +106,9 @@ async def run_with_api(config: EngineConfig,
         unsubscribe = store.subscribe(on_change)
         reload_early = None
         try:
-            worker = Worker.from_config(await effective_config(config, store))
-            worker.file_config = config
-            worker.store = store
-            if config_paths is not None:
-                worker.config_paths = list(config_paths)
+            files = RuleFiles(config_paths or (), config)
+            worker = Worker.from_config(await effective_config(config, store),
+                                        provider=StoreConfig(files, store))
             runner = web.AppRunner(create_app(api, store, ApiLimits.from_config(api.limits),
                                                metrics=WorkerMetrics(worker)))
             await runner.setup()

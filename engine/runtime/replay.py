@@ -17,15 +17,15 @@ from engine.config import EngineConfig
 from engine.runtime.main import serve
 from engine.runtime.sources.file import FileSource
 from engine.runtime.status import StatusReporter
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 
 
 async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,
                      tty: bool | None = None) -> Worker:
     source = FileSource(path, batch_size=config.worker.batch_size, name="replay")
-    worker = Worker.from_config(config, sources=[source], actions=not dry_run,
-                                serve_metrics=False)
-    worker.drain_backlog_at_end = True  # a finite run: deliver, don't leave it for later
+    # A finite run: deliver the backlog too, don't leave it for later.
+    worker = Worker.from_config(config, sources=[source], options=WorkerOptions(
+        deliver=not dry_run, serve_metrics=False, drain_backlog_at_end=True))
     size = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
 
     def progress() -> str:

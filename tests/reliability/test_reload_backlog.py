@@ -18,13 +18,14 @@ import orjson
 
 from engine.config import load_config
 from engine.runtime.sources import Batch, Source
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 from tests.reliability.support import HttpReceiverProcess, duplicates, free_port
 from tests.runtime.e2e import write_config
 from tests.runtime.support import assert_balanced, by_label, scrape
 from tests.runtime.test_reload import PER_BATCH, event
 
 BATCHES = 100  # 2,000 events, 1,000 of them match (the figure)
+HAND_RELOAD = WorkerOptions(reload_interval=0)  # reloaded by the tests, not by polling
 
 
 class HeldStream(Source):
@@ -82,8 +83,8 @@ async def test_renamed_action_delivers_its_backlog_once_the_destination_is_back(
     metrics_port = free_port()
     path = write_config(tmp_path / "rules.yaml", config(tmp_path, "push", rx.url, metrics_port))
     src = HeldStream()
-    worker = Worker.from_config(load_config([path]), sources=[src], config_paths=[path])
-    worker.reload_interval = 0  # reloaded by hand
+    worker = Worker.from_config(load_config([path]), sources=[src], config_paths=[path],
+                                options=HAND_RELOAD)
     run = asyncio.create_task(worker.run())
     try:
         # Every match of the stream ends up in push's backlog (receiver down).
@@ -126,8 +127,7 @@ async def test_a_removed_actions_backlog_left_at_stop_is_dead_lettered_at_the_ne
     metrics_port = free_port()
     path = write_config(tmp_path / "rules.yaml", config(tmp_path, "push", rx.url, metrics_port))
     worker = Worker.from_config(load_config([path]), sources=[HeldStream()],
-                                config_paths=[path])
-    worker.reload_interval = 0
+                                config_paths=[path], options=HAND_RELOAD)
     run = asyncio.create_task(worker.run())
     try:
         await wait_for(lambda: worker.metrics.totals.matched == BATCHES * PER_BATCH // 2
@@ -161,8 +161,7 @@ async def test_an_action_configured_again_takes_its_backlog_back(tmp_path, caplo
     metrics_port = free_port()
     path = write_config(tmp_path / "rules.yaml", config(tmp_path, "push", rx.url, metrics_port))
     worker = Worker.from_config(load_config([path]), sources=[HeldStream()],
-                                config_paths=[path])
-    worker.reload_interval = 0
+                                config_paths=[path], options=HAND_RELOAD)
     run = asyncio.create_task(worker.run())
     try:
         await wait_for(lambda: worker.metrics.totals.matched == BATCHES * PER_BATCH // 2

@@ -17,7 +17,7 @@ import orjson
 from engine.config import load_config
 from engine.runtime.sources import Batch, Source
 from engine.runtime.watch import ConfigWatcher
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
 from tests.runtime.support import assert_balanced, by_label, scrape
 
@@ -80,9 +80,9 @@ async def test_reload_swaps_between_batches_and_drains_replaced_actions(tmp_path
     async with Receiver(delay=0.01) as slow, Receiver() as fast:
         write_config(path, rules("v1", slow.url))
         src = StreamSource(150)
-        worker = Worker.from_config(load_config([path]), sources=[src], serve_metrics=False,
-                                    config_paths=[path])
-        worker.reload_interval = 0  # reloaded by hand here
+        worker = Worker.from_config(load_config([path]), sources=[src], config_paths=[path],
+                                    # reloaded by hand here
+                                    options=WorkerOptions(serve_metrics=False, reload_interval=0))
         run = asyncio.create_task(worker.run())
         while len(slow.bodies) < 40:
             await asyncio.sleep(0.005)

@@ -19,21 +19,22 @@ def config(tmp_path, **sections):
 
 async def test_flow_control_change_applies_at_the_swap(tmp_path, caplog):
     worker = Worker.from_config(config(tmp_path), sources=[], serve_metrics=False)
+    reloader = worker.enable_file_reload([])
     [runner] = worker.runners
     assert runner.limiter.policy_ids == []
     await runner.open()
     try:
         flow = [{"policy_id": "f1", "scope": "RULE", "scope_value": "r1", "limit": 5}]
         with caplog.at_level(logging.WARNING):
-            assert await worker.apply(config(
+            assert await reloader.apply(config(
                 tmp_path, flowcontrol_policies=flow,
                 backlog_policies=[{"policy_id": "b1", "backlog_size": 0}])) is False
         assert "changes backlog_policies, which only a restart applies" in caplog.text
         assert runner.limiter.policy_ids == []  # nothing of it applied
-        assert await worker.apply(config(tmp_path, flowcontrol_policies=flow)) is True
+        assert await reloader.apply(config(tmp_path, flowcontrol_policies=flow)) is True
         assert worker.runners == [runner]  # the same action keeps running
         assert runner.limiter.policy_ids == ["f1"]
-        assert await worker.apply(config(tmp_path)) is True
+        assert await reloader.apply(config(tmp_path)) is True
         assert runner.limiter.policy_ids == []
     finally:
         await runner.close()

@@ -11,7 +11,7 @@ import time
 import yaml
 
 from engine.config import load_config
-from engine.runtime import worker as worker_module
+from engine.runtime import reloader as reloader_module
 from engine.runtime.watch import ConfigWatcher
 from engine.runtime.worker import Worker
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
@@ -134,7 +134,7 @@ async def test_a_file_changed_while_it_is_read_is_read_again(tmp_path, caplog, m
     full = v1_yaml().replace("v1", "v2")
     path.write_text(full[:len(full) // 2].rsplit("\n", 1)[0] + "\n")  # half a file
     loads = []
-    real = worker_module.load_config
+    real = reloader_module.load_config
 
     def load_while_written(paths, **kw):
         config = real(paths, **kw)
@@ -143,7 +143,7 @@ async def test_a_file_changed_while_it_is_read_is_read_again(tmp_path, caplog, m
             path.write_text(full)  # the writer finishes while the half is being loaded
         return config
 
-    monkeypatch.setattr(worker_module, "load_config", load_while_written)
+    monkeypatch.setattr(reloader_module, "load_config", load_while_written)
     assert await worker.reload("test")
     assert len(loads) == 2
     assert worker.config.actions[0].action_id == "hook-v2"
