@@ -35,7 +35,7 @@ async def test_watcher_waits_until_a_slow_writer_is_done(tmp_path):
     once, with its final content: two polls must see the same content."""
     path = tmp_path / "rules.yaml"
     path.write_text("x: 0\n")
-    w = ConfigWatcher([str(path)], interval=0.1)
+    w = ConfigWatcher([str(path)], interval=0.3)  # pauses of the writer: well under that
     await w.prime()
     seen: list[str] = []
 
@@ -51,11 +51,11 @@ async def test_watcher_waits_until_a_slow_writer_is_done(tmp_path):
         for line in final.splitlines(keepends=True):
             f.write(line)
             f.flush()
-            await asyncio.sleep(0.07)  # shorter than a poll: still being written
+            await asyncio.sleep(0.05)  # shorter than a poll: still being written
     deadline = time.monotonic() + 5
     while not seen and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.8)
     collector.cancel()
     assert seen == [final]
 
@@ -161,7 +161,7 @@ async def test_engine_run_applies_no_partial_or_empty_file_under_a_stream(tmp_pa
     async with Receiver() as a, Receiver() as b:
         write_config(path, rules("v1", a.url, **top(ingest, metrics)))
         v2 = yaml.safe_dump(rules("v2", b.url, **top(ingest, metrics)), sort_keys=False)
-        with EngineProcess(path, env={"ENGINE_RELOAD_POLL": "0.2"},
+        with EngineProcess(path, env={"ENGINE_RELOAD_POLL": "0.5"},
                            stderr_file=tmp_path / "engine.log") as engine:
             await wait_ready(metrics, engine)
             async with Posters(f"http://127.0.0.1:{ingest}/in") as posters:
