@@ -156,9 +156,8 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
                               batch_size=2000, session_timeout_ms=3000,
                               heartbeat_interval_ms=1000)
     worker = Worker.from_config(config, sources=[source], serve_metrics=False)
-    worker.freeze_gc = True  # as `engine run` does
     t0 = time.perf_counter()
-    await worker.run()
+    await worker.run(freeze_gc=True)  # as `engine run` does
     end = time.perf_counter()
     t = worker.metrics.totals
     assert t.inflight == 0 and t.dead_lettered == 0

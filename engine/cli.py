@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
+EXIT_NOT_DELIVERED = 1  # replay: records stay in the backlog
 EXIT_ERROR = 2
 
 
@@ -116,8 +117,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"engine replay: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    print_summary(worker, time.monotonic() - t0)
-    return EXIT_OK
+    left = print_summary(worker, time.monotonic() - t0)
+    return EXIT_NOT_DELIVERED if left else EXIT_OK
 
 
 def _add_log_options(p: argparse.ArgumentParser) -> None:
@@ -144,6 +145,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.flowcontrol_policies)} flow control policies, "
         f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources"
     )
+    if not config.rules:  # valid (e.g. sources only), but an empty file also looks like this
+        print("note: no rules: a worker with only this forwards nothing", file=sys.stderr)
     return EXIT_OK
 
 
@@ -284,7 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between status log lines when not on a terminal (default 10)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("replay", help="replay an NDJSON file through rules")
+    p = sub.add_parser(
+        "replay", help="replay an NDJSON file through rules",
+        description="Replay an NDJSON file through the rules and actions of RULES.yaml. What "
+                    "the backlog of worker.state_dir holds from an earlier run is delivered "
+                    "first, and the replay waits for the backlog to drain (up to "
+                    "worker.shutdown_timeout seconds without progress). Exit 0 when everything "
+                    "was delivered or dead-lettered, 1 when records stay in the backlog, 2 on "
+                    "an error.")
     p.add_argument("file", metavar="FILE", help="NDJSON notifications, or - for stdin")
     p.add_argument("--rules", required=True, metavar="RULES.yaml")
     p.add_argument("--dry-run", action="store_true",

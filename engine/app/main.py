@@ -37,9 +37,9 @@ async def serve(worker: Worker, status: StatusReporter | None = None, *,
     (`config_paths`, or given to `Worker.from_config`), SIGHUP and changes of
     those files reload the rules (see `Worker.reload`)."""
     loop = asyncio.get_running_loop()
-    worker.freeze_gc = True  # a process of its own: see Worker.run
-    if config_paths is not None:
-        worker.config_paths = list(config_paths)
+    if worker.reloader is None and worker.config is not None and config_paths:
+        worker.enable_file_reload(list(config_paths))
+    reloader = worker.reloader
 
     def on_signal(sig: signal.Signals) -> None:
         if worker.stopping:
@@ -52,15 +52,15 @@ async def serve(worker: Worker, status: StatusReporter | None = None, *,
     signals = [signal.SIGTERM, signal.SIGINT]
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    if worker.config_paths:
-        loop.add_signal_handler(signal.SIGHUP, worker.request_reload, "SIGHUP")
+    if reloader is not None and reloader.paths:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
         signals.append(signal.SIGHUP)
-        if worker.reload_interval > 0:
+        if reloader.interval > 0:
             log.info("watching %s for changes (every %gs; SIGHUP reloads too)",
-                     ", ".join(worker.config_paths), worker.reload_interval)
+                     ", ".join(reloader.paths), reloader.interval)
     reporter = asyncio.create_task(status.run()) if status is not None else None
     try:
-        await worker.run()
+        await worker.run(freeze_gc=True)  # a process of its own: see Worker.run
     finally:
         if reporter is not None:
             reporter.cancel()

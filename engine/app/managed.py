@@ -5,15 +5,15 @@ The worker runs its rule files plus every project in the API store (see
 listens on `api.listen` in the worker's event loop; every change event of
 the store (this worker's API, another process's, or - with PostgreSQL -
 another host's, via LISTEN/NOTIFY) requests a reload, which rebuilds the
-configuration and swaps it in exactly like a rule-file reload
-(`Worker.reload`/`Worker.apply`). The worker's counters answer
+configuration (`StoreConfig`, the reloader's config provider: the rule files
+plus the store) and swaps it in exactly like a rule-file reload
+(`Reloader.reload`/`Worker.apply`). The worker's counters answer
 `GET .../rules/{rule_id}/metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -22,11 +22,12 @@ from aiohttp import web
 from engine.api.app import ApiRunner, create_app
 from engine.api.effective import SEP, effective_config, qualify
 from engine.api.metrics import ActionCounters, RuleCounters
-from engine.api.storage import ChangeEvent, open_store
+from engine.api.storage import ChangeEvent, Store, open_store
 from engine.app.main import serve
 from engine.config import EngineConfig
 from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
+from engine.runtime.reloader import RuleFiles
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
 
@@ -65,6 +66,24 @@ class WorkerMetrics:
                             failed=rules.failed.get(key, 0), actions=actions)
 
 
+class StoreConfig:
+    """The reload's configuration provider: the rule files (as last
+    accepted when `files=False`) plus every project of the API store."""
+
+    def __init__(self, files: RuleFiles, store: Store) -> None:
+        self.files, self.store = files, store
+
+    @property
+    def paths(self) -> Sequence[str]:
+        return self.files.paths
+
+    async def load(self, files: bool) -> EngineConfig:
+        return await effective_config(await self.files.load(files), self.store)
+
+    def accept(self) -> None:
+        self.files.accept()
+
+
 async def run_with_api(config: EngineConfig,
                        status: Callable[[Worker], StatusReporter | None],
                        config_paths: Sequence[str] | None = None) -> Worker:
@@ -87,11 +106,9 @@ async def run_with_api(config: EngineConfig,
         unsubscribe = store.subscribe(on_change)
         reload_early = None
         try:
-            worker = Worker.from_config(await effective_config(config, store))
-            worker.file_config = config
-            worker.compose = functools.partial(effective_config, store=store)
-            if config_paths is not None:
-                worker.config_paths = list(config_paths)
+            files = RuleFiles(config_paths or (), config)
+            worker = Worker.from_config(await effective_config(config, store),
+                                        provider=StoreConfig(files, store))
             runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),
                                                metrics=WorkerMetrics(worker)))
             await runner.setup()

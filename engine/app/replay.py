@@ -1,6 +1,12 @@
 """`engine replay FILE --rules RULES.yaml`: push an NDJSON file (or stdin)
 through the rules and actions of a rule file, with progress and a summary
-table. The rule file's sources and metrics endpoint are not used."""
+table. The rule file's sources and metrics endpoint are not used.
+
+The durable backlog of `worker.state_dir` is the worker's: what an earlier
+run or replay left there is delivered first, and once the file is read the
+replay waits for the backlog to drain (giving up after
+`worker.shutdown_timeout` seconds without progress). The summary counts
+both, and `print_summary` returns what is left (the command then exits 1)."""
 
 from __future__ import annotations
 
@@ -10,15 +16,16 @@ import sys
 from engine.app.main import serve
 from engine.config import EngineConfig
 from engine.runtime.status import StatusReporter
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 from engine.sources.file import FileSource
 
 
 async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,
                      tty: bool | None = None) -> Worker:
     source = FileSource(path, batch_size=config.worker.batch_size, name="replay")
-    worker = Worker.from_config(config, sources=[source], actions=not dry_run,
-                                serve_metrics=False)
+    # A finite run: deliver the backlog too, don't leave it for later.
+    worker = Worker.from_config(config, sources=[source], options=WorkerOptions(
+        deliver=not dry_run, serve_metrics=False, drain_backlog_at_end=True))
     size = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
 
     def progress() -> str:
@@ -29,14 +36,32 @@ async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,
     return worker
 
 
-def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> None:
+def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> int:
+    """Print the summary; return the records left in the backlog."""
     m, t = worker.metrics, worker.metrics.totals
     rate = t.received / elapsed if elapsed > 0 else 0.0
     print(f"{t.received} notifications in {elapsed:.2f} s ({rate:,.0f}/s): "
           f"{t.malformed} malformed, {t.matched} rule matches, {t.forwarded} delivered, "
           f"{t.dead_lettered} dead-lettered", file=out)
+    restored = sum(r.restored for r in worker.runners)
+    left = worker.backlog_size()
+    store = worker.backlog
+    backlog = store is not None and bool(restored or left or worker.unconfigured_dead_lettered)
+    if store is not None and backlog:
+        print(f"backlog {store.path}: {restored} record(s) from an earlier run "
+              f"(delivered first, counted above), {left} left", file=out)
+    if worker.unconfigured_dead_lettered:
+        print(f"  {worker.unconfigured_dead_lettered} record(s) of actions not in these rules "
+              "were dead-lettered", file=out)
+    if left:
+        print(f"  not delivered: {left} record(s) stay in the backlog; run the replay (or "
+              "engine run with these rules) again once the destination is up", file=out)
     well_formed = m.rules.well_formed
-    rows = [("rule", "matched", "not matched", "action", "forwarded", "dead-lettered")]
+    header: tuple[str, ...] = ("rule", "matched", "not matched", "action", "forwarded",
+                               "dead-lettered")
+    if backlog:
+        header += ("from backlog", "in backlog")
+    rows: list[tuple[str, ...]] = [header]
     by_rule: dict[str, list] = {}
     for r in worker.runners:
         by_rule.setdefault(r.rule_id, []).append(r)
@@ -44,10 +69,14 @@ def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> None:
         runners = by_rule.get(rule) or [None]
         for i, r in enumerate(runners):
             head = (rule, str(matched), str(well_formed - matched)) if i == 0 else ("", "", "")
-            tail = (r.action_id, str(r.forwarded), str(r.dead_lettered)) if r else ("-", "", "")
+            tail: tuple[str, ...] = ((r.action_id, str(r.forwarded), str(r.dead_lettered))
+                                     if r else ("-", "", ""))
+            if store is not None and backlog:
+                tail += (str(r.restored), str(store.size(r.action_id)[0])) if r else ("", "")
             rows.append(head + tail)
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:
-        print("  " + "  ".join(cell.rjust(w) if c in (1, 2, 4, 5) else cell.ljust(w)
+        print("  " + "  ".join(cell.rjust(w) if c in (1, 2, 4, 5, 6, 7) else cell.ljust(w)
                                for c, (cell, w) in enumerate(zip(row, widths, strict=True))),
               file=out)
+    return left

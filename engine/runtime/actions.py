@@ -43,7 +43,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
 from engine.policies.backlog import Backlog
@@ -63,15 +63,18 @@ STORE_RETRY_MAX = 30.0       # cap of the wait between attempts to write the bac
 
 @dataclass(slots=True)
 class _Counted:
-    """How much of one action's backlog counters is already in the metrics.
-    Shared by every runner of that action on that backlog (a reload may run
-    an old and a new one side by side for a moment), so nothing is counted
-    twice."""
+    """How much of one action's backlog counters is already in the metrics,
+    and the action's drain coordination. Shared by every runner of that
+    action on that backlog (a reload may run an old and a new one side by
+    side for a moment), so nothing is counted twice and one drain step runs
+    at a time (two would send the same oldest entries)."""
 
     in_backlog: int = 0
     expired: int = 0
     refused: int = 0
     restored: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the backlog grew
+    drain_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 _COUNTED: weakref.WeakKeyDictionary[Backlog, dict[str, _Counted]] = weakref.WeakKeyDictionary()
@@ -121,11 +124,18 @@ class ActionRunner:
         self._rule_stats = metrics.rules
         self.forwarded = 0        # plain counts of this action, for summaries
         self.dead_lettered = 0
-        self._drain_wake = asyncio.Event()
+        self.restored = 0
+        # A reload removed the action (set by the worker): it gets no new
+        # records and drains only what its backlog holds.
+        self.removed = False
+        self.draining = backlog is not None  # False: the backlog is another runner's now
+        self._drain_wake = self._counted.wake if backlog is not None else asyncio.Event()
         # Backlog calls whose outcome is not counted yet: the expiry loop must
         # not sync the gauges in between (the counts would not balance).
         self.busy = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stepping = False  # a drain step (a write from the backlog) is under way
         self._problem: str | None = None
         self._problem_logged = 0.0
 
@@ -141,28 +151,46 @@ class ActionRunner:
                 restored = self.backlog.size(self.action_id)[0]
                 if restored:
                     self._restored.inc(restored)
+                    self.restored = restored
                     log.info("action %s: %d record(s) in the backlog from an earlier run; "
                              "draining them first", self.action_id, restored)
             self.sync_backlog()
             self._drain_wake.set()
-            self._tasks.append(asyncio.create_task(self._drain(),
-                                                   name=f"backlog {self.action_id}"))
+            self._drain_task = asyncio.create_task(self._drain(),
+                                                   name=f"backlog {self.action_id}")
+            self._tasks.append(self._drain_task)
 
     async def close(self) -> None:
         """Stop writing (unsettled parcels stay unacked, the backlog stays on
         disk) and close the sink."""
         for task in self._tasks:
-            task.cancel()
+            # A replaced runner's drain step is let finish: cut off, its
+            # write would be sent again by the runner that has the backlog.
+            if not (task is self._drain_task and self._stepping and not self.draining):
+                task.cancel()
         for task in self._tasks:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
-            log.warning("action %s: %d record(s) stay in the backlog (%s); they are delivered "
-                        "first on the next start", self.action_id, left, self.backlog.path)
+        if self.backlog is not None and self.draining \
+                and (left := self.backlog.size(self.action_id)[0]):
+            if self.removed:
+                log.warning("action %s (removed by a reload): %d record(s) stay in the backlog "
+                            "(%s); a start without this action dead-letters them", self.action_id,
+                            left, self.backlog.path)
+            else:
+                log.warning("action %s: %d record(s) stay in the backlog (%s); they are "
+                            "delivered first on the next start", self.action_id, left,
+                            self.backlog.path)
         await self.sink.close()
+
+    def stop_draining(self) -> None:
+        """Leave the action's backlog to another runner (a reload replaced
+        this one): the drain ends after the step it is in, if any."""
+        self.draining = False
+        self._drain_wake.set()
 
     async def submit(self, parcel: Parcel) -> None:
         n = len(parcel.records)
@@ -303,18 +331,24 @@ class ActionRunner:
         action, so at most one write at a time from the backlog)."""
         backlog, action_id = self.backlog, self.action_id
         backoff = Backoff(self.retry_policy)
-        while True:
+        lock = self._counted.drain_lock
+        while self.draining:
             if not backlog.size(action_id)[0]:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
-            self.busy += 1
-            try:
-                step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
-                                        backoff=backoff, dead_letters=self.dead_letters,
-                                        batch_size=self.batch_size)
-            finally:
-                self.busy -= 1
+            async with lock:
+                if not self.draining:
+                    return
+                self.busy += 1
+                self._stepping = True
+                try:
+                    step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
+                                            backoff=backoff, dead_letters=self.dead_letters,
+                                            batch_size=self.batch_size)
+                finally:
+                    self.busy -= 1
+                    self._stepping = False
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
                 log.warning("action %s: %d record(s) dead-lettered: %s", action_id,
@@ -331,7 +365,7 @@ class ActionRunner:
                              f"{how}{step.wait:.1f}s")
             elif step.delivered:
                 self._recovered()
-            if step.wait:
+            if step.wait and self.draining:
                 await asyncio.sleep(step.wait)
 
     def sync_backlog(self) -> None:
