@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -102,10 +101,12 @@ HostPorts = Annotated[list[Listen], BeforeValidator(_comma_list), Field(min_leng
 
 
 def _amqp_url(value: SecretStr) -> SecretStr:
-    scheme = urlsplit(value.get_secret_value()).scheme
-    if scheme not in ("amqp", "amqps"):
-        raise PydanticCustomError("amqp_url", "must be an amqp:// or amqps:// URL")
-    return value
+    # One check for every AMQP URL (destination, source, dead letters); imported
+    # here rather than at the top so that loading a config does not import
+    # every destination's driver.
+    from engine.destinations.common import check_amqp_url
+
+    return check_amqp_url(value)
 
 
 AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]

@@ -11,9 +11,19 @@ import sys
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from operator import floordiv, sub
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from engine import _core
 
@@ -21,6 +31,28 @@ from engine import _core
 class _Model(BaseModel):
     # hide_input_in_errors: a validation error must not echo a password or token.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+def check_amqp_url(value: SecretStr) -> SecretStr:
+    """An amqp:// or amqps:// URL with a host and, if given, a numeric port.
+    The URL holds a password: errors never echo it."""
+    url = value.get_secret_value()
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise PydanticCustomError("amqp_url", "must be an amqp:// or amqps:// URL")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise PydanticCustomError("amqp_url", "the port of the URL must be a number from 1 "
+                                  "to 65535") from None
+    if not parts.hostname:
+        raise PydanticCustomError("amqp_url", "the URL needs a host (amqp://user:password@host:port/vhost)")
+    return value
+
+
+AmqpUrl = Annotated[SecretStr, AfterValidator(check_amqp_url)]
+"""The URL of an AMQP broker (a secret: it carries the password); shared by
+the AMQP destination, source and dead-letter store."""
 
 
 class NetAddress(_Model):
