@@ -3,23 +3,45 @@ import asyncio
 import aiohttp
 import pytest
 
-from engine.runtime.sources.http import BodyError, HttpSource, split_body
+from engine.runtime.sources.http import BodyError, HttpSource, read_body, split_body
 
 OBJ = b'{"resource": "device", "event": "delete", "notify_data": {}}'
 
 
 def test_split_body_forms():
     assert split_body(OBJ) == [OBJ]
-    assert split_body(b'[{"a": 1}, {"b": [2]}, 3]') == [b'{"a":1}', b'{"b":[2]}', b"3"]
+    # Array items are the raw bytes as sent (never decoded and re-encoded).
+    assert split_body(b'[{"a": 1}, {"b": [2]}, 3]') == [b'{"a": 1}', b'{"b": [2]}', b"3"]
+    assert split_body(b' [ {"s": "],[\\"{"} ,\n[1] ] \n') == [b'{"s": "],[\\"{"}', b"[1]"]
+    assert split_body(b'[{"n": 123456789012345678901234567890123}]') == [
+        b'{"n": 123456789012345678901234567890123}']
     assert split_body(b'{"a":1}\n\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
     # Undeclared NDJSON with one bad line: the bad line goes on (to be dead-lettered).
     assert split_body(b'{"a":1}\n{oops\n') == [b'{"a":1}', b"{oops"]
+    # An array item that is not JSON is dead-lettered too (structure is fine).
+    assert split_body(b'[{"a":1}, nope]') == [b'{"a":1}', b"nope"]
     # Declared NDJSON is not parsed here at all.
     assert split_body(b"x\ny", "application/x-ndjson") == [b"x", b"y"]
     assert split_body(b"[]") == []
 
 
-@pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"nope\nnever", b"42", b'"str"'])
+def test_bodies_are_taken_in_batches():
+    body = read_body(b"[" + b",".join([b"{}"] * 1001) + b"]")
+    assert body.count == 1001
+    sizes = []
+    while not body.exhausted:
+        sizes.append(len(body.take(500)))
+    assert sizes == [500, 500, 1]
+    lines = read_body(b"{}\n" * 1001)
+    sizes = []
+    while not lines.exhausted:
+        sizes.append(len(lines.take(500)))
+    assert sizes == [500, 500, 1] and lines.count == 1001
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"{not json}", b"nope\nnever", b"42",
+                                  b'"str"', b"[1,]", b"[1 2]", b"[1", b'["a]', b"[1] x",
+                                  b'{"a":1} {"b":2}', b"42\n43"])
 def test_split_body_refuses_unusable_bodies(body):
     with pytest.raises(BodyError):
         split_body(body)
