@@ -330,6 +330,69 @@ class AmqpSource(AmqpConnection):
     """Unacknowledged messages the broker may send ahead."""
 
 
+_SIGNATURE_TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")
+
+
+def _bearer_token(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < 16 or any(c.isspace() for c in value.get_secret_value()):
+        raise PydanticCustomError(
+            "bearer_token", "a bearer token must be at least 16 characters without spaces "
+            "(e.g. the output of `openssl rand -hex 16`)")
+    return value
+
+
+def _signature_token(value: SecretStr) -> SecretStr:
+    # The same alphabet as HTTP_FORWARDING's token, so the two sides can pair up.
+    if not _SIGNATURE_TOKEN.fullmatch(value.get_secret_value()):
+        raise PydanticCustomError("signature_token", "a signature token is 3 to 32 letters or "
+                                  "digits (as HTTP_FORWARDING's token)")
+    return value
+
+
+class ListenerAuth(_Model):
+    """Who may use a listener: `Authorization: Bearer <token>` with one of
+    `tokens`, or IoTDA's push signature (`timestamp`, `nonce`, `signature`
+    headers, as HTTP_FORWARDING sends them) made with one of
+    `signature_tokens`."""
+
+    tokens: list[Annotated[SecretStr, AfterValidator(_bearer_token)]] = Field(
+        default_factory=list)
+    signature_tokens: list[Annotated[SecretStr, AfterValidator(_signature_token)]] = Field(
+        default_factory=list)
+    max_skew_s: float = Field(default=300.0, gt=0, le=3600)
+    """How far a signed request's `timestamp` may be from this clock."""
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> ListenerAuth:
+        if not self.tokens and not self.signature_tokens:
+            raise PydanticCustomError(
+                "no_credentials", "auth needs tokens and/or signature_tokens (or write "
+                "`auth: none` to let anyone in)")
+        return self
+
+
+class ListenerTls(_Model):
+    """TLS on a listener."""
+
+    cert_file: str = Field(min_length=1)
+    """PEM certificate (chain) of the listener."""
+    key_file: str = Field(min_length=1)
+    """PEM private key."""
+    client_ca_file: str | None = Field(default=None, min_length=1)
+    """PEM CA bundle: when set, clients must present a certificate it signed."""
+
+
+NoAuth = Literal["none"]
+
+
+def _auth_required(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "auth_required", "auth is required: give `auth: {tokens: [...]}` and/or "
+            "`signature_tokens: [...]`, or `auth: none` to accept anyone who can connect")
+    return value
+
+
 class HttpSource(_Model):
     """Receive notifications pushed by HTTP POST (IoTDA HTTP push format)."""
 
@@ -338,6 +401,10 @@ class HttpSource(_Model):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_inflight: int = Field(default=1000, ge=1, le=100_000)
     """Requests being processed at once (back-pressure above that)."""
+    auth: Annotated[NoAuth | ListenerAuth | None, AfterValidator(_auth_required)] = Field(
+        default=None, validate_default=True)
+    """Required: credentials, or `none` to accept anyone who can connect."""
+    tls: ListenerTls | None = None
 
 
 class FileSource(_Model):
@@ -409,6 +476,9 @@ class MetricsConfig(_Model):
 
     listen: Listen = "127.0.0.1:9108"
     path: str = Field(default="/metrics", pattern=r"^/")
+    auth: NoAuth | ListenerAuth = "none"
+    """Credentials for `path` (the health endpoints stay open)."""
+    tls: ListenerTls | None = None
 
 
 class DeadLetterKafka(KafkaConnection):

@@ -35,6 +35,7 @@ from engine.destinations import CHANNELS
 from engine.policies import Backlog, FlowControl
 from engine.runtime.actions import ActionRunner, expire_periodically
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
+from engine.runtime.listener_auth import authenticator_from_config, server_ssl_context
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.sources import Source
@@ -43,7 +44,8 @@ from engine.runtime.watch import ConfigWatcher
 log = logging.getLogger(__name__)
 
 
-def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
+def build_source(entry: SourceEntry, *, batch_size: int = 500,
+                 metrics: Metrics | None = None) -> Source:
     o = entry.options
     if entry.kind == "kafka":
         from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
@@ -63,7 +65,9 @@ def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
         from engine.runtime.sources.http import HttpSource
 
         return HttpSource(listen=o.listen, path=o.path, max_inflight=o.max_inflight,
-                          max_body=o.max_body_bytes)
+                          max_body=o.max_body_bytes, batch_size=batch_size,
+                          auth=authenticator_from_config(o.auth),
+                          ssl_context=server_ssl_context(o.tls), metrics=metrics)
     if entry.kind == "file":
         from engine.runtime.sources.file import FileSource
 
@@ -161,7 +165,8 @@ class Worker:
         runners = [_make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
         if sources is None:
-            sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
+            sources = [build_source(e, batch_size=w.batch_size, metrics=metrics)
+                       for e in config.sources]
         m = config.metrics if serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
                      dead_letters=dead_letters, metrics_listen=m.listen if m else None,
@@ -201,7 +206,11 @@ class Worker:
                 started.append(source)
             if self.metrics_listen:
                 host, port = parse_listen(self.metrics_listen)
-                metrics_runner = await self.metrics.serve(host, port, self.metrics_path)
+                m = self.config.metrics if self.config is not None else None
+                metrics_runner = await self.metrics.serve(
+                    host, port, self.metrics_path,
+                    auth=authenticator_from_config(m.auth) if m else None,
+                    ssl_context=server_ssl_context(m.tls) if m else None)
             self.metrics.ready = not self.stopping
             if self.freeze_gc:
                 # Modules, compiled rules, clients: alive for the whole run.
