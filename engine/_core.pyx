@@ -1341,6 +1341,10 @@ cdef str _big_integer_reason(bytes data, Py_ssize_t at):
 # commas between items); each item is decoded by the rule set like any
 # other input, and dead-lettered with its reason if it is not valid JSON.
 
+cdef unsigned char _STRUCTURAL[256]
+_STRUCTURAL[:] = [1 if chr(b) in '"{}[]' else 0 for b in range(256)]
+
+
 cdef Py_ssize_t _skip_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """s[i] is a quote: the index after the closing quote, or -1."""
     cdef const unsigned char* q
@@ -1370,6 +1374,11 @@ cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) n
         return _skip_string(s, i, n)
     if c == 123 or c == 91:
         while i < n:
+            # Most bytes are neither quotes nor brackets: one table load each.
+            while i < n and not _STRUCTURAL[s[i]]:
+                i += 1
+            if i >= n:
+                break
             c = s[i]
             if c == 34:
                 i = _skip_string(s, i, n)

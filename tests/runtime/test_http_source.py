@@ -102,3 +102,36 @@ async def test_unprocessed_batch_times_out_with_503():
             assert "not processed" in (await resp.json())["error"]
     finally:
         await src.close()
+
+
+def test_integers_beyond_64_bits_are_malformed_not_floats():
+    from engine._core import MalformedEvent, decode_event
+
+    for raw in (b'{"a": 123456789012345678901234567890123}', b'{"a": [1, 18446744073709551616]}',
+                b'{"a": {"b": -9223372036854775809}}', b'{"s": "x\\"", "a": 99999999999999999999}'):
+        ev = decode_event(raw)
+        assert type(ev) is MalformedEvent and "beyond 64 bits" in ev.reason, raw
+    for raw in (b'{"a": 18446744073709551615, "b": -9223372036854775808}',
+                b'{"a": "123456789012345678901234567890123"}', b'{"a": 1234567890123456789012.5}',
+                b'{"a": 12345678901234567890123e2, "b": "\\\\", "c": 1}',
+                b'{"k\\"123456789012345678901234": 1}'):
+        assert type(decode_event(raw)) is dict, raw
+
+
+def test_big_integer_check_agrees_with_python_on_random_documents():
+    import json
+    import random
+
+    from engine._core import MalformedEvent, decode_event
+
+    rnd = random.Random(11)
+    for _ in range(2000):
+        ints = [rnd.choice([rnd.randint(-2**70, 2**70), rnd.randint(-2**63, 2**64 - 1),
+                            rnd.randint(-10, 10)]) for _ in range(rnd.randint(1, 4))]
+        doc = {"ints": ints, "s": str(rnd.randint(0, 10**30)), "f": rnd.random() * 10**25}
+        raw = json.dumps(doc).encode()
+        big = any(not -2**63 <= i <= 2**64 - 1 for i in ints)
+        ev = decode_event(raw)
+        assert (type(ev) is MalformedEvent) == big, raw
+        if not big:
+            assert ev["ints"] == ints  # exact, not floats
