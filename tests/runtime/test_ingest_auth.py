@@ -254,3 +254,21 @@ async def scrape_with(url: str, token: str) -> dict:
 
 
 
+
+
+async def test_metrics_listener_over_tls(pki):
+    from engine.config.models import ListenerTls
+
+    metrics = Metrics()
+    tls = ListenerTls(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key"))
+    runner = await metrics.serve("127.0.0.1", 0, ssl_context=server_ssl_context(tls))
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"https://127.0.0.1:{metrics.port}/metrics", ssl=ctx) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(f"http://127.0.0.1:{metrics.port}/healthz") as r:
+                    await r.read()
+    finally:
+        await runner.cleanup()
