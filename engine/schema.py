@@ -13,6 +13,7 @@ an import circle.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,14 +75,95 @@ def _comma_list(value: Any) -> Any:
 HostPorts = Annotated[list[Listen], BeforeValidator(_comma_list), Field(min_length=1)]
 
 
-def _amqp_url(value: SecretStr) -> SecretStr:
-    scheme = urlsplit(value.get_secret_value()).scheme
-    if scheme not in ("amqp", "amqps"):
+def check_amqp_url(value: SecretStr) -> SecretStr:
+    """An amqp:// or amqps:// URL with a host and, if given, a numeric port.
+    The URL holds a password: errors never echo it."""
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in ("amqp", "amqps"):
         raise PydanticCustomError("amqp_url", "must be an amqp:// or amqps:// URL")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        raise PydanticCustomError("amqp_url", "the port of the URL must be a number from 1 "
+                                  "to 65535") from None
+    if not parts.hostname:
+        raise PydanticCustomError("amqp_url",
+                                  "the URL needs a host (amqp://user:password@host:port/vhost)")
     return value
 
 
-AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
+AmqpUrl = Annotated[SecretStr, AfterValidator(check_amqp_url)]
+"""The URL of an AMQP broker (a secret: it carries the password); shared by
+the AMQP destination, source and dead-letter store."""
+
+
+# ------------------------------------------------------------------ listeners
+
+_SIGNATURE_TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")
+
+
+def _bearer_token(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < 16 or any(c.isspace() for c in value.get_secret_value()):
+        raise PydanticCustomError(
+            "bearer_token", "a bearer token must be at least 16 characters without spaces "
+            "(e.g. the output of `openssl rand -hex 16`)")
+    return value
+
+
+def _signature_token(value: SecretStr) -> SecretStr:
+    # The same alphabet as HTTP_FORWARDING's token, so the two sides can pair up.
+    if not _SIGNATURE_TOKEN.fullmatch(value.get_secret_value()):
+        raise PydanticCustomError("signature_token", "a signature token is 3 to 32 letters or "
+                                  "digits (as HTTP_FORWARDING's token)")
+    return value
+
+
+class ListenerAuth(StrictModel):
+    """Who may use a listener: `Authorization: Bearer <token>` with one of
+    `tokens`, or IoTDA's push signature (`timestamp`, `nonce`, `signature`
+    headers, as HTTP_FORWARDING sends them) made with one of
+    `signature_tokens`."""
+
+    tokens: list[Annotated[SecretStr, AfterValidator(_bearer_token)]] = Field(
+        default_factory=list)
+    signature_tokens: list[Annotated[SecretStr, AfterValidator(_signature_token)]] = Field(
+        default_factory=list)
+    max_skew_s: float = Field(default=300.0, gt=0, le=3600)
+    """How far a signed request's `timestamp` may be from this clock."""
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> ListenerAuth:
+        if not self.tokens and not self.signature_tokens:
+            raise PydanticCustomError(
+                "no_credentials", "auth needs tokens and/or signature_tokens (or write "
+                "`auth: none` to let anyone in)")
+        return self
+
+
+class ListenerTls(StrictModel):
+    """TLS on a listener."""
+
+    cert_file: str = Field(min_length=1)
+    """PEM certificate (chain) of the listener."""
+    key_file: str = Field(min_length=1)
+    """PEM private key."""
+    client_ca_file: str | None = Field(default=None, min_length=1)
+    """PEM CA bundle: when set, clients must present a certificate it signed."""
+
+
+NoAuth = Literal["none"]
+
+
+def _auth_required(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "auth_required", "auth is required: give `auth: {tokens: [...]}` and/or "
+            "`signature_tokens: [...]`, or `auth: none` to accept anyone who can connect")
+    return value
+
+
+RequiredAuth = Annotated[NoAuth | ListenerAuth | None, AfterValidator(_auth_required)]
+"""A listener's `auth`: required (credentials, or `none` to accept anyone)."""
 
 
 # ------------------------------------------------------------------ connections

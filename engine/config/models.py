@@ -38,6 +38,9 @@ from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_
     AmqpConnection,
     KafkaConnection,
     Listen,
+    ListenerAuth,
+    ListenerTls,
+    NoAuth,
     RuleSubject,
     given,
     parse_listen,
@@ -237,6 +240,9 @@ class MetricsConfig(_Model):
 
     listen: Listen = "127.0.0.1:9108"
     path: str = Field(default="/metrics", pattern=r"^/")
+    auth: NoAuth | ListenerAuth = "none"
+    """Credentials for `path` (the health endpoints stay open)."""
+    tls: ListenerTls | None = None
 
 
 class DeadLetterKafka(KafkaConnection):

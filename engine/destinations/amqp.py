@@ -18,7 +18,7 @@ import orjson
 from pydantic import Field, SecretStr
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
-from engine.destinations.common import _Model
+from engine.destinations.common import AmqpUrl, _Model
 from engine.destinations.registry import register
 
 
@@ -27,7 +27,7 @@ class AmqpForwarding(_Model):
 
     queue_name: str = Field(min_length=8, max_length=256)
     # --- engine options (not in the seed) ---
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    url: AmqpUrl = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     """Broker URL. In IoTDA the broker is the platform's own; a self-hosted
     engine publishes to yours. A SecretStr because it carries the password."""
     timeout_s: float = Field(default=15.0, gt=0, le=600)

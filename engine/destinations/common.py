@@ -13,9 +13,17 @@ from itertools import repeat
 from operator import floordiv, sub
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from engine import _core
+from engine.schema import AmqpUrl, check_amqp_url  # noqa: F401 - re-exported
 
 
 class _Model(BaseModel):

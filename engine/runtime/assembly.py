@@ -20,8 +20,10 @@ from engine.sources import SOURCES, Source
 log = logging.getLogger(__name__)
 
 
-def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
-    return SOURCES[entry.kind].from_options(entry.options, batch_size=batch_size)
+def build_source(entry: SourceEntry, *, batch_size: int = 500,
+                 metrics: Metrics | None = None) -> Source:
+    return SOURCES[entry.kind].from_options(entry.options, batch_size=batch_size,
+                                            metrics=metrics)
 
 
 def active_rules(config: EngineConfig) -> dict[str, Rule]:

@@ -15,6 +15,7 @@ workers (tests) can live in one process.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
+
+from engine.sources.listener_auth import Authenticator
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -50,6 +53,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.totals = Totals()
         self.ready = False
+        self._auth: Authenticator | None = None
         self.received = Counter("engine_source_received", "Notifications received", ["source"],
                                 registry=r)
         self.malformed = Counter("engine_source_malformed",
@@ -86,6 +90,9 @@ class Metrics:
         self.action_inflight = Gauge("engine_action_inflight",
                                      "Records handed to the action and not yet settled", labels,
                                      registry=r)
+        self.unauthorized = Counter("engine_listener_unauthorized",
+                                    "Requests refused with 401 (credentials missing or wrong)",
+                                    ["listener"], registry=r)
         self.latency = Histogram("engine_delivery_latency_seconds",
                                  "Receipt of the source batch to the destination's ack",
                                  labels, buckets=LATENCY_BUCKETS, registry=r)
@@ -95,21 +102,28 @@ class Metrics:
 
     # -- the HTTP endpoint -----------------------------------------------------
 
-    async def serve(self, host: str, port: int, path: str = "/metrics") -> web.AppRunner:
+    async def serve(self, host: str, port: int, path: str = "/metrics", *,
+                    auth: Authenticator | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
         """Serve /metrics, /healthz (the process answers) and /readyz (sources
-        started and destinations open, not shutting down)."""
+        started and destinations open, not shutting down). `auth`: credentials
+        for `path` only; the health endpoints stay open (probes)."""
+        self._auth = auth
         app = web.Application()
         app.router.add_get(path, self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._auth is not None and not self._auth.allows(request.headers):
+            self.unauthorized.labels("metrics").inc()
+            return web.Response(status=401, headers={"WWW-Authenticate": self._auth.scheme})
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -49,6 +49,7 @@ from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.reloader import ConfigProvider, Reloader, RuleFiles, reload_poll
 from engine.sources import Source
+from engine.sources.listener_auth import authenticator_from_config, server_ssl_context
 
 __all__ = ["Worker", "WorkerOptions", "build_ruleset", "build_source"]
 
@@ -133,7 +134,7 @@ class Worker:
         runners = [make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
         if sources is None:
-            sources = [build_source(e, batch_size=config.worker.batch_size)
+            sources = [build_source(e, batch_size=config.worker.batch_size, metrics=metrics)
                        for e in config.sources]
         m = config.metrics if options.serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
@@ -187,7 +188,11 @@ class Worker:
                 started.append(source)
             if self.metrics_listen:
                 host, port = parse_listen(self.metrics_listen)
-                metrics_runner = await self.metrics.serve(host, port, self.metrics_path)
+                m = self.config.metrics if self.config is not None else None
+                metrics_runner = await self.metrics.serve(
+                    host, port, self.metrics_path,
+                    auth=authenticator_from_config(m.auth) if m else None,
+                    ssl_context=server_ssl_context(m.tls) if m else None)
             self.metrics.ready = not self.stopping
             if freeze_gc:
                 # Modules, compiled rules, clients: alive for the whole run.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -52,7 +53,8 @@ class AmqpSource(Source):
         self._tag: str | None = None
 
     @classmethod
-    def from_options(cls, options: AmqpOptions, *, batch_size: int) -> AmqpSource:
+    def from_options(cls, options: AmqpOptions, *, batch_size: int,
+                     metrics: Any = None) -> AmqpSource:
         return cls(url=options.url.get_secret_value(), queue=options.queue,
                    prefetch=options.prefetch, batch_size=batch_size)
 

@@ -54,9 +54,10 @@ class Source(abc.ABC):
         self.name = name or self.kind
 
     @classmethod
-    def from_options(cls, options: Any, *, batch_size: int) -> Source:
+    def from_options(cls, options: Any, *, batch_size: int, metrics: Any = None) -> Source:
         """The source a `sources:` item describes; `batch_size` is the
-        worker's (`worker.batch_size`), for sources without their own."""
+        worker's (`worker.batch_size`), for sources without their own;
+        `metrics` the worker's `Metrics` (for sources that count refusals)."""
         raise NotImplementedError(f"source {cls.kind!r} cannot be configured from a rule file")
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydantic import Field
 
@@ -37,7 +37,8 @@ class FileSource(Source):
         self.bytes_read = 0  # progress for `engine replay`
 
     @classmethod
-    def from_options(cls, options: FileOptions, *, batch_size: int) -> FileSource:
+    def from_options(cls, options: FileOptions, *, batch_size: int,
+                     metrics: Any = None) -> FileSource:
         return cls(options.path, batch_size=batch_size)
 
     def stop(self) -> None:

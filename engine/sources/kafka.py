@@ -117,7 +117,8 @@ class KafkaSource(Source):
     # -- life cycle -------------------------------------------------------------
 
     @classmethod
-    def from_options(cls, options: KafkaOptions, *, batch_size: int) -> KafkaSource:
+    def from_options(cls, options: KafkaOptions, *, batch_size: int,
+                     metrics: Any = None) -> KafkaSource:
         o = options  # batch_size: the source has its own (max_batch)
         return cls(bootstrap_servers=o.bootstrap_servers, topics=o.topics, group_id=o.group_id,
                    batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from pydantic import Field
@@ -63,7 +64,8 @@ class SimulatorSource(Source):
         self._stopped = False
 
     @classmethod
-    def from_options(cls, options: SimulatorOptions, *, batch_size: int) -> SimulatorSource:
+    def from_options(cls, options: SimulatorOptions, *, batch_size: int,
+                     metrics: Any = None) -> SimulatorSource:
         o = options
         kinds: list[tuple[str, str]] | None = (
             [(k.resource, k.event) for k in o.kinds] if o.kinds else None)

@@ -312,7 +312,7 @@ POLICY_CASES = [
 ENGINE_CASES = [
     (
         "source-exactly-one",
-        "sources:\n  - file: {path: a.ndjson}\n    http: {}\n",
+        "sources:\n  - file: {path: a.ndjson}\n    http: {auth: none}\n",
         2, "sources[0]", "exactly one of: amqp, file, http, kafka, simulator",
     ),
     (

@@ -224,7 +224,7 @@ async def wait_log(engine: EngineProcess, text: str, timeout: float = 10) -> str
 
 
 def top(ingest_port: int, metrics_port: int, **sources) -> dict:
-    return {"sources": [{"http": {"listen": f"127.0.0.1:{ingest_port}", "path": "/in",
+    return {"sources": [{"http": {"listen": f"127.0.0.1:{ingest_port}", "path": "/in", "auth": "none",
                                   **sources}}],
             "metrics": {"listen": f"127.0.0.1:{metrics_port}"}}
 
