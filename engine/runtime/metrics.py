@@ -15,6 +15,7 @@ workers (tests) can live in one process.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,6 +28,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
+
+from engine.sources.listen import start_site, url_host
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -105,8 +110,10 @@ class Metrics:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        await start_site(site, "metrics endpoint (metrics.listen)", host, port)
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("metrics on http://%s:%d%s (health: /healthz, /readyz)",
+                 url_host(host), self.port, path)
         return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:

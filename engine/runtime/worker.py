@@ -103,6 +103,9 @@ class Worker:
         # Management API (engine.app.managed): the running config is
         # `compose(file_config)`, the rule files plus the API store's projects.
         self.compose: Callable[[EngineConfig], Awaitable[EngineConfig]] | None = None
+        # Command-line overrides (`engine run --metrics-listen/--state-dir`),
+        # applied to every reloaded file configuration as at start-up.
+        self.config_overrides: Callable[[EngineConfig], EngineConfig] | None = None
         self.file_config: EngineConfig | None = None
         self._reload_files = False
         self._deliver = True
@@ -285,6 +288,8 @@ class Worker:
         try:
             if files and self.config_paths:
                 file_config = await asyncio.to_thread(load_config, self.config_paths)
+                if self.config_overrides is not None:
+                    file_config = self.config_overrides(file_config)
             config = file_config
             if self.compose is not None:
                 config = await self.compose(file_config)

@@ -15,6 +15,7 @@ a client that gets anything else may resend (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
@@ -23,7 +24,10 @@ from pydantic import Field
 
 from engine.schema import Listen
 from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.listen import start_site
 from engine.sources.registry import register
+
+log = logging.getLogger(__name__)
 
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
                 "application/x-jsonlines"}
@@ -119,9 +123,10 @@ class HttpSource(Source):
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        await start_site(site, f"HTTP source {self.name} (listen)", self.host, self.port)
         if self.port == 0:  # an ephemeral port was asked for: report the real one
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("HTTP source %s listening on %s (no authentication)", self.name, self.url)
 
     def stop(self) -> None:
         self._stopping = True
