@@ -95,6 +95,15 @@ def _load_for(command: str, files: Sequence[str]):
         return None
 
 
+def exit_summary(t) -> str:
+    """What `engine run` did, and what it leaves for the next start."""
+    text = (f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
+            f"{t.dead_lettered} dead-lettered, {t.backlogged} left in the backlog")
+    if t.inflight:  # a drain that timed out: the source delivers these again
+        text += f", {t.inflight} not settled (unacked: the source redelivers them)"
+    return text
+
+
 def _run_overrides(args: argparse.Namespace):
     """EngineConfig -> EngineConfig with `--metrics-listen`/`--state-dir` applied
     (raises ValueError naming the option when a value is invalid)."""
@@ -155,9 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             worker = Worker.from_config(config, config_paths=args.files)
             await serve(worker, status(worker))
-        t = worker.metrics.totals
-        print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
-              f"{t.dead_lettered} dead-lettered", file=sys.stderr)
+        print(exit_summary(worker.metrics.totals), file=sys.stderr)
 
     try:
         run_sync(go())

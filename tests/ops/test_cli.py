@@ -139,7 +139,7 @@ def test_metrics_port_in_use_names_the_metrics_endpoint(tmp_path):
     assert r.returncode == 2
     last = r.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("engine run: ListenError: metrics endpoint (metrics.listen): "
-                           f"cannot listen on 127.0.0.1:{port}: ")
+                           f"cannot listen on 127.0.0.1:{port}: address already in use")
 
 
 @pytest.mark.parametrize(("option", "value"), [("--metrics-listen", "nowhere"),
