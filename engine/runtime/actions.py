@@ -113,6 +113,8 @@ class ActionRunner:
         self._failed = metrics.action_failed.labels(*labels)
         self._dead = metrics.action_dead_lettered.labels(*labels)
         self._inflight = metrics.action_inflight.labels(*labels)
+        self._retried = metrics.action_retried.labels(*labels)
+        self._throttled = metrics.action_throttled.labels(*labels)
         self._backlogged = metrics.action_backlogged.labels(*labels)
         self._appended = metrics.backlog_appended.labels(*labels)
         self._restored = metrics.backlog_restored.labels(*labels)
@@ -207,8 +209,12 @@ class ActionRunner:
         if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
             await self._keep(records, "queued behind the backlog")
             return
+        throttled = False
         while records:
             k = limiter.try_acquire(len(records))
+            if k < len(records) and not throttled:  # count each record once
+                throttled = True
+                self._throttled.inc(len(records) - k)
             if not k:
                 wait = limiter.delay_until_available(len(records))
                 if not backlog.stacking(self.action_id):
@@ -224,6 +230,7 @@ class ActionRunner:
             retry, reason = await self._write_once(batch)
             if retry:
                 if backlog.stacking(self.action_id):  # these and the rest, in order
+                    self._count_retried(len(retry))
                     await self._keep(retry + records, reason)
                     return
                 await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
@@ -241,7 +248,7 @@ class ActionRunner:
                 attempts += 1
                 retry, reason = await self._write_once(batch)
                 if retry:
-                    self.totals.retried += len(retry)
+                    self._count_retried(len(retry))
                     self._report(f"{len(retry)} record(s) failed; "
                                  f"retrying (attempt {attempts}, next in {delay:g}s)", reason)
                     await asyncio.sleep(delay)
@@ -325,7 +332,7 @@ class ActionRunner:
                 self._failed.inc(step.failed + step.dead_lettered)
             self.sync_backlog()
             if step.failed:
-                self.totals.retried += step.failed
+                self._count_retried(step.failed)
                 how = ("probing every ~" if backoff.probing else "next attempt in ")
                 self._report(f"{step.failed} record(s) failed; "
                              f"{self._counted.in_backlog} in the backlog, "
@@ -372,6 +379,10 @@ class ActionRunner:
             self._forwarded.inc(n)
             self.totals.forwarded += n
             self.forwarded += n
+
+    def _count_retried(self, n: int) -> None:
+        self._retried.inc(n)
+        self.totals.retried += n
 
     def _count_dead(self, n: int) -> None:
         if n:

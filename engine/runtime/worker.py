@@ -82,6 +82,7 @@ class Worker:
             routes.setdefault(r.rule_id, []).append(r)
         self.pipeline = Pipeline(ruleset, routes, metrics=self.metrics,
                                  dead_letters=self.dead_letters)
+        self.metrics.watch_sources(self.sources)
         self.metrics_listen = metrics_listen
         self.metrics_path = metrics_path
         self.shutdown_timeout = shutdown_timeout
@@ -294,6 +295,7 @@ class Worker:
             if self.compose is not None:
                 config = await self.compose(file_config)
         except ConfigError as e:
+            self.metrics.reload_result(False)
             for issue in e.issues:
                 # One line each (a rule's syntax error also draws a caret
                 # under the clause: its first line already names the column).
@@ -302,12 +304,14 @@ class Worker:
                       len(e.issues))
             return False
         except Exception as e:  # e.g. the API store unreachable (load_config raises ConfigError)
+            self.metrics.reload_result(False)
             log.error("reload failed: %s: %s; the running configuration is kept",
                       type(e).__name__, e)
             return False
         applied = await self.apply(config)
         if self.config is config:  # accepted (applied, or nothing to change)
             self.file_config = file_config
+        self.metrics.reload_result(self.config is config)
         return applied
 
     async def apply(self, config: EngineConfig) -> bool:

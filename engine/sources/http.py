@@ -107,6 +107,9 @@ class HttpSource(Source):
         self._inflight = 0
         self._stopping = False
         self._runner: web.AppRunner | None = None
+        # Refused requests by HTTP status (engine_source_rejected_total); every
+        # reason is there from the start, so a dashboard sees 0 rather than nothing.
+        self.rejected = {"400": 0, "413": 0, "429": 0, "503": 0}
 
     @classmethod
     def from_options(cls, options: HttpOptions, *, batch_size: int) -> HttpSource:
@@ -142,6 +145,12 @@ class HttpSource(Source):
             yield batch
 
     async def _handle(self, request: web.Request) -> web.Response:
+        response = await self._answer(request)
+        if response.status in (400, 413, 429, 503):
+            self.rejected[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         if self._stopping:
             return _json(503, {"error": "shutting down"}, **{"Retry-After": "5"})
         if self._inflight >= self.max_inflight:
@@ -149,7 +158,10 @@ class HttpSource(Source):
                          **{"Retry-After": "1"})
         self._inflight += 1
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
             try:
                 items = split_body(body, request.content_type)
             except BodyError as e:
