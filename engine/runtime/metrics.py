@@ -107,11 +107,16 @@ class Metrics:
         for source in sources:
             self.received.labels(source.name)
             self.malformed.labels(source.name)
-        self.rejections.sources = list(sources)
+        self.scraped.sources = list(sources)
+
+    def watch_backlog(self, backlog) -> None:
+        """Export how full each backlog policy is (`Backlog.usage()`)."""
+        self.scraped.backlog = backlog
 
     def reload_result(self, ok: bool) -> None:
         """Count one reload attempt (a file change, SIGHUP or an API change)."""
         self.reload_attempts.inc()
+        self.reload_last_ok.set(1 if ok else 0)
         if ok:
             self.reload_successes.inc()
             self.reload_last_success.set_to_current_time()
@@ -181,6 +186,10 @@ def add_operational_metrics(m: Metrics) -> None:
                                   "Unix time of the last successful load (start-up or reload)",
                                   registry=r)
     m.reload_last_success.set_to_current_time()  # the configuration loaded at start-up
+    m.reload_last_ok = Gauge("engine_config_last_reload_successful",
+                             "1 if the last reload (or the start-up load) succeeded, else 0",
+                             registry=r)
+    m.reload_last_ok.set(1)
     labels = ["action", "rule", "channel"]
     m.action_retried = Counter("engine_action_retried",
                                "Records whose write failed retryably and that will be tried "
@@ -188,12 +197,12 @@ def add_operational_metrics(m: Metrics) -> None:
     m.action_throttled = Counter("engine_action_throttled",
                                  "Records flow control held back (waited, or sent to the "
                                  "backlog to go out later)", labels, registry=r)
-    m.rejections = SourceRejections()
-    r.register(m.rejections)
+    m.scraped = ScrapeTimeStats()
+    r.register(m.scraped)
 
 
-class SourceRejections:
-    """Read at scrape time from the sources that keep them:
+class ScrapeTimeStats:
+    """Read at scrape time from the sources that keep them (and the backlog):
     `engine_source_rejected_total{source, reason}`, requests refused (the
     HTTP source's `rejected`: HTTP status -> count), and
     `engine_source_kafka_consumer_lag{source, topic, partition}` (a Kafka
@@ -201,6 +210,7 @@ class SourceRejections:
 
     def __init__(self) -> None:
         self.sources: list = []
+        self.backlog = None
 
     def collect(self):
         rejected = CounterMetricFamily("engine_source_rejected",
@@ -215,7 +225,16 @@ class SourceRejections:
                 rejected.add_metric([source.name, reason], n)
             for (topic, partition), n in getattr(source, "lag", {}).items():
                 lag.add_metric([source.name, topic, str(partition)], n)
-        return [rejected, lag]
+        used = GaugeMetricFamily("engine_backlog_policy_bytes",
+                                 "Bytes in the backlog under a backlog policy (all its actions)",
+                                 labels=["policy"])
+        limit = GaugeMetricFamily("engine_backlog_policy_limit_bytes",
+                                  "The policy's backlog_size: beyond it the oldest records "
+                                  "are dead-lettered", labels=["policy"])
+        for policy, n, bound in self.backlog.usage() if self.backlog is not None else ():
+            used.add_metric([policy], n)
+            limit.add_metric([policy], bound)
+        return [rejected, lag, used, limit]
 
 
 class RuleStats:

@@ -145,6 +145,8 @@ class Worker:
                      shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
         worker.config = config
         worker.backlog, worker.flow = backlog, flow
+        if backlog is not None:
+            metrics.watch_backlog(backlog)
         worker._running = {k: getattr(config, k) for k in RESTART_SECTIONS}
         worker._deliver = actions
         worker._specs = specs

@@ -67,9 +67,12 @@ def test_every_counter_is_there_at_zero_before_the_first_event(tmp_path):
                       (("reason", reason), ("source", "http")))] == 0
     for counter in ("matched", "not_matched", "failed"):
         assert found[(f"engine_rule_{counter}_total", (("rule", "status"),))] == 0
+    assert found[("engine_backlog_policy_bytes", (("policy", "default"),))] == 0
+    assert found[("engine_backlog_policy_limit_bytes", (("policy", "default"),))] == 2**30 - 1
     for counter in ("attempts", "successes", "failures"):
         assert found[(f"engine_config_reload_{counter}_total", ())] == 0
     assert found[("engine_config_last_reload_success_timestamp_seconds", ())] > 1.7e9
+    assert found[("engine_config_last_reload_successful", ())] == 1
     (build,) = [labels for name, labels in found if name == "engine_build_info"]
     assert dict(build)["version"] and dict(build)["python"].startswith("3.")
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
@@ -88,6 +91,7 @@ async def test_reloads_are_counted(tmp_path):
     assert found[("engine_config_reload_attempts_total", ())] == 2
     assert found[("engine_config_reload_successes_total", ())] == 1
     assert found[("engine_config_reload_failures_total", ())] == 1
+    assert found[("engine_config_last_reload_successful", ())] == 0
     assert found[("engine_config_last_reload_success_timestamp_seconds", ())] >= before
 
 
