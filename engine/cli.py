@@ -63,7 +63,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     """Sample notifications as NDJSON, input for `engine eval` and `engine replay`."""
     import orjson
 
-    from engine.runtime.simulator import KINDS, Fleet
+    from engine.sources.fleet import KINDS, Fleet
 
     kinds = [k for group in args.kinds for k in group] or None
     unknown = [f"{r}/{e}" for r, e in kinds or () if (r, e) not in KINDS]
@@ -226,7 +226,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     """The JSON Schema of rule files (for yaml-language-server and other editors)."""
     import json
 
-    from engine.config.schema import rule_file_schema
+    from engine.config.rulefile_schema import rule_file_schema
 
     print(json.dumps(rule_file_schema(), indent=2 if args.indent else None, sort_keys=False))
     return EXIT_OK

@@ -56,6 +56,16 @@ class Totals:
 
 
 class Metrics:
+    # Set by add_operational_metrics (kept apart from the flow counters).
+    reload_attempts: Counter
+    reload_successes: Counter
+    reload_failures: Counter
+    reload_last_success: Gauge
+    reload_last_ok: Gauge
+    action_retried: Counter
+    action_throttled: Counter
+    scraped: ScrapeTimeStats
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.totals = Totals()

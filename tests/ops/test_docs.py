@@ -11,7 +11,7 @@ import pytest
 from engine import RuleSpec, compile_ruleset
 from engine.config.channels import registry
 from engine.runtime.metrics import Metrics
-from engine.runtime.simulator import KINDS
+from engine.sources.fleet import KINDS
 from tests.ops.support import DOCS, ROOT, code_blocks, engine, slug
 
 NOTIFICATIONS = (DOCS / "notifications.md").read_text()

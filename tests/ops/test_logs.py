@@ -16,8 +16,8 @@ import time
 
 import yaml
 
+from engine.app.replay import replay_progress
 from engine.runtime.metrics import Totals
-from engine.runtime.replay import replay_progress
 from engine.runtime.status import (
     LIVE,
     JsonFormatter,

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.config import load_config
 from engine.runtime.metrics import Metrics
-from engine.runtime.simulator import Fleet
-from engine.runtime.sources.http import HttpSource
 from engine.runtime.worker import Worker
+from engine.sources.fleet import Fleet
+from engine.sources.http import HttpSource
 from tests.runtime.support import ListSource
 
 
@@ -158,7 +158,7 @@ async def test_retries_failures_and_flow_control_are_told_apart(tmp_path):
 async def test_kafka_consumer_lag_per_partition(kafka):
     from confluent_kafka import Producer
 
-    from engine.runtime.sources.kafka import KafkaSource
+    from engine.sources.kafka import KafkaSource
     from tests.reliability.support import make_topic
 
     topic = await make_topic(kafka, f"lag-{uuid.uuid4().hex[:8]}", partitions=2)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import channels
-from engine.config.models import RESOURCE_EVENTS, EngineConfig
+from engine.config.models import EngineConfig
+from engine.schema import RESOURCE_EVENTS
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
