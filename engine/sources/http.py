@@ -8,6 +8,7 @@ a client that gets anything else may resend (at-least-once).
 
   200 {"accepted": n}       processed (malformed items are dead-lettered, not refused)
   400 {"error": reason}     the whole body is unusable
+  413 {"error": ...}        the body is larger than max_body_bytes
   429 {"error": ...}        too many requests in flight: back off (Retry-After)
   503 {"error": ...}        shutting down, or not processed within `timeout`
 """
