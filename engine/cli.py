@@ -48,6 +48,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.duration, args.rate, args.devices, args.seed, args.out)
 
 
+def _parse_kinds(text: str) -> list[tuple[str, str]]:
+    """`device.property/report,device/create` -> [(resource, event), ...]."""
+    kinds = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        resource, sep, event = item.rpartition("/")
+        if not sep or not resource or not event:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not RESOURCE/EVENT (e.g. device.property/report)")
+        kinds.append((resource, event))
+    return kinds
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """Sample notifications as NDJSON, input for `engine eval` and `engine replay`."""
+    import orjson
+
+    from engine.sources.fleet import KINDS, Fleet
+
+    kinds = [k for group in args.kinds for k in group] or None
+    unknown = [f"{r}/{e}" for r, e in kinds or () if (r, e) not in KINDS]
+    if unknown:
+        print(f"engine simulate: unknown notification kind {', '.join(unknown)} (expected: "
+              f"{', '.join(f'{r}/{e}' for r, e in KINDS)})", file=sys.stderr)
+        return EXIT_ERROR
+    if args.devices < 1 or args.count < 0:
+        print("engine simulate: --devices must be >= 1 and --count >= 0", file=sys.stderr)
+        return EXIT_ERROR
+    fleet = Fleet(seed=args.seed, devices=args.devices, start=args.start, kinds=kinds)
+    out = sys.stdout.buffer
+    for i in range(args.count):
+        out.write(orjson.dumps(fleet.notification(args.start + i)) + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
 def _load_for(command: str, files: Sequence[str]):
     """The validated config, or None after printing every problem."""
     from engine.config import ConfigError, load_config
@@ -59,6 +94,40 @@ def _load_for(command: str, files: Sequence[str]):
             print(issue, file=sys.stderr)
         print(f"engine {command}: invalid configuration", file=sys.stderr)
         return None
+
+
+def exit_summary(t) -> str:
+    """What `engine run` did, and what it leaves for the next start."""
+    text = (f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
+            f"{t.dead_lettered} dead-lettered, {t.backlogged} left in the backlog")
+    if t.inflight:  # a drain that timed out: the source delivers these again
+        text += f", {t.inflight} not settled (unacked: the source redelivers them)"
+    return text
+
+
+def _run_overrides(args: argparse.Namespace):
+    """EngineConfig -> EngineConfig with `--metrics-listen`/`--state-dir` applied
+    (raises ValueError naming the option when a value is invalid)."""
+    from pydantic import ValidationError
+
+    from engine.config.models import MetricsConfig, WorkerConfig
+
+    def apply(config):
+        update = {}
+        try:
+            if args.metrics_listen is not None:
+                base = config.metrics.model_dump() if config.metrics else {}
+                update["metrics"] = MetricsConfig(**{**base, "listen": args.metrics_listen})
+            if args.state_dir is not None:
+                update["worker"] = WorkerConfig(**{**config.worker.model_dump(),
+                                                   "state_dir": args.state_dir})
+        except ValidationError as e:
+            err = e.errors()[0]
+            option = "--metrics-listen" if err["loc"][0] == "listen" else "--state-dir"
+            raise ValueError(f"{option}: {err['msg']}") from None
+        return config.model_copy(update=update) if update else config
+
+    return apply
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -75,9 +144,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("engine run: no sources configured (add a sources: section)", file=sys.stderr)
         return EXIT_ERROR
 
+    try:
+        config = _run_overrides(args)(config)
+    except ValueError as e:
+        print(f"engine run: {e}", file=sys.stderr)
+        return EXIT_ERROR
     tty = None if args.status == "auto" else args.status == "tty"
 
     def status(worker: Worker) -> StatusReporter:
+        # Called once with the worker before it runs: the place to make
+        # reloads keep the command-line overrides too.
+        worker.config_overrides = _run_overrides(args)
         return StatusReporter(worker.metrics.totals, tty=tty, interval=args.status_interval)
 
     async def go() -> None:
@@ -88,9 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             worker = Worker.from_config(config, config_paths=args.files)
             await serve(worker, status(worker))
-        t = worker.metrics.totals
-        print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
-              f"{t.dead_lettered} dead-lettered", file=sys.stderr)
+        print(exit_summary(worker.metrics.totals), file=sys.stderr)
 
     try:
         run_sync(go())
@@ -147,6 +222,59 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     if not config.rules:  # valid (e.g. sources only), but an empty file also looks like this
         print("note: no rules: a worker with only this forwards nothing", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of rule files (for yaml-language-server and other editors)."""
+    import json
+
+    from engine.config.rulefile_schema import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2 if args.indent else None, sort_keys=False))
+    return EXIT_OK
+
+
+def _masked(value):
+    """A model dump with every secret masked; a URL keeps all but its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pydantic import SecretStr
+
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, SecretStr):
+        text = value.get_secret_value()
+        try:
+            url = urlsplit(text)
+        except ValueError:
+            return "**********"
+        if url.scheme and url.hostname and url.password is not None:
+            netloc = url.netloc.rsplit("@", 1)[1]
+            return urlunsplit(url._replace(netloc=f"{url.username}:**********@{netloc}"))
+        return "**********"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """The configuration as the engine sees it: defaults filled in, `${ENV}`
+    values substituted, secrets masked."""
+    import json
+
+    import yaml
+
+    config = _load_for("config", args.files)
+    if config is None:
+        return EXIT_ERROR
+    data = _masked(config.model_dump(mode="python", exclude_none=True))
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return EXIT_OK
 
 
@@ -260,12 +388,25 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("iot-forwarding-engine")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown"
+    return f"engine {ours} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
         description="IoT data-forwarding engine: evaluates IoTDA-style forwarding rules "
         "on device notifications and delivers the matches.",
     )
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the engine's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("eval", help="evaluate one rule on one event (the rule debugger)")
@@ -274,9 +415,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("event", metavar="EVENT.json", help="event file, or - for stdin")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser("simulate", help="print sample notifications (all 12 kinds) as NDJSON")
+    p.add_argument("--count", type=int, default=10, help="how many (default 10)")
+    p.add_argument("--kinds", type=_parse_kinds, action="append", default=[],
+                   metavar="RESOURCE/EVENT,...",
+                   help="only these kinds, e.g. device.property/report,device/create "
+                   "(repeatable; default: all 12 in their usual shares)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
+    p.add_argument("--start", type=float, default=1_767_225_600.0, metavar="EPOCH",
+                   help="event time of the first notification, seconds since the epoch; one "
+                   "second between notifications (default 2026-01-01T00:00:00Z)")
+    p.set_defaults(func=_cmd_simulate)
+
     p = sub.add_parser("check", help="validate and compile rule files")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of rule files (editor completion)")
+    p.add_argument("--compact", dest="indent", action="store_false",
+                   help="one line instead of indented JSON")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("config", help="print the effective configuration of rule files")
+    p.add_argument("--effective", action="store_true",
+                   help="after defaults and ${ENV} substitution, secrets masked (the default; "
+                   "the flag documents intent)")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("run", help="run the forwarding worker")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -285,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live status line (tty) or periodic log lines (default: tty if stderr is one)")
     p.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between status log lines when not on a terminal (default 10)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve /metrics, /healthz and /readyz here (overrides metrics.listen; "
+                   "enables the endpoint without a metrics: section)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="backlog and default dead-letter directory (overrides worker.state_dir; "
+                   "one per worker process)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -341,4 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `engine simulate | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_OK

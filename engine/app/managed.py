@@ -30,6 +30,7 @@ from engine.config.models import parse_listen
 from engine.runtime.reloader import RuleFiles
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker
+from engine.sources.listen import start_site
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ async def run_with_api(config: EngineConfig,
             try:
                 host, port = parse_listen(api.listen)
                 site = web.TCPSite(runner, host, port)
-                await site.start()
+                await start_site(site, "management API (api.listen)", host, port)
                 bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
                 log.info("management API listening on http://%s:%d (storage: %s); projects "
                          "in the store are forwarded as PROJECT/ID", host, bound,

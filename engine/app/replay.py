@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from engine.app.main import serve
 from engine.config import EngineConfig
@@ -27,13 +28,25 @@ async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,
     worker = Worker.from_config(config, sources=[source], options=WorkerOptions(
         deliver=not dry_run, serve_metrics=False, drain_backlog_at_end=True))
     size = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
+    t0 = time.monotonic()
 
     def progress() -> str:
-        return f"{source.bytes_read / size:4.0%}" if size else f"{source.bytes_read >> 20} MiB"
+        return replay_progress(source.bytes_read, size, time.monotonic() - t0)
 
     await serve(worker, StatusReporter(worker.metrics.totals, tty=tty, interval=5.0,
                                        extra=progress))
     return worker
+
+
+def replay_progress(done: int, size: int | None, elapsed: float) -> str:
+    """`37% 12.0 MiB/s ETA 0:41` (a file of known size), `120 MiB 12.0 MiB/s` (stdin)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    speed = f"{rate / 2**20:.1f} MiB/s"
+    if not size:
+        return f"{done >> 20} MiB {speed}"
+    left = max(size - done, 0)
+    eta = "?" if rate <= 0 else f"{int(left / rate) // 60}:{int(left / rate) % 60:02d}"
+    return f"{done / size:4.0%} {speed} ETA {eta}"
 
 
 def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> int:

@@ -110,11 +110,14 @@ class ActionRunner:
         self.totals = metrics.totals
         self.queue: asyncio.Queue[Parcel] = asyncio.Queue(max_queued)
         labels = (action_id, rule_id, sink.channel)
+        self._log = {"action_id": action_id, "rule_id": rule_id}  # fields of its log lines
         self._matched = metrics.action_matched.labels(*labels)
         self._forwarded = metrics.action_forwarded.labels(*labels)
         self._failed = metrics.action_failed.labels(*labels)
         self._dead = metrics.action_dead_lettered.labels(*labels)
         self._inflight = metrics.action_inflight.labels(*labels)
+        self._retried = metrics.action_retried.labels(*labels)
+        self._throttled = metrics.action_throttled.labels(*labels)
         self._backlogged = metrics.action_backlogged.labels(*labels)
         self._appended = metrics.backlog_appended.labels(*labels)
         self._restored = metrics.backlog_restored.labels(*labels)
@@ -151,9 +154,8 @@ class ActionRunner:
                 restored = self.backlog.size(self.action_id)[0]
                 if restored:
                     self._restored.inc(restored)
-                    self.restored = restored
-                    log.info("action %s: %d record(s) in the backlog from an earlier run; "
-                             "draining them first", self.action_id, restored)
+                    log.info("%d record(s) in the backlog from an earlier run; draining them "
+                             "first", restored, extra=self._log)
             self.sync_backlog()
             self._drain_wake.set()
             self._drain_task = asyncio.create_task(self._drain(),
@@ -184,6 +186,9 @@ class ActionRunner:
                 log.warning("action %s: %d record(s) stay in the backlog (%s); they are "
                             "delivered first on the next start", self.action_id, left,
                             self.backlog.path)
+        if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
+            log.warning("%d record(s) stay in the backlog (%s); they are delivered first on "
+                        "the next start", left, self.backlog.path, extra=self._log)
         await self.sink.close()
 
     def stop_draining(self) -> None:
@@ -234,8 +239,12 @@ class ActionRunner:
         if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
             await self._keep(records, "queued behind the backlog")
             return
+        throttled = False
         while records:
             k = limiter.try_acquire(len(records))
+            if k < len(records) and not throttled:  # count each record once
+                throttled = True
+                self._throttled.inc(len(records) - k)
             if not k:
                 wait = limiter.delay_until_available(len(records))
                 if not backlog.stacking(self.action_id):
@@ -251,6 +260,7 @@ class ActionRunner:
             retry, reason = await self._write_once(batch)
             if retry:
                 if backlog.stacking(self.action_id):  # these and the rest, in order
+                    self._count_retried(len(retry))
                     await self._keep(retry + records, reason)
                     return
                 await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
@@ -268,9 +278,9 @@ class ActionRunner:
                 attempts += 1
                 retry, reason = await self._write_once(batch)
                 if retry:
-                    self.totals.retried += len(retry)
-                    self._report(f"{len(retry)} record(s) failed: {reason}; "
-                                 f"retrying (attempt {attempts}, next in {delay:g}s)")
+                    self._count_retried(len(retry))
+                    self._report(f"{len(retry)} record(s) failed; "
+                                 f"retrying (attempt {attempts}, next in {delay:g}s)", reason)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
                 batch = retry
@@ -310,8 +320,8 @@ class ActionRunner:
                 appended = await self.backlog.append(self.action_id, records, reason)
                 break
             except (sqlite3.Error, OSError) as e:
-                self._report(f"cannot write the backlog ({type(e).__name__}: {e}); "
-                             f"{len(records)} record(s) stay unacked, retrying in {delay:g}s")
+                self._report(f"cannot write the backlog; {len(records)} record(s) stay "
+                             f"unacked, retrying in {delay:g}s", f"{type(e).__name__}: {e}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
             finally:
@@ -319,7 +329,7 @@ class ActionRunner:
         if appended.stored:
             self._appended.inc(appended.stored)
             if reason != "queued behind the backlog":
-                self._report(f"{appended.stored} record(s) kept in the backlog: {reason}")
+                self._report(f"{appended.stored} record(s) kept in the backlog", reason)
             self._drain_wake.set()
         self._out(len(records))
         self.sync_backlog()
@@ -351,18 +361,18 @@ class ActionRunner:
                     self._stepping = False
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
-                log.warning("action %s: %d record(s) dead-lettered: %s", action_id,
-                            step.dead_lettered, step.reason)
+                log.warning("%d record(s) dead-lettered", step.dead_lettered,
+                            extra={**self._log, "reason": step.reason})
                 self._count_dead(step.dead_lettered)
             if step.failed or step.dead_lettered:
                 self._failed.inc(step.failed + step.dead_lettered)
             self.sync_backlog()
             if step.failed:
-                self.totals.retried += step.failed
+                self._count_retried(step.failed)
                 how = ("probing every ~" if backoff.probing else "next attempt in ")
-                self._report(f"{step.failed} record(s) failed: {step.reason}; "
+                self._report(f"{step.failed} record(s) failed; "
                              f"{self._counted.in_backlog} in the backlog, "
-                             f"{how}{step.wait:.1f}s")
+                             f"{how}{step.wait:.1f}s", step.reason)
             elif step.delivered:
                 self._recovered()
             if step.wait and self.draining:
@@ -388,8 +398,8 @@ class ActionRunner:
         entries = [{"reason": f.reason, "source": f"action:{self.action_id}",
                     "rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
                     "payload": r.payload} for r, f in zip(records, failures, strict=True)]
-        log.warning("action %s: %d record(s) dead-lettered: %s", self.action_id, len(records),
-                    failures[0].reason)
+        log.warning("%d record(s) dead-lettered", len(records),
+                    extra={**self._log, "reason": failures[0].reason})
         await self.dead_letters.write(entries)
         self._count_dead(len(records))
         self._out(len(records))
@@ -406,6 +416,10 @@ class ActionRunner:
             self.totals.forwarded += n
             self.forwarded += n
 
+    def _count_retried(self, n: int) -> None:
+        self._retried.inc(n)
+        self.totals.retried += n
+
     def _count_dead(self, n: int) -> None:
         if n:
             self._dead.inc(n)
@@ -414,17 +428,17 @@ class ActionRunner:
             failed = self._rule_stats.failed
             failed[self.rule_id] = failed.get(self.rule_id, 0) + n
 
-    def _report(self, problem: str) -> None:
+    def _report(self, problem: str, reason: str | None = None) -> None:
         """One log line per problem: when it starts, then every 30 s."""
         now = time.monotonic()
         if self._problem is None or now - self._problem_logged >= PROBLEM_LOG_INTERVAL:
-            log.warning("action %s: %s", self.action_id, problem)
+            log.warning("%s", problem, extra={**self._log, "reason": reason})
             self._problem_logged = now
         self._problem = problem
 
     def _recovered(self) -> None:
         if self._problem is not None:
-            log.info("action %s: delivering again", self.action_id)
+            log.info("delivering again", extra=self._log)
             self._problem = None
 
 

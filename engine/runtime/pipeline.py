@@ -227,7 +227,8 @@ class Pipeline:
             m.malformed.labels(source).inc(malformed)
             t.malformed += malformed
             t.dead_lettered += malformed
-            log.warning("%s: %d malformed notification(s) dead-lettered", source, malformed)
+            log.warning("%d malformed notification(s) dead-lettered", malformed,
+                        extra={"source": source})
         rules = m.rules
         rules.well_formed += received - malformed
         counts = rules.matched

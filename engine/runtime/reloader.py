@@ -160,9 +160,13 @@ class Reloader:
         whether a new configuration was applied; never raises (problems are
         logged, one line each, and the running rules stay)."""
         log.info("reloading the configuration (%s)", reason)
+        worker = self.worker
         try:
             config = await self.provider.load(files)
+            if worker.config_overrides is not None:  # as at start-up (engine run's options)
+                config = worker.config_overrides(config)
         except ConfigError as e:
+            worker.metrics.reload_result(False)
             for issue in e.issues:
                 # One line each (a rule's syntax error also draws a caret
                 # under the clause: its first line already names the column).
@@ -171,15 +175,19 @@ class Reloader:
                       len(e.issues))
             return False
         except ReloadRefused as e:
+            worker.metrics.reload_result(False)
             log.error("reload refused: %s", e)
             return False
         except Exception as e:  # e.g. the API store unreachable
+            worker.metrics.reload_result(False)
             log.error("reload failed: %s: %s; the running configuration is kept",
                       type(e).__name__, e)
             return False
         applied = await self.apply(config)
-        if self.worker.config is config:  # accepted (applied, or nothing to change)
+        accepted = worker.config is config  # applied, or nothing to change
+        if accepted:
             self.provider.accept()
+        worker.metrics.reload_result(accepted)
         return applied
 
     async def apply(self, config: EngineConfig) -> bool:

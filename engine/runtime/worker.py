@@ -27,7 +27,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
@@ -93,6 +93,7 @@ class Worker:
             routes.setdefault(r.rule_id, []).append(r)
         self.pipeline = Pipeline(ruleset, routes, metrics=self.metrics,
                                  dead_letters=self.dead_letters)
+        self.metrics.watch_sources(self.sources)
         self.metrics_listen = metrics_listen
         self.metrics_path = metrics_path
         self.shutdown_timeout = shutdown_timeout  # a reload may change it
@@ -109,6 +110,9 @@ class Worker:
         specs = runner_specs(config, self.options.deliver) if config is not None else {}
         self._specs: dict[str, RunnerSpec] = {r.action_id: specs[r.action_id]
                                               for r in self.runners if r.action_id in specs}
+        # Command-line overrides (`engine run --metrics-listen/--state-dir`),
+        # applied by the reloader to every reloaded configuration as at start-up.
+        self.config_overrides: Callable[[EngineConfig], EngineConfig] | None = None
         self._open: list[ActionRunner] = []   # open runners: current and retiring
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -143,6 +147,8 @@ class Worker:
                      shutdown_timeout=config.worker.shutdown_timeout,
                      rule_keys=active_rule_ids(config), options=options, config=config,
                      backlog=backlog, flow=flow)
+        if backlog is not None:
+            metrics.watch_backlog(backlog)
         if provider is None and config_paths is not None:
             provider = RuleFiles(config_paths, config)
         if provider is not None:

@@ -1,5 +1,5 @@
 """A simulated IoTDA tenant: a fleet of devices producing notifications of
-all 12 kinds (docs: /work/shared/spec/notifications.md).
+all 12 kinds (docs/notifications.md shows one of each).
 
 `Fleet(seed, devices).notification(t)` returns the next notification (a dict)
 at simulated time `t` (epoch seconds). The sequence is a pure function of the

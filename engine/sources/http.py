@@ -10,6 +10,7 @@ a 200 means what it says: a client that gets anything else may resend
   200 {"accepted": n}       processed (malformed items are dead-lettered, not refused)
   400 {"error": reason}     the whole body is unusable
   401 (no body)             credentials missing or wrong (`auth`); nothing was read
+  413 {"error": ...}        the body is larger than max_body_bytes
   429 {"error": ...}        too many requests in flight: back off (Retry-After)
   503 {"error": ...}        shutting down, or not processed within `timeout`
 
@@ -22,6 +23,7 @@ most `batch_size` items, each made only when the pipeline takes it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,12 +35,15 @@ from pydantic import Field
 from engine import _core
 from engine.schema import Listen, ListenerTls, RequiredAuth
 from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.listen import start_site
 from engine.sources.listener_auth import (
     Authenticator,
     authenticator_from_config,
     server_ssl_context,
 )
 from engine.sources.registry import register
+
+log = logging.getLogger(__name__)
 
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
                 "application/x-jsonlines"}
@@ -212,6 +217,9 @@ class HttpSource(Source):
         self._inflight = 0
         self._stopping = False
         self._runner: web.AppRunner | None = None
+        # Refused requests by HTTP status (engine_source_rejected_total); every
+        # reason is there from the start, so a dashboard sees 0 rather than nothing.
+        self.rejected = {"400": 0, "401": 0, "413": 0, "429": 0, "503": 0}
 
     @classmethod
     def from_options(cls, options: HttpOptions, *, batch_size: int,
@@ -234,9 +242,12 @@ class HttpSource(Source):
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
+        await start_site(site, f"HTTP source {self.name} (listen)", self.host, self.port)
         if self.port == 0:  # an ephemeral port was asked for: report the real one
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("HTTP source %s listening on %s (%s)", self.name, self.url,
+                 self.auth.scheme + " authentication" if self.auth is not None
+                 else "no authentication: auth: none")
 
     def stop(self) -> None:
         self._stopping = True
@@ -264,6 +275,7 @@ class HttpSource(Source):
 
     def _refuse(self) -> web.Response:
         self.unauthorized += 1
+        self.rejected["401"] += 1
         if self.metrics is not None:
             self.metrics.unauthorized.labels(self.name).inc()
         assert self.auth is not None
@@ -272,6 +284,12 @@ class HttpSource(Source):
     async def _handle(self, request: web.Request) -> web.Response:
         if self.auth is not None and not self.auth.allows(request.headers):
             return self._refuse()  # before reading anything of the body
+        response = await self._answer(request)
+        if response.status in (400, 413, 429, 503):
+            self.rejected[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         if self._stopping:
             return _json(503, {"error": "shutting down"}, **{"Retry-After": "5"})
         if self._inflight >= self.max_inflight:
@@ -280,7 +298,10 @@ class HttpSource(Source):
         self._inflight += 1
         try:
             received_at = time.monotonic()
-            data = await request.read()
+            try:
+                data = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
             try:
                 body = read_body(data, request.content_type)
             except BodyError as e:

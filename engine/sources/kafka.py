@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import Field
 
@@ -100,8 +101,12 @@ class KafkaSource(Source):
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": heartbeat_interval_ms,
             "log.connection.close": False,
+            # librdkafka's statistics carry each partition's consumer lag
+            # (engine_source_kafka_consumer_lag); parsed on the poll thread.
+            "statistics.interval.ms": 5000,
             **(config or {}),
         }
+        self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> records behind
         self._consumer: Consumer | None = None
         # One thread calls the consumer (consume, rebalance callbacks, close);
         # another one commits, so that a commit never waits for a poll.
@@ -131,7 +136,8 @@ class KafkaSource(Source):
         await loop.run_in_executor(self._poller, self._start)
 
     def _start(self) -> None:
-        config = {**self.config, "error_cb": self._on_error, "logger": log.getChild("librdkafka")}
+        config = {**self.config, "error_cb": self._on_error, "stats_cb": self._on_stats,
+                  "logger": log.getChild("librdkafka")}
         try:
             consumer = Consumer(config)
         except (KafkaException, ValueError, TypeError) as e:
@@ -317,6 +323,27 @@ class KafkaSource(Source):
         log.warning("kafka group %s: %d partition(s) lost (session timed out): %s; records "
                     "not committed yet go to their new owners", self.group_id, len(lost),
                     _partitions((tp.topic, tp.partition) for tp in lost))
+
+    def _on_stats(self, stats: str) -> None:
+        """librdkafka statistics: keep the lag of the partitions this worker
+        owns: from the committed offset (or, with none yet, the oldest
+        retained record) to the end of the partition."""
+        try:
+            topics = orjson.loads(stats).get("topics", {})
+        except orjson.JSONDecodeError:
+            return
+        owned, lag = self.assigned, {}
+        for t, topic in topics.items():
+            for p, part in topic["partitions"].items():
+                if (t, int(p)) not in owned:
+                    continue
+                n = part.get("consumer_lag", -1)
+                if n < 0 and part.get("committed_offset", -1) < 0 <= part.get("lo_offset", -1):
+                    # nothing committed yet: every retained record is still to come
+                    n = part.get("hi_offset", -1) - part["lo_offset"]
+                if n >= 0:
+                    lag[(t, int(p))] = n
+        self.lag = lag
 
     def _on_assign(self, _consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self.assigned = {(tp.topic, tp.partition) for tp in assigned}
