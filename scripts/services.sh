@@ -604,6 +604,28 @@ up_kafka() {
     say "kafka: tansu started on $HOST:$KAFKA_PORT (pid $(recorded_pid kafka), memory storage)"
 }
 
+# ---------------------------------------------------------------- tools
+
+# promtool (Prometheus' rule checker) for the alert-rule tests: taken from
+# Debian's `prometheus` package without installing it (installing would also
+# set up a Prometheus server), into $SERVICES_DIR/tools/promtool.
+ensure_promtool() {
+    local dest="$SERVICES_DIR/tools/promtool" logf="$LOG_DIR/tools.log" tmp
+    [[ -x $dest ]] && return 0
+    command -v promtool >/dev/null && { ln -sf "$(command -v promtool)" "$dest"; return 0; }
+    tmp=$(mktemp -d)
+    if [[ ! -e $RUN_DIR/apt-updated ]]; then
+        apt-get update >>"$APT_LOG" 2>&1 || { err "apt-get update failed (log: $APT_LOG)"; rm -rf "$tmp"; return 1; }
+        touch "$RUN_DIR/apt-updated"
+    fi
+    say "tools: promtool from Debian's prometheus package (log: $logf)"
+    if ! (cd "$tmp" && apt-get download prometheus >>"$logf" 2>&1 && dpkg -x prometheus_*.deb x >>"$logf" 2>&1); then
+        err "tools: could not fetch promtool (log: $logf)"; rm -rf "$tmp"; return 1
+    fi
+    install -m 0755 "$tmp/x/usr/bin/promtool" "$dest"
+    rm -rf "$tmp"
+}
+
 # ---------------------------------------------------------------- commands
 
 svc_up() {
@@ -628,6 +650,8 @@ cmd_up() {
             failed+=("$svc")
         fi
     done
+    mkdir -p "$SERVICES_DIR/tools"
+    ensure_promtool || failed+=(promtool)
     if ((${#failed[@]})); then
         err "not ready: ${failed[*]} (logs in $LOG_DIR)"
         return 1

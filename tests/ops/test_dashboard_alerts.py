@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +21,10 @@ from tests.ops.support import ROOT
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 DASHBOARD = json.loads((DEPLOY / "grafana" / "engine-dashboard.json").read_text())
-PROMTOOL = os.environ.get("ENGINE_PROMTOOL") or shutil.which("promtool")
+# services.sh up puts it in .services/tools (from Debian's prometheus package).
+_LOCAL_PROMTOOL = Path(__file__).resolve().parents[2] / ".services" / "tools" / "promtool"
+PROMTOOL = (os.environ.get("ENGINE_PROMTOOL") or shutil.which("promtool")
+            or (str(_LOCAL_PROMTOOL) if _LOCAL_PROMTOOL.exists() else None))
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (Debian package prometheus; or set "
     "ENGINE_PROMTOOL): the structural checks of this file still ran")

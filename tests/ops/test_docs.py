@@ -146,7 +146,7 @@ def test_runtime_doc_contradictions_are_gone():
     assert "and\ndropped" not in text and "always 0 until it exists" not in text
     assert "capped at 10 s" not in text
     assert "matched + restored = forwarded + backlogged + dead_lettered + inflight" in text
-    assert "No authentication" in text and "/readyz" in text
+    assert "Credentials are\n  checked before anything else" in text and "/readyz" in text
 
 
 def test_readme_scale_out_example_gives_each_worker_its_own_port_and_state():

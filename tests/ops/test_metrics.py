@@ -113,7 +113,7 @@ async def test_refused_http_requests_are_counted_by_reason():
         await source.close()
     rejected = {dict(labels)["reason"]: v for (name, labels), v in samples(metrics).items()
                 if name == "engine_source_rejected_total"}
-    assert rejected == {"400": 1, "413": 1, "429": 0, "503": 1}
+    assert rejected == {"400": 1, "401": 0, "413": 1, "429": 0, "503": 1}
 
 
 async def test_retries_failures_and_flow_control_are_told_apart(tmp_path):
