@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.api import errors, openapi, params, service
+from engine.api import aliyun, errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
@@ -46,6 +46,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS_PROVIDER = web.AppKey("metrics_provider", object)  # a MetricsProvider or None
 
 BASE = "/v5/iot/{project_id}/routing-rule"
+ALIYUN_PATH = "/"  # Alibaba's RPC API (engine.api.aliyun), where its SDK sends every action
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -288,6 +289,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         body = await request.read()  # the signature covers the body; aiohttp caches it
     except web.HTTPRequestEntityTooLarge:
         raise errors.too_large(limits.max_body_bytes) from None
+    if request.path == ALIYUN_PATH:
+        return await handler(request)  # Alibaba's RPC API: signed per request, verified there
     principal: Principal | None = request.app[AUTH].authenticate(
         request.method, request.raw_path, request.headers, body)
     project = request.match_info.get("project_id")
@@ -358,6 +361,10 @@ def create_app(api: ApiConfig, store: Store, limits: ApiLimits | None = None,
     app[METRICS_PROVIDER] = metrics
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    rpc = aliyun.make_handler(aliyun.Verifier(api), lambda: app[STORE], lambda: app[LIMITS],
+                              lambda: app[LIMITER])
+    for method in ("GET", "POST"):
+        app.router.add_route(method, ALIYUN_PATH, rpc)
     return app
 
 
