@@ -37,6 +37,13 @@ def test_every_rule_action_through_the_official_sdk(server):
     action = sdk.ok("GetRuleAction", ActionId=http)["RuleActionInfo"]
     assert action == {"Id": http, "RuleId": rule_id, "Type": "HTTP",
                       "Configuration": HTTP_CONFIG, "ErrorActionFlag": False}
+    secret = sdk.ok("CreateRuleAction", RuleId=rule_id, Type="MYSQL", Configuration=json.dumps(
+        {"address": {"ip": "127.0.0.1", "port": 3306}, "db_name": "iot", "username": "u",
+         "password": "s3cret-pw", "table_name": "t",
+         "column_mappings": [{"column_name": "a", "json_key": "a"}]}))["ActionId"]
+    shown = sdk.ok("GetRuleAction", ActionId=secret)["RuleActionInfo"]["Configuration"]
+    assert "s3cret-pw" not in shown and json.loads(shown)["password"] == "**********"
+    sdk.ok("DeleteRuleAction", ActionId=secret)
     listed = sdk.ok("ListRuleActions", RuleId=rule_id)["RuleActionList"]
     assert [a["Id"] for a in listed] == [republish, http]
 

@@ -65,11 +65,13 @@ def invalid_parameter(name: str, why: str) -> GatewayError:
     return GatewayError(400, "InvalidParameter", f"The parameter \"{name}\" is invalid: {why}")
 
 
-def signature_mismatch() -> GatewayError:
-    # Deliberately no string-to-sign in the message: the SDK would print it,
-    # and it says nothing the caller does not know already.
+def signature_mismatch(text: str) -> GatewayError:
+    # Alibaba's message, ending in the server's string to sign (made from the
+    # request alone, no secret): the SDK compares it with its own and, when
+    # they agree, reports "InvalidAccessKeySecret" rather than a mismatch.
     return GatewayError(400, "SignatureDoesNotMatch",
-                        "Specified signature is not matched with our calculation.")
+                        "Specified signature is not matched with our calculation. "
+                        f"server string to sign is:{text}")
 
 
 def unknown_access_key() -> GatewayError:

@@ -27,6 +27,7 @@ from engine.api.storage import Delete, Op, Put, Store, Stored
 from engine.config import ConfigError, channels, validate_config_dict
 from engine.config.errors import pydantic_message
 from engine.config.limits import ApiLimits
+from engine.config.secrets import is_secret_key
 
 Params = Mapping[str, str]
 Operation = Callable[[Store, str, Params, ApiLimits], Awaitable[dict[str, Any]]]
@@ -36,6 +37,7 @@ MAX_ACTIONS_PER_RULE = 10  # seed §2.9.2
 PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT = 100, 10  # seed §2.9.7
 PAGE_MAX = 1000
 _NAME = re.compile(r"[\w]+")
+MASK = "**********"
 
 
 def _now() -> str:
@@ -218,10 +220,24 @@ def rule_info(rule: dict[str, Any], project: str) -> dict[str, Any]:
     return info
 
 
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(k) and isinstance(v, str) else _masked(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def action_info(action: dict[str, Any]) -> dict[str, Any]:
-    """RuleActionInfo (seed Table 2-47), plus ErrorActionFlag as the newer SDK sends it."""
+    """RuleActionInfo (seed Table 2-47), plus ErrorActionFlag as the newer SDK
+    sends it. Secrets in the Configuration (passwords, tokens) are masked, as
+    the IoTDA side masks them; a Configuration without any is returned as sent."""
+    raw = action["Configuration"]
+    config = orjson.loads(raw)
+    masked = _masked(config)
     return {"Id": action["Id"], "RuleId": action["RuleId"], "Type": action["Type"],
-            "Configuration": action["Configuration"],
+            "Configuration": raw if masked == config else orjson.dumps(masked).decode(),
             "ErrorActionFlag": action.get("ErrorActionFlag", False)}
 
 

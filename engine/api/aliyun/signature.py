@@ -91,7 +91,7 @@ class Verifier:
         projects = frozenset(project for project, sk in keys
                              if hmac.compare_digest(sign(sk, text).encode(), given))
         if not projects:
-            raise errors.signature_mismatch()
+            raise errors.signature_mismatch(text)
         self._use_nonce(ak, params["SignatureNonce"])
         return Caller(ak, projects)
 
