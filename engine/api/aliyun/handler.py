@@ -89,8 +89,8 @@ def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callabl
             raise
         except Exception:
             log.exception("alibaba API action failed (request %s)", rid)
-            err = errors.internal()
-            payload, status = err.body(rid), err.status
+            failure = errors.internal()
+            payload, status = failure.body(rid), failure.status
         return web.Response(body=orjson.dumps(payload), status=status,
                             content_type="application/json")
 
