@@ -8,6 +8,7 @@ reference 1.4.8 rules and actions, 1.4.21 backlog and 1.4.22 flow control
 policies) under `/v5/iot/{project_id}/routing-rule/`; the test and metrics
 endpoints and `/openapi.json` are this engine's. What each request does to
 the configuration lives in `engine.api.service`; this module only speaks HTTP.
+`/` is Alibaba's RPC API (`engine.api.aliyun`), which authenticates itself.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 
 from tests.api.conftest import AK_A, AK_B, SK_A, SK_B, free_port, running_api
 
+REPO = Path(__file__).resolve().parents[2]
 ENV = {"PROJ_A_SK": SK_A, "PROJ_B_SK": SK_B}
 
 

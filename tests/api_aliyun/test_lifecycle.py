@@ -89,10 +89,10 @@ api:
     proj-a:
       access_keys: [{{ak: "{AK_A}", sk: "${{PROJ_A_SK}}"}}]
 """)
-    log = open(tmp_path / "engine.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(config)], cwd=tmp_path,
-                            env={**os.environ, "PROJ_A_SK": SK_A, "PYTHONPATH": str(REPO)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "engine.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(config)],
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PROJ_A_SK": SK_A, "PYTHONPATH": str(REPO)})
     try:
         sdk = Sdk(f"127.0.0.1:{api}")
         until(lambda: _answers(sdk), 30)
@@ -134,7 +134,6 @@ api:
         proc.terminate()
         proc.wait(timeout=30)
         receiver.server.shutdown()
-        log.close()
     assert proc.returncode == 0, (tmp_path / "engine.log").read_text()[-3000:]
 
 
