@@ -15,8 +15,8 @@ while its Status is RUNNING, subject `device.property/report` for a system
 topic (TopicType 0) and `device.message/report` otherwise, with its Select
 and Where as rule text; each action of an engine channel becomes action
 `aliyun-<ActionId>` of that channel, `Configuration` as its channel_detail.
-REPUBLISH actions and the topic filter are stored but not run: they need
-the MQTT source (see docs/api-alibaba.md).
+REPUBLISH actions, error actions (ErrorActionFlag) and the topic filter are
+stored but not run (see docs/api-alibaba.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def engine_action(action: dict[str, Any]) -> dict[str, Any] | None:
     from engine.config import channels
 
     channel = channel_of(action["Type"])
-    if channel is None:
+    if channel is None or action.get("ErrorActionFlag"):
+        # An error action receives only failed forwards; the engine has no such
+        # destination per rule yet, so running it as an action would send it every match.
         return None
     sink = channels.registry()[channel]
     return {"action_id": f"{PREFIX}{action['Id']}", "rule_id": f"{PREFIX}{action['RuleId']}",
