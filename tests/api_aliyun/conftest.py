@@ -14,7 +14,10 @@ import pytest
 from tests.api.conftest import AK_A, AK_B, SK_A, SK_B, free_port, running_api
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {"PROJ_A_SK": SK_A, "PROJ_B_SK": SK_B}
+# A database password the tests put in a Configuration: `running_api` fails
+# the test if the server's output shows it (the access log, an error message).
+DB_PASSWORD = "db-pw-7c1e5a9b"
+ENV = {"PROJ_A_SK": SK_A, "PROJ_B_SK": SK_B, "UNUSED_DB_PASSWORD": DB_PASSWORD}
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.api.conftest import AK_B, SK_B
-from tests.api_aliyun.conftest import Sdk, stored
+from tests.api_aliyun.conftest import DB_PASSWORD, Sdk, stored
 
 HTTP_CONFIG = json.dumps({"url": "http://127.0.0.1:9/hook"})
 
@@ -39,10 +39,10 @@ def test_every_rule_action_through_the_official_sdk(server):
                       "Configuration": HTTP_CONFIG, "ErrorActionFlag": False}
     secret = sdk.ok("CreateRuleAction", RuleId=rule_id, Type="MYSQL", Configuration=json.dumps(
         {"address": {"ip": "127.0.0.1", "port": 3306}, "db_name": "iot", "username": "u",
-         "password": "s3cret-pw", "table_name": "t",
+         "password": DB_PASSWORD, "table_name": "t",
          "column_mappings": [{"column_name": "a", "json_key": "a"}]}))["ActionId"]
     shown = sdk.ok("GetRuleAction", ActionId=secret)["RuleActionInfo"]["Configuration"]
-    assert "s3cret-pw" not in shown and json.loads(shown)["password"] == "**********"
+    assert DB_PASSWORD not in shown and json.loads(shown)["password"] == "**********"
     sdk.ok("DeleteRuleAction", ActionId=secret)
     listed = sdk.ok("ListRuleActions", RuleId=rule_id)["RuleActionList"]
     assert [a["Id"] for a in listed] == [republish, http]
