@@ -116,3 +116,32 @@ def test_the_sdk_reports_a_wrong_secret(server):
     # The server's string to sign equals the SDK's: the SDK concludes the secret is wrong.
     assert caught.value.get_error_code() == "InvalidAccessKeySecret"
     assert stored(db) == []
+
+
+def test_form_body_parameters_are_signed_too(server):
+    """The SDK signs body parameters (add_body_params) together with the query."""
+    from urllib.parse import urlencode
+
+    from aliyunsdkcore.auth.composer.rpc_signature_composer import get_signed_url
+
+    endpoint, db = server
+    query = {"Action": "CreateRule", "Version": "2018-01-20", "RegionId": "cn-shanghai"}
+    form = {"Name": "from_body", "Select": "a, b", "Where": "a > 1"}
+    path, _ = get_signed_url(dict(query), AK_A, SK_A, "JSON", "POST", form)
+
+    def post(body: dict[str, str]) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://{endpoint}{path}", data=urlencode(body).encode(), method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    status, body = post({**form, "Where": "a > 2"})  # changed after signing
+    assert (status, body["Code"]) == (400, "SignatureDoesNotMatch"), body
+    status, body = post(form)
+    assert status == 200 and body["Success"] is True, body
+    info = Sdk(endpoint).ok("GetRule", RuleId=body["RuleId"])["RuleInfo"]
+    assert (info["Name"], info["Select"], info["Where"]) == ("from_body", "a, b", "a > 1")
