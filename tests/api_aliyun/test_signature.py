@@ -17,7 +17,7 @@ from tests.api.conftest import AK_A, SK_A
 from tests.api_aliyun.conftest import Sdk, stored
 
 
-def signed_url(endpoint: str, params: dict[str, str], ak: str = AK_A, sk: str = SK_A,
+def signed_url(endpoint: str, params: dict[str, str | None], ak: str = AK_A, sk: str = SK_A,
                timestamp: datetime | None = None, method: str = "POST") -> str:
     """A URL signed by aliyunsdkcore's RPC signer (its string-to-sign and HMAC)."""
     from aliyunsdkcore.auth.composer import rpc_signature_composer as composer
@@ -27,11 +27,21 @@ def signed_url(endpoint: str, params: dict[str, str], ak: str = AK_A, sk: str = 
              "SignatureNonce": uuid.uuid4().hex, "AccessKeyId": ak,
              "Timestamp": (timestamp or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
              **params}
+    query = {k: v for k, v in query.items() if v is not None}  # None: leave the parameter out
     text = getattr(composer, "__compose_string_to_sign")(method, query)
     query["Signature"] = getattr(composer, "__get_signature")(text, sk)
     from urllib.parse import urlencode
 
     return f"http://{endpoint}/?" + urlencode(query).replace("+", "%20")
+
+
+def send_raw(url: str) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read()
 
 
 def send(url: str, method: str = "POST") -> tuple[int, dict]:
@@ -145,3 +155,22 @@ def test_form_body_parameters_are_signed_too(server):
     assert status == 200 and body["Success"] is True, body
     info = Sdk(endpoint).ok("GetRule", RuleId=body["RuleId"])["RuleInfo"]
     assert (info["Name"], info["Select"], info["Where"]) == ("from_body", "a, b", "a > 1")
+
+
+def test_xml_is_the_default_format(server):
+    """Seed §2.3: without Format (or Format=XML) the answer is XML."""
+    from xml.etree import ElementTree
+
+    endpoint, _ = server
+    status, kind, raw = send_raw(signed_url(endpoint, {"Action": "CreateRule", "Format": "XML",
+                                                       "Name": "xml_rule", "Select": "*"}))
+    root = ElementTree.fromstring(raw)
+    assert (status, kind, root.tag) == (200, "application/xml", "CreateRuleResponse")
+    assert root.findtext("Success") == "true" and int(root.findtext("RuleId")) >= 1000
+    status, kind, raw = send_raw(signed_url(endpoint, {"Action": "ListRule", "Format": None}))
+    root = ElementTree.fromstring(raw)
+    assert (status, root.tag) == (200, "ListRuleResponse"), raw
+    assert [r.findtext("Name") for r in root.find("Data")] == ["xml_rule"]
+    status, kind, raw = send_raw(signed_url(endpoint, {"Action": "Pub", "Format": "XML"}))
+    root = ElementTree.fromstring(raw)
+    assert (status, root.tag, root.findtext("Code")) == (400, "Error", "UnsupportedOperation")

@@ -2,7 +2,7 @@
 of the management API's listener next to the IoTDA paths (docs/api-alibaba.md).
 
 - `signature`: the HMAC-SHA1 RPC signature, timestamp window, nonce replay check
-- `errors`: Alibaba's error codes and response envelope
+- `errors`: Alibaba's error codes, response envelope and its JSON/XML rendering
 - `operations`: CreateRule ... UpdateRule on the API store
 - `mapping`: the stored kinds, and the engine rules and actions they run as
 - `handler`: the aiohttp handler tying them together

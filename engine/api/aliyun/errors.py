@@ -122,3 +122,42 @@ def throttled() -> GatewayError:
 
 def internal() -> GatewayError:
     return GatewayError(500, "iot.system.SystemException", "A system exception occurred.")
+
+
+# ------------------------------------------------------------------ the response body
+
+_ITEM = {"Data": "RuleInfo", "RuleActionList": "RuleActionInfo"}  # XML element of a list item
+
+
+def _xml(parent: Any, name: str, value: Any) -> None:
+    from xml.etree import ElementTree
+
+    node = ElementTree.SubElement(parent, name)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _xml(node, key, item)
+    elif isinstance(value, list):
+        for item in value:
+            _xml(node, _ITEM.get(name, "item"), item)
+    elif isinstance(value, bool):
+        node.text = "true" if value else "false"
+    else:
+        node.text = str(value)
+
+
+def render(payload: dict[str, Any], action: str, fmt: str | None) -> tuple[bytes, str]:
+    """The body and its content type: JSON when `Format=JSON` (the SDK always
+    asks for it), otherwise XML, the seed's default (§2.3): `<ActionResponse>`
+    for an answer of the action, `<Error>` for a gateway error."""
+    import orjson
+
+    if (fmt or "XML").upper() == "JSON":
+        return orjson.dumps(payload), "application/json"
+    from xml.etree import ElementTree
+
+    root_name = "Error" if "Success" not in payload else f"{action or 'Unknown'}Response"
+    root = ElementTree.Element(root_name)
+    for key, value in payload.items():
+        _xml(root, key, value)
+    return (b'<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(root),
+            "application/xml")

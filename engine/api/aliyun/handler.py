@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from aiohttp import web
 
 from engine.api.aliyun import errors
@@ -63,9 +62,10 @@ def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callabl
                  limiter: Callable[[], RateLimiter]) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.Response:
         rid = errors.request_id()
+        params: dict[str, str] = {}
         try:
-            body = await request.read()
-            params = _params(request.query_string, body, request.content_type)
+            raw = await request.read()
+            params = _params(request.query_string, raw, request.content_type)
             caller = verifier.verify(request.method, params)
             if not limiter().allow(f"ak:{caller.access_key_id}"):
                 raise errors.throttled()
@@ -91,7 +91,9 @@ def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callabl
             log.exception("alibaba API action failed (request %s)", rid)
             failure = errors.internal()
             payload, status = failure.body(rid), failure.status
-        return web.Response(body=orjson.dumps(payload), status=status,
-                            content_type="application/json")
+        action = params.get("Action", "")
+        body, content_type = errors.render(payload, action if action in OPERATIONS else "",
+                                           params.get("Format"))
+        return web.Response(body=body, status=status, content_type=content_type)
 
     return handle
