@@ -60,3 +60,18 @@ def test_import_replace_and_export_leave_alibaba_rules_alone(tmp_path):
         assert exported == {"rules": [{"rule_id": "r1", "subject": {"resource": "product",
                                                                     "event": "create"}}]}
         assert sdk.ok("GetRule", RuleId=rule)["RuleInfo"]["Name"] == "kept_rule"
+
+
+def test_rate_limit_applies_per_access_key(tmp_path):
+    from aliyunsdkcore.acs_exception.exceptions import ServerException
+
+    config = write_config(tmp_path, "  limits: {rate: 0.01, burst: 2}\n")
+    with running_api(config, ENV) as (url, _):
+        sdk = Sdk(url.removeprefix("http://"))
+        sdk.ok("ListRule")
+        sdk.ok("ListRule")
+        try:
+            sdk.call("ListRule")
+            raise AssertionError("the third request within the burst must be refused")
+        except ServerException as err:
+            assert (err.get_http_status(), err.get_error_code()) == (429, "Throttling.User")
