@@ -30,7 +30,7 @@ from engine.config.models import ApiConfig
 
 WINDOW_SECONDS = 15 * 60
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-MAX_NONCES = 1_000_000  # bounds memory under a flood of valid requests
+MAX_NONCES = 1_000_000  # live nonces (~150 MB): above, requests are refused, not forgotten
 
 
 def percent_encode(text: str) -> str:
@@ -97,11 +97,17 @@ class Verifier:
 
     def _use_nonce(self, ak: str, nonce: str) -> None:
         clock = time.monotonic()
+        # Entries expire in insertion order (a fixed lifetime): drop the expired
+        # ones from the front, so memory follows the request rate of one window.
+        while self._nonces:
+            oldest, expiry = next(iter(self._nonces.items()))
+            if expiry > clock:
+                break
+            del self._nonces[oldest]
         key = (ak, nonce)
-        expiry = self._nonces.get(key)
-        if expiry is not None and expiry > clock:
+        if key in self._nonces:
             raise errors.nonce_used()
         if len(self._nonces) >= MAX_NONCES:
-            self._nonces = {k: e for k, e in self._nonces.items() if e > clock}
+            raise errors.throttled()  # a replay could not be told apart: refuse rather than forget
         # A timestamp may be up to a window ahead, so remember the nonce for two.
         self._nonces[key] = clock + 2 * WINDOW_SECONDS
