@@ -485,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the JSONL outputs go (default: a new temporary directory)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("api", help="run the IoTDA-compatible management API (the api: section)")
+    p = sub.add_parser("api", help="run the management API of the api: section (IoTDA "
+                                   "under /v5/, Alibaba's rules-engine API at /)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                    help="override an API limit, e.g. max_rules=500 or rate=20 (see docs/api.md)")

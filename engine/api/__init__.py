@@ -5,6 +5,7 @@
   by `engine.config`'s validator; `project_config` for workers
 - `storage`: SQLite and PostgreSQL stores with change subscription
 - `params`: formats of path ids and list filters (IoTDA's constraints)
+- `aliyun/`: Alibaba IoT Platform's rules-engine RPC API at `/` (docs/api-alibaba.md)
 - `auth`, `ratelimit`, `pagination`, `errors`, `openapi`, `metrics`: one role each
   (the limits themselves, `ApiLimits`, are configuration: `engine.config.limits`)
 

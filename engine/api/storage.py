@@ -46,6 +46,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 KINDS = ("rules", "actions", "flowcontrol_policies", "backlog_policies")
+# Kinds of the Alibaba API (engine.api.aliyun.mapping): stored alongside, not rule-file sections.
+ALIYUN_KINDS = ("aliyun_rules", "aliyun_actions", "aliyun_ids")
 POLL_INTERVAL = 0.2
 KEEP_CHANGES = 10_000  # change rows kept for late pollers; older ones are pruned
 
