@@ -139,6 +139,17 @@ cdef object render(object v):
     return _MISSING
 
 
+cdef inline object int64_or_missing(object r):
+    """Integer results beyond the signed 64-bit range are MISSING (overflow),
+    as float overflow is: no sink can write them."""
+    cdef int overflow = 0
+    if PyLong_CheckExact(r):
+        PyLong_AsLongLongAndOverflow(r, &overflow)
+        if overflow:
+            return _MISSING
+    return r
+
+
 cdef object deep_copy(object v):
     """Outputs never alias the input: copy JSON containers."""
     cdef list out_l
@@ -449,7 +460,7 @@ cdef class Neg(Expr):
         v = self.a.value(ev)
         if kind_of(v) != K_NUM:
             return _MISSING
-        return PyNumber_Negative(v)
+        return int64_or_missing(PyNumber_Negative(v))
 
 
 @cython.no_gc
@@ -485,9 +496,11 @@ cdef class Arith(Expr):
                 r = q if rem == 0 else PyNumber_TrueDivide(x, y)
             else:
                 r = PyNumber_TrueDivide(x, y)
-            if PyFloat_CheckExact(r) and not isfinite(PyFloat_AS_DOUBLE(r)):
-                return _MISSING    # beyond the float range: not a JSON number
-            return r
+            if PyFloat_CheckExact(r):
+                if not isfinite(PyFloat_AS_DOUBLE(r)):
+                    return _MISSING    # beyond the float range: not a JSON number
+                return r
+            return int64_or_missing(r)
         except (OverflowError, ValueError):
             return _MISSING        # beyond float range: no value, never an error
 

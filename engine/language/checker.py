@@ -38,7 +38,8 @@ class _Checker:
                 case ast.InList():
                     self.in_list(node)
             for child in ast.children(node):
-                stack.append((child, isinstance(node, ast.Neg)))
+                stack.append((child, isinstance(node, ast.Neg)
+                              and not getattr(child, "paren", False)))
 
     def call(self, node: ast.Call) -> None:
         spec = FUNCTIONS.get(node.name)
@@ -53,7 +54,7 @@ class _Checker:
                            f"got {n}: {spec.signature}", node.pos)
         if spec.fuzzy_arg is not None and n > spec.fuzzy_arg:
             arg = node.args[spec.fuzzy_arg]
-            if not (isinstance(arg, ast.Literal) and type(arg.value) is bool):
+            if not (isinstance(arg, ast.Literal) and type(arg.value) is bool and not arg.paren):
                 raise self.err(f"the fuzzy argument of {node.name} must be the literal true or false",
                                getattr(arg, "pos", node.pos))
 
@@ -62,7 +63,10 @@ class _Checker:
         for item in node.items:
             value = constant_value(item)
             if value is _NOT_CONST or value is None or type(value) is bool:
-                raise self.err("IN list elements must be string or number constants", item.pos)
+                hint = (" written without parentheses" if getattr(item, "paren", False)
+                        or isinstance(item, ast.Neg) else "")
+                raise self.err(f"IN list elements must be string or number constants{hint}",
+                               item.pos)
             kinds.add("string" if isinstance(value, str) else "number")
         if len(kinds) > 1:
             raise self.err("IN list mixes strings and numbers; all elements must have one type",
@@ -73,11 +77,12 @@ _NOT_CONST = object()
 
 
 def constant_value(node: ast.Expr):
-    """The value of a literal or a negated number literal, else _NOT_CONST."""
+    """The value of a literal or a negated number literal as written (no
+    parentheses), else _NOT_CONST."""
     if isinstance(node, ast.Literal):
-        return node.value
-    if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Literal) \
-            and type(node.operand.value) in (int, float):
+        return _NOT_CONST if node.paren else node.value
+    if isinstance(node, ast.Neg) and not node.paren and isinstance(node.operand, ast.Literal) \
+            and not node.operand.paren and type(node.operand.value) in (int, float):
         return -node.operand.value
     return _NOT_CONST
 
@@ -114,6 +119,8 @@ def check_select(select: ast.Select, text: str) -> None:
 
 def _needs_alias(expr: ast.Expr) -> str:
     what = {ast.Literal: "a constant", ast.Call: "a function call"}.get(type(expr), "an expression")
+    if isinstance(expr, ast.Path):
+        what = "a path in parentheses"
     msg = f"{what} in SELECT needs an alias: add AS name"
     if isinstance(expr, ast.Arith) and expr.op == "-" and isinstance(expr.left, ast.Path) \
             and isinstance(expr.right, ast.Path) and len(expr.right.steps) == 1:

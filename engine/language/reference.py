@@ -84,9 +84,15 @@ def render(v: Any) -> str | None:
     return None             # object, array, null, MISSING
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _number_result(x: int | float) -> Any:
-    """Arithmetic results that are not finite numbers (overflow) are MISSING."""
+    """Arithmetic results that are not finite numbers or integers beyond the
+    signed 64-bit range (overflow) are MISSING."""
     if type(x) is float and not math.isfinite(x):
+        return MISSING
+    if type(x) is int and not INT64_MIN <= x <= INT64_MAX:
         return MISSING
     return x
 
@@ -205,7 +211,7 @@ def value(expr: ast.Expr, event: dict) -> Any:
             return resolve(event, steps)
         case ast.Neg(operand):
             v = value(operand, event)
-            return -v if is_number(v) else MISSING
+            return _number_result(-v) if is_number(v) else MISSING
         case ast.Arith(op, left, right):
             return _arith(op, value(left, event), value(right, event))
         case ast.Concat(left, right):
@@ -238,7 +244,7 @@ def _arith(op: str, a: Any, b: Any) -> Any:
         if b == 0:
             return MISSING
         if type(a) is int and type(b) is int and a % b == 0:
-            return a // b
+            return _number_result(a // b)
         return _number_result(a / b)
     except OverflowError:       # an int too large for a float meets a float
         return MISSING
