@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from engine.language import ast
 from engine.language.errors import RuleSemanticError
-from engine.language.functions import FUNCTIONS
+from engine.language.library import FUNCTIONS
 
 MAX_ALIAS_CHARS = 256
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -21,8 +22,9 @@ class _Checker:
         return RuleSemanticError(msg, clause=self.clause, text=self.text, line=pos[0], column=pos[1])
 
     def expr(self, root: ast.Expr) -> None:
-        # Iterative walk; `negated` tracks an enclosing unary minus so that
-        # -9223372036854775808 is accepted.
+        # Iterative walk; `under_neg` tracks an enclosing unary minus so that
+        # -9223372036854775808 is accepted (but not -(9223372036854775808):
+        # the spec's exception is for the written form `-digits`).
         stack: list[tuple[ast.Expr, bool]] = [(root, False)]
         while stack:
             node, under_neg = stack.pop()
@@ -44,14 +46,14 @@ class _Checker:
     def call(self, node: ast.Call) -> None:
         spec = FUNCTIONS.get(node.name)
         if spec is None:
-            known = ", ".join(sorted(FUNCTIONS))
-            raise self.err(f"unknown function {node.name}; known functions: {known}", node.pos)
+            near = difflib.get_close_matches(node.name, FUNCTIONS.names(), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(near)}?" if near else \
+                "; the functions are listed in docs/language.md"
+            raise self.err(f"unknown function {node.name}{hint}", node.pos)
         n = len(node.args)
-        if not spec.min_args <= n <= spec.max_args:
-            want = (str(spec.min_args) if spec.min_args == spec.max_args
-                    else f"{spec.min_args} to {spec.max_args}")
-            raise self.err(f"{node.name} takes {want} argument{'s' if want != '1' else ''}, "
-                           f"got {n}: {spec.signature}", node.pos)
+        if n < spec.min_args or (spec.max_args is not None and n > spec.max_args):
+            raise self.err(f"{node.name} takes {spec.arity_text()}, got {n}: {spec.signature}",
+                           node.pos)
         if spec.fuzzy_arg is not None and n > spec.fuzzy_arg:
             arg = node.args[spec.fuzzy_arg]
             if not (isinstance(arg, ast.Literal) and type(arg.value) is bool and not arg.paren):

@@ -240,6 +240,13 @@ PRODUCTIONS = {
         lambda d, k: f"(- {d(expr('num', k))})",
         lambda d, k: _case(d, k, "num"),
         lambda d, k: f"GET_SERVICE_PROPERTY({d(SERVICE_ID)}, {d(PROP_KEY)})",
+        # the function library (each function has its own differential test in
+        # test_functions.py; here they meet the rest of the language)
+        lambda d, k: (f"{d(st.sampled_from(['abs', 'ROUND', 'floor', 'ceil', 'int', 'sqrt']))}"
+                      f"({d(expr('num', k))})"),
+        lambda d, k: f"{d(st.sampled_from(['mod', 'power']))}({d(expr('num', k))}, {d(expr('num', k))})",
+        lambda d, k: f"coalesce({d(expr('any', k))}, {d(expr('num', k))})",
+        lambda d, k: f"length({d(expr('any', k))})",
     ],
     "str": [
         lambda d, k: f"({d(expr('scalar', k))} || {d(expr('scalar', k))})",
@@ -250,6 +257,9 @@ PRODUCTIONS = {
         lambda d, k: f"{d(st.sampled_from(['LOWER', 'upper']))}({d(expr('str', k))})",
         lambda d, k: f"GET_TAG({d(st.one_of(TAG_KEY, expr('str', k)))})",
         lambda d, k: _case(d, k, "str"),
+        lambda d, k: f"{d(st.sampled_from(['trim', 'str', 'reverse', 'md5']))}({d(expr('any', k))})",
+        lambda d, k: f"substr({d(expr('str', k))}, {d(expr('num', k))}{_opt(d, expr('num', k))})",
+        lambda d, k: f"sprintf('%s-%d', {d(expr('any', k))}, {d(expr('num', k))})",
     ],
     "bool": [
         lambda d, k: f"({d(expr('num', k))} {d(CMP)} {d(expr('num', k))})",
@@ -270,6 +280,9 @@ PRODUCTIONS = {
         lambda d, k: (f"CONTAINS_SERVICES({d(st.one_of(SERVICE_ID, expr('str', k)))}"
                       f"{_opt(d, FUZZY)})"),
         lambda d, k: _case(d, k, "bool"),
+        lambda d, k: f"{d(st.sampled_from(['is_null', 'IS_STR', 'is_num']))}({d(expr('any', k))})",
+        lambda d, k: f"contains({d(expr('scalar', k))}, {d(st.sampled_from(OTHER_PATHS))})",
+        lambda d, k: f"regex_match({d(expr('str', k))}, '[a-c]+')",
     ],
     "any": [
         lambda d, k: d(expr("num", k)),
@@ -281,6 +294,9 @@ PRODUCTIONS = {
         lambda d, k: (f"GET_SERVICE_PROPERTY({d(st.one_of(SERVICE_ID, expr('any', k)))}, "
                       f"{d(st.one_of(PROP_KEY, expr('any', k)))})"),
         lambda d, k: _case(d, k, "any"),
+        lambda d, k: f"split({d(expr('str', k))}, ',')",
+        lambda d, k: f"map_get({d(STR_ATOM)}, {d(st.sampled_from(OTHER_PATHS))})",
+        lambda d, k: f"json_decode({d(expr('str', k))})",
     ],
 }
 ATOMS["scalar"] = st.one_of(NUM_ATOM, STR_ATOM, BOOL_ATOM)
