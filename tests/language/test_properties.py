@@ -66,7 +66,8 @@ _KEYWORDS = ["SELECT", "WHERE", "AS", "AND", "OR", "NOT", "IN", "LIKE", "IS", "N
              "FALSE", "BETWEEN", "CASE", "WHEN", "THEN", "ELSE", "END", "FROM"]
 _FUNCS = ["GET_TAG", "CONTAINS_TAG", "GET_SERVICE", "GET_SERVICES", "CONTAINS_SERVICES",
           "GET_SERVICE_PROPERTIES", "GET_SERVICE_PROPERTY", "STARTS_WITH", "ENDS_WITH", "CONCAT",
-          "REPLACE", "SUBSTRING", "LOWER", "UPPER", "abs", "FOO"]
+          "REPLACE", "SUBSTRING", "LOWER", "UPPER", "abs", "FOO", "coalesce", "regex_match",
+          "json_decode", "range", "pad", "sprintf", "now_timestamp", "nth", "int", "rand"]
 _PUNCT = ["=", "<>", "!=", "<", ">", "<=", ">=", "+", "-", "*", "/", "||", "(", ")", ",", ".",
           "[", "]", "'", '"', "--", "%", ";", "==", "!", "|", "&", "?", "$", "\\", "\n", "\t",
           "\r", "\x00", "温", "é", "\u00a0", "\x7f"]
