@@ -93,7 +93,8 @@ class Registry:
             for f in (f for f in self.declared if f.category == cat):
                 names = f"`{f.signature}`" + (
                     f" (also {', '.join(f'`{a}`' for a in f.aliases)})" if f.aliases else "")
-                out.append(f"| {names} | {f.doc} | {_example_text(f)} |")
+                cells = (names, f.doc, _example_text(f))
+                out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             out.append("")
         return "\n".join(out)
 
@@ -110,7 +111,7 @@ def _example_text(f: Function) -> str:
         res = "MISSING" if ex.result == "MISSING" else json.dumps(ex.result, ensure_ascii=False)
         on = f" on `{json.dumps(ex.event, ensure_ascii=False)}`" if ex.event and \
             f.category != "IoTDA" else ""
-        parts.append(f"`{ex.expr}` → `{res}`{on}".replace("|", "\\|"))
+        parts.append(f"`{ex.expr}` → `{res}`{on}")
     return "<br>".join(parts)
 
 

@@ -571,7 +571,8 @@ def _regex(p):
 
 
 @fn("regex_match", "string", 2, signature="regex_match(s, regex)", doc="true if the (Python "
-    "syntax) regular expression matches somewhere in s; MISSING for an invalid regex",
+    "`re` syntax) regular expression matches somewhere in s; MISSING for an invalid regex "
+    "(patterns are compiled once and cached; avoid ones that backtrack catastrophically)",
     examples=(E("regex_match('dev-17', '[0-9]+$')", True),))
 def regex_match_(s, p):
     rx = _regex(p)
@@ -874,14 +875,16 @@ def _unit(u) -> int | None:
 
 
 @fn("now_timestamp", "time", (0, 1), fold=False, signature="now_timestamp(['second'|'millisecond'])",
-    doc="the current Unix time as an int (seconds by default)", examples=())
+    doc="the current Unix time as an int (seconds by default); never folded, e.g. "
+    "`now_timestamp('millisecond')` → `1449922332000`", examples=())
 def now_timestamp_(unit="second"):
     u = _unit(unit)
     return MISSING if u is None else int(time.time() * u)
 
 
 @fn("now_rfc3339", "time", (0, 1), fold=False, signature="now_rfc3339(['second'|'millisecond'])",
-    doc="the current UTC time as RFC 3339 text (with milliseconds for 'millisecond')",
+    doc="the current UTC time as RFC 3339 text (with milliseconds for 'millisecond'); never "
+    "folded, e.g. `now_rfc3339()` → `\"2015-12-12T12:12:12Z\"`",
     examples=())
 def now_rfc3339_(unit="second"):
     u = _unit(unit)
@@ -891,13 +894,15 @@ def now_rfc3339_(unit="second"):
 
 
 @fn("rand", "math", 0, fold=False, aliases=("random",), signature="rand()",
-    doc="a random decimal in [0, 1)", examples=())
+    doc="a random decimal in [0, 1); never folded, e.g. `rand()` → `0.8444218515250481`",
+    examples=())
 def rand_():
     return random.random()
 
 
 @fn("newuuid", "hash", 0, fold=False, aliases=("uuid_v4",), signature="newuuid()",
-    doc="a random UUID (version 4) as text", examples=())
+    doc="a random UUID (version 4) as text; never folded, e.g. `newuuid()` → "
+    "`\"1b4e28ba-2fa1-41d2-883f-0016d3cca427\"`", examples=())
 def newuuid_():
     return str(uuid.uuid4())
 
