@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: install demo test test-fast bench lint services-up services-down services-status clean
 
 # Editable install: builds engine/_core.pyx in place; re-run when the build inputs change.
-$(VENV)/.installed: pyproject.toml setup.py engine/_core.pyx
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard engine/_core.pyx engine/*.pxi engine/*.pxd engine/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[dev]'

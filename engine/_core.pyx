@@ -15,28 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import orjson
 
-cdef extern from *:
-    """
-    /* Hot-path helpers. Dict lookups with str keys cannot fail, so the
-       variant that skips saving/restoring the error indicator is safe. */
-    static inline PyObject* eng_dict_get(PyObject* d, PyObject* key) {
-        PyObject* r = PyDict_GetItemWithError(d, key);
-        if (r == NULL && PyErr_Occurred()) PyErr_Clear();
-        return r;
-    }
-    /* Equality of two exact-or-subclass str objects without the generic
-       rich-compare machinery. */
-    static inline int eng_str_eq(PyObject* a, PyObject* b) {
-        Py_ssize_t n;
-        int k;
-        if (a == b) return 1;
-        n = PyUnicode_GET_LENGTH(a);
-        if (n != PyUnicode_GET_LENGTH(b)) return 0;
-        k = PyUnicode_KIND(a);
-        if (k != PyUnicode_KIND(b)) return 0;
-        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * k) == 0;
-    }
-    """
+cdef extern from "_core_helpers.h":
     PyObject* PyDict_GetItem "eng_dict_get" (object d, object key)
     bint str_eq "eng_str_eq" (object a, object b)
 
@@ -140,6 +119,17 @@ cdef object render(object v):
     return _MISSING
 
 
+cdef inline object int64_or_missing(object r):
+    """Integer results beyond the signed 64-bit range are MISSING (overflow),
+    as float overflow is: no sink can write them."""
+    cdef int overflow = 0
+    if PyLong_CheckExact(r):
+        PyLong_AsLongLongAndOverflow(r, &overflow)
+        if overflow:
+            return _MISSING
+    return r
+
+
 cdef object deep_copy(object v):
     """Outputs never alias the input: copy JSON containers."""
     cdef list out_l
@@ -227,72 +217,7 @@ cdef extern from "Python.h":
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
-cdef extern from *:
-    """
-    /* The inline cache's entry read. PyDict_Next is an out-of-line call that
-       costs ~100 instructions; reading entry p of a combined table is a few
-       loads. The mirror of CPython's dict-keys header below is the layout of
-       CPython 3.11-3.13 (non-free-threaded); eng_dict_layout_check() verifies
-       it against PyDict_Next at import and otherwise PyDict_Next is used. */
-    typedef struct {
-        Py_ssize_t refcnt;
-        uint8_t log2_size, log2_index_bytes, kind;
-        uint32_t version;
-        Py_ssize_t usable, nentries;
-        char indices[];
-    } eng_dict_keys;
-    typedef struct { PyObject *key, *value; } eng_unicode_entry;
-    typedef struct { Py_hash_t hash; PyObject *key, *value; } eng_general_entry;
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
-    #define ENG_DICT_MIRROR 1
-    #else
-    #define ENG_DICT_MIRROR 0
-    #endif
-    static int eng_dict_mirror_ok = 0;
-
-    static inline PyObject* eng_dict_slot_direct(PyObject* d, Py_ssize_t p, PyObject* key) {
-        PyDictObject* mp = (PyDictObject*)d;
-        eng_dict_keys* k = (eng_dict_keys*)mp->ma_keys;
-        const char* entries;
-        if (p >= k->nentries) return NULL;
-        entries = k->indices + ((size_t)1 << k->log2_index_bytes);
-        if (k->kind == 0) {   /* DICT_KEYS_GENERAL */
-            const eng_general_entry* e = (const eng_general_entry*)entries + p;
-            return e->key == key ? e->value : NULL;
-        } else {
-            const eng_unicode_entry* e = (const eng_unicode_entry*)entries + p;
-            return e->key == key ? e->value : NULL;
-        }
-    }
-
-    /* The value at entry position p if that entry's key is `key` (the very
-       object), else NULL. */
-    static inline PyObject* eng_dict_slot(PyObject* d, Py_ssize_t p, PyObject* key) {
-        PyObject *k, *v;
-    #if ENG_DICT_MIRROR
-        if (eng_dict_mirror_ok && ((PyDictObject*)d)->ma_values == NULL)
-            return eng_dict_slot_direct(d, p, key);
-    #endif
-        if (PyDict_Next(d, &p, &k, &v) && k == key) return v;
-        return NULL;
-    }
-
-    /* Compare the mirror with PyDict_Next on every entry of d. */
-    static int eng_dict_layout_matches(PyObject* d) {
-    #if ENG_DICT_MIRROR
-        Py_ssize_t pos = 0, p;
-        PyObject *k, *v;
-        if (((PyDictObject*)d)->ma_values != NULL) return 0;
-        while (PyDict_Next(d, &pos, &k, &v)) {
-            p = pos - 1;
-            if (eng_dict_slot_direct(d, p, k) != v) return 0;
-        }
-        return 1;
-    #else
-        return 0;
-    #endif
-    }
-    """
+cdef extern from "_core_dict.h":
     int eng_dict_mirror_ok
     bint eng_dict_layout_matches(object d)
     PyObject* p_dict_slot "eng_dict_slot" (PyObject* d, Py_ssize_t p, PyObject* key) noexcept
@@ -450,7 +375,7 @@ cdef class Neg(Expr):
         v = self.a.value(ev)
         if kind_of(v) != K_NUM:
             return _MISSING
-        return PyNumber_Negative(v)
+        return int64_or_missing(PyNumber_Negative(v))
 
 
 @cython.no_gc
@@ -486,9 +411,11 @@ cdef class Arith(Expr):
                 r = q if rem == 0 else PyNumber_TrueDivide(x, y)
             else:
                 r = PyNumber_TrueDivide(x, y)
-            if PyFloat_CheckExact(r) and not isfinite(PyFloat_AS_DOUBLE(r)):
-                return _MISSING    # beyond the float range: not a JSON number
-            return r
+            if PyFloat_CheckExact(r):
+                if not isfinite(PyFloat_AS_DOUBLE(r)):
+                    return _MISSING    # beyond the float range: not a JSON number
+                return r
+            return int64_or_missing(r)
         except (OverflowError, ValueError):
             return _MISSING        # beyond float range: no value, never an error
 
@@ -815,7 +742,7 @@ cdef class Case(Expr):
         return _MISSING
 
 
-# ---------------------------------------------------------------- functions
+# ---------------------------------------------------------------- helpers
 
 cdef object _get(object d, str key):
     """d[key] for a dict, else NULL-safe MISSING."""
@@ -828,259 +755,7 @@ cdef object _get(object d, str key):
     return <object>p
 
 
-cdef object _tags(object ev):
-    nd = _get(ev, "notify_data")
-    tags = _get(_get(nd, "header"), "tags")
-    if PyList_Check(tags):
-        return tags
-    tags = _get(_get(nd, "body"), "tags")
-    if PyList_Check(tags):
-        return tags
-    return None
-
-
-cdef object _services(object ev):
-    """The services array of a property report; None on any other message."""
-    if not PyDict_Check(ev):
-        return None
-    r = _get(ev, "resource")
-    if not (PyUnicode_Check(r) and r == "device.property"):
-        return None
-    s = _get(_get(_get(ev, "notify_data"), "body"), "services")
-    if PyList_Check(s):
-        return s
-    return []
-
-
-cdef inline bint _service_matches(object svc, str sid, bint fuzzy):
-    cdef object v = _get(svc, "service_id")
-    if not PyUnicode_Check(v):
-        return False
-    if fuzzy:
-        return sid in <str>v
-    return <str>v == sid
-
-
-@cython.no_gc
-cdef class GetTag(Expr):
-    cdef Expr key
-
-    def __init__(self, Expr key):
-        self.key = key
-
-    cdef object value(self, object ev):
-        k = self.key.value(ev)
-        if not PyUnicode_Check(k):
-            return _MISSING
-        tags = _tags(ev)
-        if tags is None:
-            return _MISSING
-        for t in <list>tags:
-            tk = _get(t, "tag_key")
-            if PyUnicode_Check(tk) and tk == k:
-                return _get(t, "tag_value")
-        return _MISSING
-
-
-@cython.no_gc
-cdef class ContainsTag(Cond):
-    cdef Expr key
-
-    def __init__(self, Expr key):
-        self.key = key
-
-    cdef int truth(self, object ev) except -1:
-        k = self.key.value(ev)
-        if not PyUnicode_Check(k):
-            return T_FALSE
-        tags = _tags(ev)
-        if tags is None:
-            return T_FALSE
-        for t in <list>tags:
-            tk = _get(t, "tag_key")
-            if PyUnicode_Check(tk) and tk == k:
-                return T_TRUE
-        return T_FALSE
-
-
-# service function variants
-cdef enum:
-    SVC_GET = 0
-    SVC_GET_ALL = 1
-    SVC_CONTAINS = 2
-    SVC_PROPERTIES = 3
-    SVC_PROPERTY = 4
-
-
-@cython.no_gc
-cdef class ServiceFn(Expr):
-    cdef Expr sid, prop
-    cdef int fn
-    cdef bint fuzzy
-
-    def __init__(self, int fn, Expr sid, bint fuzzy=False, Expr prop=None):
-        self.fn = fn
-        self.sid = sid
-        self.fuzzy = fuzzy
-        self.prop = prop
-
-    cdef object value(self, object ev):
-        services = _services(ev)
-        if services is None:
-            return False if self.fn == SVC_CONTAINS else _MISSING
-        sid = self.sid.value(ev)
-        if not PyUnicode_Check(sid):
-            return False if self.fn == SVC_CONTAINS else _MISSING
-        cdef list found
-        if self.fn == SVC_GET_ALL:
-            found = [s for s in <list>services if _service_matches(s, sid, self.fuzzy)]
-            return found
-        for s in <list>services:
-            if _service_matches(s, sid, self.fuzzy):
-                if self.fn == SVC_GET:
-                    return s
-                if self.fn == SVC_CONTAINS:
-                    return True
-                props = _get(s, "properties")
-                if self.fn == SVC_PROPERTIES:
-                    return props if PyDict_Check(props) else _MISSING
-                k = self.prop.value(ev)
-                if not PyUnicode_Check(k):
-                    return _MISSING
-                return _get(props, k)
-        return False if self.fn == SVC_CONTAINS else _MISSING
-
-
-@cython.no_gc
-cdef class StartsEnds(Expr):
-    cdef Expr s, affix
-    cdef bint ends
-
-    def __init__(self, Expr s, Expr affix, bint ends):
-        self.s = s
-        self.affix = affix
-        self.ends = ends
-
-    cdef object value(self, object ev):
-        v = self.s.value(ev)
-        if not PyUnicode_Check(v):
-            return _MISSING
-        a = self.affix.value(ev)
-        if not PyUnicode_Check(a):
-            return _MISSING
-        return (<str>v).endswith(a) if self.ends else (<str>v).startswith(a)
-
-
-@cython.no_gc
-cdef class ConcatFn(Expr):
-    cdef Expr a, b
-
-    def __init__(self, Expr a, Expr b):
-        self.a = a
-        self.b = b
-
-    cdef object value(self, object ev):
-        x = render(self.a.value(ev))
-        if x is _MISSING:
-            return _MISSING
-        y = render(self.b.value(ev))
-        if y is _MISSING:
-            return _MISSING
-        return x + y
-
-
-cdef inline object _text_or_number(object v):
-    """REPLACE/SUBSTRING input: a string, or a number rendered; else MISSING."""
-    cdef int k = kind_of(v)
-    if k == K_STR or k == K_NUM:
-        return render(v)
-    return _MISSING
-
-
-@cython.no_gc
-cdef class ReplaceFn(Expr):
-    cdef Expr s, target, repl
-
-    def __init__(self, Expr s, Expr target, Expr repl):
-        self.s = s
-        self.target = target
-        self.repl = repl
-
-    cdef object value(self, object ev):
-        v = _text_or_number(self.s.value(ev))
-        if v is _MISSING:
-            return _MISSING
-        t = self.target.value(ev)
-        r = self.repl.value(ev)
-        if not PyUnicode_Check(t) or not PyUnicode_Check(r):
-            return _MISSING
-        if not t:
-            return v
-        return (<str>v).replace(t, r)
-
-
-cdef inline Py_ssize_t _clamp_index(object x, Py_ssize_t n) except? -2:
-    """Index argument: a number truncated toward zero, clamped to [0, n]; -2 if not a number."""
-    if kind_of(x) != K_NUM:
-        return -2
-    if PyFloat_Check(x):
-        d = <double>x
-        if d != d:
-            return -2          # NaN has no position
-        if d <= 0:
-            return 0
-        if d >= n:
-            return n
-        return <Py_ssize_t>d   # C cast truncates toward zero
-    if x <= 0:
-        return 0
-    if x >= n:
-        return n
-    return <Py_ssize_t>x
-
-
-@cython.no_gc
-cdef class SubstringFn(Expr):
-    cdef Expr s, begin, end
-
-    def __init__(self, Expr s, Expr begin, Expr end=None):
-        self.s = s
-        self.begin = begin
-        self.end = end
-
-    cdef object value(self, object ev):
-        v = _text_or_number(self.s.value(ev))
-        if v is _MISSING:
-            return _MISSING
-        cdef Py_ssize_t n = len(<str>v)
-        cdef Py_ssize_t b = _clamp_index(self.begin.value(ev), n)
-        cdef Py_ssize_t e = n
-        if b == -2:
-            return _MISSING
-        if self.end is not None:
-            e = _clamp_index(self.end.value(ev), n)
-            if e == -2:
-                return _MISSING
-        if b >= e:
-            return ""
-        return (<str>v)[b:e]
-
-
-@cython.no_gc
-cdef class CaseFn(Expr):
-    """LOWER / UPPER."""
-    cdef Expr s
-    cdef bint upper
-
-    def __init__(self, Expr s, bint upper):
-        self.s = s
-        self.upper = upper
-
-    cdef object value(self, object ev):
-        v = self.s.value(ev)
-        if not PyUnicode_Check(v):
-            return _MISSING
-        return (<str>v).upper() if self.upper else (<str>v).lower()
+include "_functions.pxi"
 
 
 @cython.no_gc
