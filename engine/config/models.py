@@ -34,6 +34,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from engine.config import channels
+from engine.config.devices import RegistryConfig
+from engine.runtime.sources.mqtt import MqttSourceOptions  # the source owns its options model
 
 
 class _Model(BaseModel):
@@ -369,7 +371,7 @@ def _given(model: BaseModel) -> list[str]:
     return [name for name in type(model).model_fields if getattr(model, name) is not None]
 
 
-SourceKind = Literal["kafka", "amqp", "http", "file", "simulator"]
+SourceKind = Literal["kafka", "amqp", "http", "file", "simulator", "mqtt"]
 
 
 class SourceEntry(_Model):
@@ -381,12 +383,14 @@ class SourceEntry(_Model):
     http: HttpSource | None = None
     file: FileSource | None = None
     simulator: SimulatorSource | None = None
+    mqtt: MqttSourceOptions | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceEntry:
         if len(_given(self)) != 1:
             raise PydanticCustomError(
-                "one_source", "a source needs exactly one of: kafka, amqp, http, file, simulator"
+                "one_source",
+                "a source needs exactly one of: kafka, amqp, http, file, simulator, mqtt"
             )
         return self
 
@@ -396,7 +400,8 @@ class SourceEntry(_Model):
         return kind  # type: ignore[return-value]
 
     @property
-    def options(self) -> KafkaSource | AmqpSource | HttpSource | FileSource | SimulatorSource:
+    def options(self) -> (KafkaSource | AmqpSource | HttpSource | FileSource | SimulatorSource
+                          | MqttSourceOptions):
         return getattr(self, self.kind)
 
 
@@ -529,6 +534,8 @@ class EngineConfig(_Model):
     dead_letter: DeadLetterConfig | None = None
     api: ApiConfig | None = None
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    registry: RegistryConfig | None = None
+    """Products and devices (engine.config.devices): headers of device traffic."""
 
     def actions_of(self, rule_id: str) -> list[Action]:
         return [a for a in self.actions if a.rule_id == rule_id]
@@ -537,4 +544,4 @@ class EngineConfig(_Model):
 # Top-level keys that hold lists (merged across files) and single sections
 # (allowed in one file only).
 LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources")
-SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker")
+SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker", "registry")

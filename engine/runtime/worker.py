@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from engine import RuleSpec, compile_ruleset
 from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
+from engine.config.devices import Registry, RegistryConfig
 from engine.config.models import parse_listen
 from engine.destinations import CHANNELS
 from engine.policies import Backlog, FlowControl
@@ -43,8 +44,11 @@ from engine.runtime.watch import ConfigWatcher
 log = logging.getLogger(__name__)
 
 
-def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
+def build_source(entry: SourceEntry, *, batch_size: int = 500,
+                 registry: RegistryConfig | None = None) -> Source:
     o = entry.options
+    if entry.kind == "mqtt":
+        return o.build(registry=Registry(registry))
     if entry.kind == "kafka":
         from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
 
@@ -93,7 +97,7 @@ def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
 
 
 # Sections a reload does not apply (the running ones are kept).
-RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies")
+RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "registry")
 
 
 class Worker:
@@ -105,6 +109,9 @@ class Worker:
         self.dead_letters = dead_letters or DeadLetters()
         self.runners = list(runners)   # the actions of the current rule set
         self.sources = list(sources)
+        for s in self.sources:  # sources that reject input themselves (mqtt)
+            if hasattr(s, "use_dead_letters"):
+                s.use_dead_letters(self.dead_letters)
         routes: dict[str, list[ActionRunner]] = {k: [] for k in rule_keys}
         for r in self.runners:
             routes.setdefault(r.rule_id, []).append(r)
@@ -161,7 +168,8 @@ class Worker:
         runners = [_make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
         if sources is None:
-            sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
+            sources = [build_source(e, batch_size=w.batch_size, registry=config.registry)
+                       for e in config.sources]
         m = config.metrics if serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
                      dead_letters=dead_letters, metrics_listen=m.listen if m else None,

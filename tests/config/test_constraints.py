@@ -317,8 +317,8 @@ ENGINE_CASES = [
     ),
     (
         "source-unknown-kind",
-        "sources:\n  - mqtt: {url: x}\n",
-        2, "sources[0].mqtt", "unknown field",
+        "sources:\n  - nats: {url: x}\n",
+        2, "sources[0].nats", "unknown field",
     ),
     (
         "kafka-bootstrap",
