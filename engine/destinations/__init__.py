@@ -3,7 +3,15 @@
 Importing this package registers every channel in `CHANNELS`
 (channel name -> Sink class; `Sink.Config` is the channel_detail model)."""
 
-from engine.destinations import amqp, http, influxdb, kafka, mysql, postgresql  # noqa: F401
+from engine.destinations import (  # noqa: F401
+    amqp,
+    http,
+    influxdb,
+    kafka,
+    mqtt,
+    mysql,
+    postgresql,
+)
 from engine.destinations.base import Failure, Record, Sink, SinkError, WriteResult
 from engine.destinations.registry import CHANNELS, register
 

@@ -82,8 +82,9 @@ def drop_session(client_id: str, port: int = 1883) -> None:
 class Mosquitto:
     """A private broker on an ephemeral loopback port (stopped by its PID)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
         self.port = port or free_port()
+        self.extra = extra  # more mosquitto.conf lines
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
 
@@ -91,7 +92,7 @@ class Mosquitto:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        "max_queued_messages 100000\nmax_inflight_messages 0\n")
+                        "max_queued_messages 100000\nmax_inflight_messages 0\n" + self.extra)
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
