@@ -47,6 +47,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.duration, args.rate, args.devices, args.seed, args.out)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from engine.runtime import device_simulator as sim
+
+    if args.registry_out:
+        import yaml
+
+        with open(args.registry_out, "w") as f:
+            yaml.safe_dump({"registry": sim.registry(args.devices, args.product)}, f,
+                           sort_keys=False)
+        print(f"engine simulate: registry of {args.devices} device(s) written to "
+              f"{args.registry_out}", file=sys.stderr)
+    if args.duration is None and args.count is None:
+        args.duration = 10.0
+    try:
+        sent, seconds = sim.run(args.mqtt, devices=args.devices, rate=args.rate,
+                                duration=args.duration, count=args.count, qos=args.qos,
+                                seed=args.seed, product=args.product)
+    except (ValueError, OSError) as e:
+        print(f"engine simulate: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    print(f"engine simulate: {sent} device message(s) published in {seconds:.1f}s "
+          f"({sent / max(seconds, 1e-9):.0f}/s, QoS {args.qos}{', acked' if args.qos else ''})",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def _load_for(command: str, files: Sequence[str]):
     """The validated config, or None after printing every problem."""
     from engine.config import ConfigError, load_config
@@ -301,6 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="where the JSONL outputs go (default: a new temporary directory)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("simulate", help="simulated devices publishing on IoTDA device topics")
+    p.add_argument("--mqtt", required=True, metavar="URL",
+                   help="broker to publish to, e.g. mqtt://127.0.0.1:1883")
+    p.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
+    p.add_argument("--rate", type=float, default=1000.0,
+                   help="messages per second, all devices together (default 1000)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="how long to publish (default 10, unless --count)")
+    p.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    p.add_argument("--qos", type=int, choices=[0, 1], default=1, help="publish QoS (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--product", default="simthermo", help="product id of the devices")
+    p.add_argument("--registry-out", metavar="FILE",
+                   help="also write the devices' registry: section (a rule file) to FILE")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("api", help="run the IoTDA-compatible management API (the api: section)")
     p.add_argument("files", nargs="+", metavar="FILE")
