@@ -29,6 +29,7 @@ either IoTDA format) when present, else the receipt time.
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import time
 import uuid
@@ -51,10 +52,27 @@ _IGNORED = re.compile(
 
 def receipt_times(now: float) -> tuple[str, str]:
     """(compact, millisecond) UTC renderings of a receipt time."""
-    t = time.gmtime(now)
-    ms = int(now * 1000) % 1000
-    return (time.strftime("%Y%m%dT%H%M%SZ", t),
-            time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms:03d}Z")
+    second = int(now)
+    cached = _second_cache
+    if cached[0] != second:  # one strftime pair per second, not per message
+        t = time.gmtime(second)
+        cached[:] = [second, time.strftime("%Y%m%dT%H%M%SZ", t),
+                     time.strftime("%Y-%m-%dT%H:%M:%S.", t)]
+    return cached[1], f"{cached[2]}{int(now * 1000) % 1000:03d}Z"
+
+
+_second_cache: list = [None, "", ""]
+
+
+def request_ids():
+    """Request ids for messages that name none: UUID-shaped, a random
+    per-process prefix and a counter (a uuid4 per message costs more)."""
+    head = str(uuid.uuid4())[:24]
+    for n in itertools.count():
+        yield f"{head}{n & 0xFFFFFFFFFFFF:012x}"
+
+
+_next_request_id = request_ids().__next__
 
 
 def device_times(value: Any) -> tuple[str, str] | None:
@@ -295,5 +313,5 @@ def _notification(resource: str, event: str, header: dict[str, Any] | None,
     notify: dict[str, Any] = {"header": header, "body": body} if header is not None \
         else {"body": body}
     return {"resource": resource, "event": event, "event_time": times[0],
-            "event_time_ms": times[1], "request_id": request_id or str(uuid.uuid4()),
+            "event_time_ms": times[1], "request_id": request_id or _next_request_id(),
             "notify_data": notify}

@@ -33,6 +33,7 @@ import collections
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -360,10 +361,34 @@ class MqttSource(Source):
             if client is None or generation != self._generation:
                 # Closed or reconnected since: the broker re-sends these.
                 return
-            for mid, qos in acks:
-                client.ack(mid, qos)
+            _ack_all(client, acks)
 
         return ack
+
+
+def _ack_all(client: mqtt.Client, acks: list[tuple[int, int]]) -> None:
+    """PUBACK every message of a batch, in order. paho's `ack()` wakes its
+    network thread once per message (a socket write, then a GIL hand-over
+    each); here a batch's PUBACKs are queued together and the thread woken
+    once - 1.3x more messages/s under load (benchmarks/README.md). Relies on
+    paho 2.x internals (`_out_packet`, `_sockpairW`); without them, `ack()`."""
+    out = getattr(client, "_out_packet", None)
+    wake = getattr(client, "_sockpairW", None)
+    if out is None or wake is None or any(q != 1 for _, q in acks):
+        for mid, qos in acks:
+            client.ack(mid, qos)
+        return
+    pack = _PUBACK.pack
+    for mid, _ in acks:
+        out.append({"command": mqtt.PUBACK, "mid": mid, "qos": 1, "pos": 0, "to_process": 4,
+                    "packet": pack(mqtt.PUBACK, 2, mid), "info": None})
+    try:
+        wake.send(b"0")
+    except BlockingIOError:  # already woken and not yet drained
+        pass
+
+
+_PUBACK = struct.Struct("!BBH")
 
 
 def _publish_properties(msg: mqtt.MQTTMessage) -> dict[str, Any] | None:
