@@ -339,6 +339,22 @@ class HttpSource(_Model):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_inflight: int = Field(default=1000, ge=1, le=100_000)
     """Requests being processed at once (back-pressure above that)."""
+    mode: Literal["notifications", "device_api"] = "notifications"
+    """`device_api`: IoTDA's HTTPS device API (docs/devices.md) instead of
+    notification pushes; devices and secrets come from `registry:`."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) of the listener: HTTPS (with tls_key_file)."""
+    tls_key_file: str | None = None
+    token_ttl: int = Field(default=86399, ge=60, le=7 * 86400)
+    """device_api: seconds an access token is valid."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSource:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise PydanticCustomError("tls", "tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file and self.mode != "device_api":
+            raise PydanticCustomError("tls", "TLS on the listener needs mode device_api")
+        return self
 
 
 class FileSource(_Model):

@@ -63,6 +63,13 @@ def build_source(entry: SourceEntry, *, batch_size: int = 500,
 
         return AmqpSource(url=o.url.get_secret_value(), queue=o.queue, prefetch=o.prefetch,
                           batch_size=batch_size)
+    if entry.kind == "http" and o.mode == "device_api":
+        from engine.runtime.sources.device_api import DeviceApiSource, server_ssl_context
+
+        tls = server_ssl_context(o.tls_cert_file, o.tls_key_file) if o.tls_cert_file else None
+        return DeviceApiSource(registry=Registry(registry), listen=o.listen,
+                               token_ttl=o.token_ttl, ssl_context=tls,
+                               max_inflight=o.max_inflight)
     if entry.kind == "http":
         from engine.runtime.sources.http import HttpSource
 
