@@ -49,7 +49,7 @@ from engine.runtime.sources.mqtt import UPLINK_TOPICS, MqttSource, MqttSourceOpt
 from engine.runtime.worker import Worker
 from tests.devices.support import Mosquitto
 
-N = 50_000
+N = int(os.environ.get("BENCH_N", "30000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 RECEIVE_MAXIMUM = 1000
 RULE = RuleSpec("r", "notify_data.header.device_id AS device_id, "
@@ -170,6 +170,7 @@ def broker(tmp_path_factory):
     m.stop()
 
 
+@pytest.mark.timeout(1800)
 def test_mqtt_ingest_vs_plain_subscriber(broker):
     devices = 100
     registry = Registry(RegistryConfig.model_validate(sim.registry(devices)))
