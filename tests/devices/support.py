@@ -91,7 +91,9 @@ class Mosquitto:
     def start(self) -> Mosquitto:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # `user root`: when started as root, do not switch to the mosquitto
+        # user (which could not write the persistence files here).
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
                         "max_queued_messages 100000\nmax_inflight_messages 0\n" + self.extra)
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
