@@ -118,7 +118,7 @@ class Worker:
         self.sources = list(sources)
         for s in self.sources:  # sources that reject input themselves (mqtt)
             if hasattr(s, "use_dead_letters"):
-                s.use_dead_letters(self.dead_letters)
+                s.use_dead_letters(self.dead_letters, self.metrics)
         routes: dict[str, list[ActionRunner]] = {k: [] for k in rule_keys}
         for r in self.runners:
             routes.setdefault(r.rule_id, []).append(r)

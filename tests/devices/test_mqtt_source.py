@@ -145,6 +145,8 @@ async def test_each_uplink_topic_becomes_its_notification_with_registry_header(b
              "status": "OFFLINE", "last_online_time": t,
              "status_update_time": "2015-12-12T12:12:12.000Z"}}},
     ])
+    totals = worker.metrics.totals  # the rejected messages count as malformed input
+    assert (totals.malformed, totals.dead_lettered) == (2, 2)
     entries = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
     assert [(e["source"], e["topic"], e["payload"]) for e in entries] == [
         ("mqtt", p + "sys/properties/report", "{oops"),

@@ -150,6 +150,7 @@ class MqttSource(Source):
         self.uplink = uplink or Uplink(registry, prefix=options.topic_prefix)
         self.linger = linger
         self.dead_letters = None  # set by the worker (use_dead_letters)
+        self.metrics = None
         parts = urlsplit(options.url.get_secret_value())
         self.host, self.port = parts.hostname, parts.port or (8883 if parts.scheme == "mqtts"
                                                               else 1883)
@@ -178,9 +179,11 @@ class MqttSource(Source):
         self._stopped = False
         self._last_warning = 0.0
 
-    def use_dead_letters(self, dead_letters) -> None:
-        """Where rejected messages go (the worker's dead-letter store)."""
+    def use_dead_letters(self, dead_letters, metrics=None) -> None:
+        """Where rejected messages go (the worker's dead-letter store), and
+        the metrics that count them (as malformed input of this source)."""
         self.dead_letters = dead_letters
+        self.metrics = metrics
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -348,7 +351,15 @@ class MqttSource(Source):
             yield Batch(items, self._acker(acks, generation))
 
     def _rejected(self, rejects: list[dict[str, Any]]) -> None:
-        self.rejected += len(rejects)
+        n = len(rejects)
+        self.rejected += n
+        m = self.metrics
+        if m is not None:  # counted like the pipeline's malformed inputs
+            m.received.labels(self.name).inc(n)
+            m.malformed.labels(self.name).inc(n)
+            m.totals.received += n
+            m.totals.malformed += n
+            m.totals.dead_lettered += n
         now = time.monotonic()
         if now - self._last_warning >= 10:  # one line per 10 s, not one per message
             self._last_warning = now
