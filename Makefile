@@ -17,9 +17,13 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/engine demo
 
+# Lint and type check first (fast), then every test; ENGINE_TEST_STRICT=1 makes
+# a test whose server is missing fail instead of skip (tests/conftest.py).
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	bash scripts/services.sh up
-	$(BIN)/python -m pytest
+	ENGINE_TEST_STRICT=1 $(BIN)/python -m pytest
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not services"
@@ -30,6 +34,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 services-up:
 	bash scripts/services.sh up

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.runtime.sources.device_api import password_for
+from engine.sources.device_api import password_for
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 DEVICES = 64
@@ -39,8 +39,8 @@ def _free_port() -> int:
 
 
 def _serve_engine(port: int) -> None:
-    from engine.config.devices import Registry, RegistryConfig
-    from engine.runtime.sources.device_api import DeviceApiSource
+    from engine.sources.device_api import DeviceApiSource
+    from engine.sources.device_registry import Registry, RegistryConfig
 
     registry = Registry(RegistryConfig.model_validate({
         "products": [{"product_id": "p"}],

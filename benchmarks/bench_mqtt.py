@@ -39,14 +39,14 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from engine import RuleSpec, compile_ruleset
-from engine.config.devices import Registry, RegistryConfig
+from engine.app import device_simulator as sim
 from engine.destinations.base import Record, Sink, WriteResult
-from engine.runtime import device_simulator as sim
 from engine.runtime.actions import ActionRunner
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources.mqtt import UPLINK_TOPICS, MqttSource, MqttSourceOptions
 from engine.runtime.worker import Worker
+from engine.sources.device_registry import Registry, RegistryConfig
+from engine.sources.mqtt import UPLINK_TOPICS, MqttOptions, MqttSource
 from tests.devices.support import Mosquitto
 
 N = int(os.environ.get("BENCH_N", "30000"))
@@ -122,7 +122,7 @@ def _publish(port: int, stream, n: int) -> None:
 async def _engine(port: int, client_id: str, registry: Registry) -> dict:
     metrics = Metrics()
     sink = CountingSink()
-    source = TimedMqttSource(N, MqttSourceOptions(
+    source = TimedMqttSource(N, MqttOptions(
         url=f"mqtt://127.0.0.1:{port}", client_id=client_id, receive_maximum=RECEIVE_MAXIMUM,
         max_batch=1000), registry=registry)
     runner = ActionRunner("count", "r", sink, metrics=metrics, dead_letters=DeadLetters(),
@@ -132,7 +132,7 @@ async def _engine(port: int, client_id: str, registry: Registry) -> dict:
     worker.freeze_gc = True
     await worker.run()
     end = time.perf_counter()
-    assert source.messages >= N and source.rejected == 0
+    assert source.messages >= N and source.dead_lettered == 0
     return {"msgs_per_s": round(N / (end - source.first)), "matched": sink.count}
 
 

@@ -61,6 +61,7 @@ from libc.math cimport isfinite
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
     void* memchr(const void* s, int c, size_t n) nogil
+    int memcmp(const void* a, const void* b, size_t n) nogil
 
 
 # ---------------------------------------------------------------- values
@@ -1248,7 +1249,215 @@ cdef object decode(object data):
         return MalformedEvent(f"invalid JSON: {e}")
     if not PyDict_Check(ev):
         return MalformedEvent(f"a notification must be a JSON object, not {_json_type(ev)}")
+    # orjson turns integers beyond 64 bits into floats (and no destination
+    # could write them as integers): never forward a changed value. The probe
+    # for a run of 19+ digits costs ~n/19 byte reads; only then is the input
+    # tokenized to tell a long integer from a long string or fraction.
+    if n >= 19 and _long_digit_run(<const unsigned char*>PyBytes_AS_STRING(data), n):
+        big = _big_integer(<const unsigned char*>PyBytes_AS_STRING(data), n)
+        if big >= 0:
+            return MalformedEvent(_big_integer_reason(data, big))
     return ev
+
+
+cdef inline bint _digit(unsigned char c) noexcept nogil:
+    return <unsigned char>(c - 48) <= 9
+
+
+cdef bint _long_digit_run(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Is there a run of at least 19 ASCII digits? Probes every 19th byte (a
+    run that long covers one probe) and measures the runs it lands in."""
+    cdef Py_ssize_t i = 18, a, b
+    while i < n:
+        if _digit(s[i]):
+            a = i
+            while a > 0 and _digit(s[a - 1]):
+                a -= 1
+            b = i
+            while b + 1 < n and _digit(s[b + 1]):
+                b += 1
+            if b - a + 1 >= 19:
+                return True
+            i = b + 19  # the next run starts after b + 1
+        else:
+            i += 19
+    return False
+
+
+cdef Py_ssize_t _big_integer(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """The offset of the first JSON integer (outside strings, no fraction or
+    exponent) outside [-2**63, 2**64 - 1], or -1. Called on decoded JSON."""
+    cdef Py_ssize_t i = 0, start, d0, nd
+    cdef bint neg
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if c == 34:  # skip a string, with its escapes
+            i += 1
+            while i < n and s[i] != 34:
+                i += 2 if s[i] == 92 else 1
+            i += 1
+            continue
+        if c == 45 or _digit(c):
+            start = i
+            neg = c == 45
+            if neg:
+                i += 1
+            d0 = i
+            while i < n and _digit(s[i]):
+                i += 1
+            nd = i - d0
+            if i < n and (s[i] == 46 or s[i] == 101 or s[i] == 69):
+                while i < n and (_digit(s[i]) or s[i] == 46 or s[i] == 101 or s[i] == 69
+                                 or s[i] == 43 or s[i] == 45):
+                    i += 1
+                continue
+            if neg and (nd > 19 or (nd == 19 and memcmp(s + d0, b"9223372036854775808", 19) > 0)):
+                return start
+            if not neg and (nd > 20 or (nd == 20 and memcmp(s + d0, b"18446744073709551615", 20) > 0)):
+                return start
+            continue
+        i += 1
+    return -1
+
+
+cdef str _big_integer_reason(bytes data, Py_ssize_t at):
+    cdef Py_ssize_t end = at + 1
+    while end < len(data) and 48 <= data[end] <= 57:
+        end += 1
+    digits = data[at:end].decode()
+    if len(digits) > 40:
+        digits = digits[:20] + "…" + digits[-8:]
+    return (f"integer {digits} (byte {at}) is beyond 64 bits: it would be changed to a "
+            f"float, so the notification is not forwarded")
+
+
+# ------------------------------------------------------------ body splitting
+#
+# An HTTP ingest body holding a JSON array is split into its items as raw
+# byte slices, never decoded as a whole: decoding a 1 MB `[{},{},…]` builds
+# 350,000 objects, and re-encoding each item changed values (big integers).
+# Only the structure is checked here (strings closed, brackets balanced,
+# commas between items); each item is decoded by the rule set like any
+# other input, and dead-lettered with its reason if it is not valid JSON.
+
+cdef unsigned char _STRUCTURAL[256]
+_STRUCTURAL[:] = [1 if chr(b) in '"{}[]' else 0 for b in range(256)]
+
+
+cdef Py_ssize_t _skip_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """s[i] is a quote: the index after the closing quote, or -1."""
+    cdef const unsigned char* q
+    cdef Py_ssize_t j
+    i += 1
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 34, n - i)
+        if q == NULL:
+            return -1
+        i = q - s
+        # The quote is escaped when an odd number of backslashes precede it.
+        j = i
+        while j > 0 and s[j - 1] == 92:
+            j -= 1
+        if (i - j) % 2 == 0:
+            return i + 1
+        i += 1
+    return -1
+
+
+cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """s[i] starts a value: the index after it (structure only), -1 when a
+    string or a bracket is not closed, -2 when there is no value at i."""
+    cdef Py_ssize_t depth = 0
+    cdef unsigned char c = s[i]
+    if c == 34:
+        return _skip_string(s, i, n)
+    if c == 123 or c == 91:
+        while i < n:
+            # Most bytes are neither quotes nor brackets: one table load each.
+            while i < n and not _STRUCTURAL[s[i]]:
+                i += 1
+            if i >= n:
+                break
+            c = s[i]
+            if c == 34:
+                i = _skip_string(s, i, n)
+                if i < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    if c == 44 or c == 93 or c == 125 or c == 58:  # , ] } :
+        return -2
+    while i < n:  # a scalar runs to the next delimiter
+        c = s[i]
+        if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9:
+            break
+        i += 1
+    return i
+
+
+def json_value_end(bytes data, Py_ssize_t pos=0):
+    """The offset after the JSON value starting at `pos` (after whitespace),
+    checking structure only (strings and brackets closed), or -1 if it is
+    not closed within `data`."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    pos = _ws(s, pos, n)
+    if pos >= n:
+        return -1
+    end = _value_end(s, pos, n)
+    return end if end >= 0 else -1
+
+
+def json_array_items(bytes data, Py_ssize_t pos, Py_ssize_t max_items=-1):
+    """Split a top-level JSON array. `pos`: just after its '[' (or a previous
+    call's next offset). Returns (items, next): up to `max_items` items as
+    raw byte slices (max_items < 0: none are made, the array is only
+    checked; `items` is then their count), and the offset to continue from,
+    or -1 after the closing bracket (only whitespace may follow). Raises
+    ValueError naming the byte offset when the structure is broken."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), end, count = 0
+    cdef list out = [] if max_items >= 0 else None
+    while True:
+        if max_items >= 0 and count >= max_items:
+            return out, pos
+        pos = _ws(s, pos, n)
+        if pos >= n:
+            raise ValueError("the array is not closed")
+        if s[pos] == 93:  # only right after '[': a ',' before ']' is refused below
+            break
+        end = _value_end(s, pos, n)
+        if end == -1:
+            raise ValueError(f"a string or bracket opened at byte {pos} is not closed")
+        if end == -2:
+            raise ValueError(f"no value at byte {pos}")
+        if out is not None:
+            out.append(data[pos:end])
+        count += 1
+        pos = _ws(s, end, n)
+        if pos < n and s[pos] == 44:
+            pos += 1
+            end = _ws(s, pos, n)
+            if end < n and s[end] == 93:
+                raise ValueError(f"a ',' before ']' at byte {pos - 1}")
+        elif pos < n and s[pos] == 93:
+            break
+        elif pos >= n:
+            raise ValueError("the array is not closed")
+        else:
+            raise ValueError(f"expected ',' or ']' at byte {pos}")
+    if _ws(s, pos + 1, n) < n:
+        raise ValueError(f"data after the array at byte {_ws(s, pos + 1, n)}")
+    return (out if out is not None else count), -1
+
 
 
 cdef str _json_type(object v):

@@ -21,17 +21,19 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.api import errors, openapi, service
+from engine.api import errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
-from engine.api.limits import ApiLimits, RateLimiter
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
+from engine.api.ratelimit import RateLimiter
 from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
 from engine.api.storage import Store, open_store
 from engine.config import ApiConfig, EngineConfig
 from engine.config.errors import pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
 from engine.language.tester import test_rule
 
@@ -106,6 +108,11 @@ def _project(request: web.Request) -> str:
     return request.match_info["project_id"]
 
 
+def _object_id(request: web.Request, name: str) -> str:
+    """The id in the path, 400 if it is not in IoTDA's id format."""
+    return params.check_id(name, request.match_info[name])
+
+
 def _store(request: web.Request) -> Store:
     return request.app[STORE]
 
@@ -135,7 +142,7 @@ def _list(kind: Kind) -> Handler:
 def _show(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         records = await _store(request).load(_project(request))
-        record = service.find(records, kind, request.match_info[kind.id_field])
+        record = service.find(records, kind, _object_id(request, kind.id_field))
         return _json(service.present(kind, record.body))
 
     return handler
@@ -143,8 +150,8 @@ def _show(kind: Kind) -> Handler:
 
 def _update(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        plan = service.plan_update(kind, request.match_info[kind.id_field], await _body(request),
-                                   request.app[LIMITS])
+        plan = service.plan_update(kind, _object_id(request, kind.id_field),
+                                   await _body(request), request.app[LIMITS])
         (written,) = await _store(request).change(_project(request), plan)
         return _json(service.present(kind, written.body))
 
@@ -154,7 +161,7 @@ def _update(kind: Kind) -> Handler:
 def _delete(kind: Kind) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         await _store(request).change(_project(request),
-                                     service.plan_delete(kind, request.match_info[kind.id_field]))
+                                     service.plan_delete(kind, _object_id(request, kind.id_field)))
         return web.Response(status=204)
 
     return handler
@@ -176,7 +183,7 @@ def _test_result(select: str | None, where: str | None, event: dict[str, Any]) -
 async def test_stored_rule(request: web.Request) -> web.Response:
     body = _parse(RuleTestBody, await _body(request))
     records = await _store(request).load(_project(request))
-    rule = service.find(records, RULES, request.match_info["rule_id"]).body
+    rule = service.find(records, RULES, _object_id(request, "rule_id")).body
     return _json(_test_result(rule.get("select") or None, rule.get("where") or None, body.event))
 
 
@@ -186,7 +193,7 @@ async def test_rule_text(request: web.Request) -> web.Response:
 
 
 async def rule_metrics(request: web.Request) -> web.Response:
-    project, rule_id = _project(request), request.match_info["rule_id"]
+    project, rule_id = _project(request), _object_id(request, "rule_id")
     records = await _store(request).load(project)
     service.find(records, RULES, rule_id)
     action_ids = [a.id for a in service.of_kind(records, ACTIONS) if a.body.get("rule_id") == rule_id]
@@ -292,6 +299,49 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+# ------------------------------------------------------------------ requests the HTTP parser refuses
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp's connection handler, except that a request its HTTP parser
+    refuses (a 10,000-character URL, a malformed header line) is answered in
+    IoTDA's shape and logged as one line. Such a request never reaches the
+    middlewares: aiohttp answers it itself, in plain text, and logs the
+    parser's exception with its traceback, as if the server had failed."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # a bug: keep the traceback
+        # Not the parser's message: it quotes the start of the line, which
+        # may hold a token in a query string.
+        if isinstance(exc, LineTooLong):
+            detail = f"The request line or a header is longer than {self.max_line_size} bytes."
+        else:
+            detail = "The HTTP request is malformed."
+        log.warning("refused a malformed HTTP request from %s: %s (%s)", request.remote,
+                    detail, type(exc).__name__ if exc is not None else "no detail")
+        response = _json(errors.bad_format(detail).body(), status)
+        response.force_close()  # the parser's state is lost: the connection cannot go on
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """`web.AppRunner` for the API: its connections are `_Protocol`s."""
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()
+        return _Server(base.request_handler, request_factory=base.request_factory,
+                       handler_cancellation=base.handler_cancellation,
+                       loop=asyncio.get_running_loop(), **base._kwargs)
+
+
 # ------------------------------------------------------------------ the application
 
 
@@ -318,7 +368,7 @@ async def serve(config: EngineConfig, limits: ApiLimits | None = None,
     api = config.api
     assert api is not None
     async with open_store(api.storage) as store:
-        runner = web.AppRunner(create_app(api, store, limits))
+        runner = ApiRunner(create_app(api, store, limits))
         await runner.setup()
         host, port = parse_listen(api.listen)
         site = web.TCPSite(runner, host, port)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from engine.api import pagination
-from engine.api.service import FILTERS, KIND, Kind
+from engine.api import pagination, params
+from engine.api.service import KIND, Kind
 from engine.config import channels
 
 if TYPE_CHECKING:
@@ -33,13 +33,6 @@ _ERRORS = {
     "413": "Request body too large", "415": "Unsupported Media Type",
     "429": "Too many requests from this credential",
 }
-
-_FILTER_SCHEMAS = {
-    "active": {"type": "boolean"},
-    "app_type": {"type": "string", "enum": ["GLOBAL", "APP"]},
-    "scope": {"type": "string", "enum": ["USER", "CHANNEL", "RULE", "ACTION"]},
-}
-
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
@@ -121,15 +114,15 @@ def _without_default(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
-    params = []
+    out: list[dict[str, Any]] = []
     for name in _path_names(route.path):
-        schema = {"type": "string", "maxLength": 64 if name == "project_id" else 36}
-        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+        schema = ({"type": "string", "maxLength": 64} if name == "project_id"
+                  else {"type": "string", "pattern": params.ID_PATTERN})
+        out.append({"name": name, "in": "path", "required": True, "schema": schema})
     if route.operation == "list" and route.kind is not None:
-        for name in FILTERS[route.kind.name]:
-            schema = _FILTER_SCHEMAS.get(name, {"type": "string", "minLength": 1, "maxLength": 256})
-            params.append({"name": name, "in": "query", "schema": schema})
-        params += [
+        for name, schema in params.filter_schemas(route.kind.name).items():
+            out.append({"name": name, "in": "query", "schema": schema})
+        out += [
             {"name": "limit", "in": "query", "schema": {
                 "type": "integer", "minimum": 1, "maximum": pagination.LIMIT_MAX,
                 "default": pagination.LIMIT_DEFAULT}},
@@ -139,7 +132,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
             {"name": "offset", "in": "query", "schema": {
                 "type": "integer", "minimum": 0, "maximum": pagination.OFFSET_MAX, "default": 0}},
         ]
-    return params
+    return out
 
 
 def _path_names(path: str) -> list[str]:

@@ -5,9 +5,11 @@ and every change is checked by building the project's configuration tree
 with the change applied and running it through `engine.config`'s one
 validator (`validate_config_dict`). So an object the API accepts is one a
 rule file accepts and the other way round, cross-object rules included (an
-action's rule must exist, one policy per scope, every rule text compiles),
-and the stored configuration always loads as a rule file
-(`project_config`, `engine export`).
+action's rule must exist, one flow control policy per scope, every rule
+text compiles), and the stored configuration always loads as a rule file
+(`project_config`, `engine export`). The API is only stricter about JSON
+types (`check_types`: `"yes"` is not a Boolean), where YAML users expect
+leniency and API clients do not.
 
 Rule texts already stored were compiled when they were stored; only the
 texts of the objects being changed are compiled again (compiling is most of
@@ -21,12 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from engine.api import errors
-from engine.api.limits import ApiLimits
+from engine.api import errors, params
 from engine.api.storage import KINDS, Delete, Op, Put, Store, Stored
-from engine.config import ConfigError, EngineConfig, validate_config_dict
+from engine.config import ConfigError, EngineConfig, channels, validate_config_dict
+from engine.config.errors import format_loc, pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import Action, BacklogPolicy, FlowControlPolicy, Rule
 from engine.config.secrets import is_secret_key
 
@@ -65,8 +68,10 @@ def new_id() -> str:
 
 def present(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
     """The API representation of a stored object: every field of the model
-    with defaults filled in, secrets masked."""
-    return kind.model.model_validate(body).model_dump(mode="json")
+    with defaults filled in, secrets masked. Unset optional fields are left
+    out rather than shown as null, as in IoTDA's examples (seed 1.4.8.1,
+    1.4.8.6): a client may not expect null where the seed has a string."""
+    return kind.model.model_validate(body).model_dump(mode="json", exclude_none=True)
 
 
 def of_kind(records: Iterable[Stored], kind: Kind) -> list[Stored]:
@@ -83,13 +88,12 @@ def find(records: Iterable[Stored], kind: Kind, object_id: str) -> Stored:
 def filtered(
     records: list[Stored], kind: Kind, query: Mapping[str, str]
 ) -> list[tuple[int, dict[str, Any]]]:
-    """(seq, representation) of the objects matching IoTDA's list filters."""
+    """(seq, representation) of the objects matching IoTDA's list filters
+    (checked by `params.filters`: a malformed filter is 400)."""
     out = []
     rules = {r.id: present(RULES, r.body) for r in of_kind(records, RULES)}
     match = _MATCHERS[kind.name]
-    wanted = {name: query[name] for name in FILTERS[kind.name] if query.get(name)}
-    if "active" in wanted and wanted["active"] not in ("true", "false"):
-        raise errors.invalid_input("The parameter 'active' must be true or false.")
+    wanted = params.filters(kind.name, query)
     for record in of_kind(records, kind):
         item = present(kind, record.body)
         if all(match(item, name, value, rules) for name, value in wanted.items()):
@@ -97,27 +101,19 @@ def filtered(
     return out
 
 
-FILTERS = {
-    "rules": ("resource", "event", "app_type", "app_id", "rule_name", "active"),
-    "actions": ("rule_id", "channel", "app_type", "app_id"),
-    "flowcontrol_policies": ("scope", "scope_value", "policy_name"),
-    "backlog_policies": ("policy_name",),
-}
-
-
 def _rule_matches(item: dict, name: str, value: str, rules: dict) -> bool:
     if name in ("resource", "event"):
         return item["subject"][name] == value
     if name == "active":
         return item["active"] == (value == "true")
-    return item[name] == value
+    return item.get(name) == value
 
 
 def _action_matches(item: dict, name: str, value: str, rules: dict) -> bool:
     if name == "app_type":  # an action is in the scope of its rule
         rule = rules.get(item["rule_id"])
         return rule is not None and rule["app_type"] == value
-    return item[name] == value
+    return item.get(name) == value
 
 
 def _field_matches(item: dict, name: str, value: str, rules: dict) -> bool:
@@ -194,6 +190,50 @@ def validate(after: list[Stored], kind: Kind, changed: set[tuple[str, str]]) -> 
         raise errors.invalid(kind.name, detail) from None
 
 
+def check_types(kind: Kind, body: dict[str, Any], given: Iterable[str] | None = None) -> None:
+    """400 unless the request's fields have the JSON types of the seed, exactly:
+    `"yes"` or `1` is not a Boolean, `"10"` not an Integer. (The rule-file
+    validator is lax, as YAML users expect; an API client that sends the
+    wrong type has a bug the server should not paper over.) Also reports
+    missing required fields, before anything is looked up: an action
+    without `rule_id` is a bad request, not an unknown rule. `given`: the
+    fields an update sends (others are stored and were checked before)."""
+    fields = None if given is None else set(given)
+    problems = _type_problems(kind.model, body, ())
+    if kind is ACTIONS:
+        # The Action model validates channel_detail leniently from inside;
+        # what it reported there is the validator's to report.
+        problems = [p for p in problems if p[0][:1] != ("channel_detail",) or len(p[0]) == 1]
+        problems += _detail_type_problems(body)
+    problems = [(loc, message) for loc, message in problems
+                if fields is None or (loc and loc[0] in fields)]
+    if problems:
+        raise errors.invalid(kind.name, "; ".join(f"{format_loc(loc)}: {message}"
+                                                  for loc, message in problems))
+
+
+def _type_problems(model: type[BaseModel], data: Any, prefix: tuple[str | int, ...]
+                   ) -> list[tuple[tuple[str | int, ...], str]]:
+    try:
+        model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        return [((*prefix, *e["loc"]), pydantic_message(e)) for e in exc.errors()
+                if e["type"] == "missing" or e["type"].endswith("_type")]
+    return []
+
+
+def _detail_type_problems(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    # channel_detail is validated by the destination's model from inside the
+    # Action model, out of reach of its strict mode: check it on its own.
+    sink = channels.registry().get(body.get("channel"))  # type: ignore[arg-type]
+    detail = body.get("channel_detail")
+    if sink is None or not isinstance(detail, dict) or not isinstance(
+            detail.get(sink.detail_key), dict):
+        return []  # the validator reports these
+    return _type_problems(sink.Config, detail[sink.detail_key],
+                          ("channel_detail", sink.detail_key))
+
+
 def _restore_secrets(new: Any, old: Any, path: str = "") -> Any:
     """`new` with masked secrets replaced by the stored ones at the same place."""
     if isinstance(new, dict):
@@ -233,6 +273,8 @@ def plan_create(kind: Kind, body: dict[str, Any], limits: ApiLimits, api: bool =
             and not limits.allow_file_channel:
         raise errors.invalid("actions", "channel: FILE_FORWARDING writes local files and is "
                              "disabled for the API (allow_file_channel)")
+    if api:
+        check_types(kind, body)
 
     def plan(records: list[Stored]) -> list[Op]:
         if any(r.kind == kind.name and r.id == object_id for r in records):
@@ -272,6 +314,7 @@ def plan_update(kind: Kind, object_id: str, changes: dict[str, Any], limits: Api
         if "channel_detail" in given:
             body["channel_detail"] = _restore_secrets(given["channel_detail"],
                                                       old.body.get("channel_detail"))
+        check_types(kind, body, given)
         others = [r for r in records if r is not old]
         validate([*others, Stored(kind.name, object_id, old.seq, body)], kind,
                  {(kind.name, object_id)})

@@ -407,7 +407,7 @@ class PostgresStore(Store):
                         f"DELETE FROM {self._objects} WHERE project = $1 AND kind = $2 AND id = $3",
                         project, op.kind, op.id,
                     )
-                kind = "put" if isinstance(op, Put) else "delete"
+                kind: Literal["put", "delete"] = "put" if isinstance(op, Put) else "delete"
                 revision = await conn.fetchval(
                     f"INSERT INTO {self._changes} (project, kind, id, op) VALUES ($1, $2, $3, $4) "
                     "RETURNING revision", project, op.kind, op.id, kind,

@@ -116,7 +116,10 @@ def _policy_scopes(
             problems.append((loc, _channel_problem(value)))
         if scope == "USER":
             value = None  # IoTDA: scope_value is optional and meaningless for USER
-        if (scope, value) in scopes:
+        # Several backlog policies may cover one scope (IoTDA's have no scope
+        # and a tenant lists many): each bounds it, so the strictest wins.
+        # Two flow limits for one scope would leave it unclear which applies.
+        if section == "flowcontrol_policies" and (scope, value) in scopes:
             target = f"scope {scope}" + (f" '{value}'" if value else "")
             problems.append(((section, i), f"another {what} policy already applies to {target}"))
         scopes.add((scope, value))

@@ -149,7 +149,7 @@ class MqttSink(Sink):
                 raise SinkError(f"MQTT sink: TLS settings unusable: {e}") from None
         client.max_inflight_messages_set(65535)  # the broker's receive maximum still applies
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(0.2, 5)
+        client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type] # paho takes float s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -177,21 +177,27 @@ class MqttSink(Sink):
 
     # -- paho callbacks (network thread) -----------------------------------------------
 
+    def _soon(self, callback, *args) -> None:
+        """Run `callback(*args)` on the event loop (from paho's thread)."""
+        loop = self._loop
+        if loop is not None:  # set by open(), before paho's thread starts
+            loop.call_soon_threadsafe(callback, *args)
+
     def _on_connect(self, _client, _userdata, _flags, reason, _props) -> None:
         if reason.is_failure:
             if reason.value in (0x86, 0x87, 0x8C):  # bad user/password, not authorized, bad auth
                 self._refused = f"MQTT broker refused the login: {reason}"
-            self._loop.call_soon_threadsafe(self._connected.set)
+            self._soon(self._connected.set)
             return
-        self._loop.call_soon_threadsafe(self._connected.set)
+        self._soon(self._connected.set)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _props) -> None:
         if self._client is not None:
             log.warning("MQTT sink: disconnected from %s:%d (%s)", self.host, self.port, reason)
-        self._loop.call_soon_threadsafe(self._connected.clear)
+        self._soon(self._connected.clear)
 
     def _on_publish(self, _client, _userdata, mid, reason, _props) -> None:
-        self._loop.call_soon_threadsafe(self._published, mid, reason)
+        self._soon(self._published, mid, reason)
 
     def _published(self, mid: int, reason) -> None:
         fut = self._waiting.pop(mid, None)
@@ -211,7 +217,7 @@ class MqttSink(Sink):
         c = self.config
         failures: dict[int, Failure] = {}
         waits: list[tuple[int, asyncio.Future[None]]] = []
-        loop = self._loop
+        loop = asyncio.get_running_loop()
         for i, rec in enumerate(records):
             try:
                 topic = self._topic(rec)
@@ -234,9 +240,8 @@ class MqttSink(Sink):
                     fut.cancel()
                     failures[i] = Failure(f"MQTT broker did not acknowledge within "
                                           f"{c.timeout_s:g}s", True)
-                elif fut.exception() is not None:
-                    e = fut.exception()
-                    failures[i] = Failure(str(e), not isinstance(e, SinkError))
+                elif (err := fut.exception()) is not None:
+                    failures[i] = Failure(str(err), not isinstance(err, SinkError))
             for mid in [m for m, f in self._waiting.items() if f.cancelled()]:
                 del self._waiting[mid]
         return WriteResult(failures)

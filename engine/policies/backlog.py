@@ -217,6 +217,11 @@ class Backlog:
     def stats(self, action_id: str) -> ActionStats:
         return self._action(action_id).stats
 
+    def usage(self) -> list[tuple[str, int, int]]:
+        """(policy_id, bytes stored, backlog_size) of every size-bounded
+        policy in use: how close each is to its bound (for the metrics)."""
+        return [(g.policy_id, g.bytes, g.limit) for g in self._groups.values()]
+
     def pending_actions(self) -> list[str]:
         """Actions with stored entries (after open: what to drain first),
         including ones no longer configured (`add_action` never called)."""

@@ -18,9 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.api.app import create_app
-from engine.api.limits import ApiLimits
 from engine.api.storage import SqliteStore, Store
 from engine.config import ApiConfig
+from engine.config.limits import ApiLimits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,6 +93,20 @@ class Api:
     async def action(self, rule_id: str, base: str = A, **fields: Any) -> dict:
         body = {"rule_id": rule_id, "channel": "HTTP_FORWARDING", "channel_detail": HTTP_DETAIL}
         return await self.ok("POST", f"{base}/actions", {**body, **fields}, 201)
+
+
+def sdk_client(url: str, ak: str = AK_A, sk: str = SK_A, project: str = "proj-a"):
+    """The official Huawei Cloud IoTDA client (AK/SK signing) for `url`."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkiotda.v5 import IoTDAClient
+
+    config = HttpConfig.get_default_config()
+    config.ignore_ssl_verification = True
+    config.timeout = (5, 10)
+    credentials = BasicCredentials(ak, sk, project)
+    return (IoTDAClient.new_builder().with_credentials(credentials).with_endpoints([url])
+            .with_http_config(config).build())
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from engine.api.storage import SqliteStore
-from tests.api.conftest import AK_A, SK_A, TOKEN_A, free_port, running_api
+from tests.api.conftest import AK_A, SK_A, TOKEN_A, free_port, running_api, sdk_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,19 +51,6 @@ def server(config_file) -> str:
     """`engine api CONFIG` running; yields its base URL."""
     with running_api(config_file, ENV) as (url, _):
         yield url
-
-
-def sdk_client(url: str):
-    from huaweicloudsdkcore.auth.credentials import BasicCredentials
-    from huaweicloudsdkcore.http.http_config import HttpConfig
-    from huaweicloudsdkiotda.v5 import IoTDAClient
-
-    config = HttpConfig.get_default_config()
-    config.ignore_ssl_verification = True
-    config.timeout = (5, 10)
-    credentials = BasicCredentials(AK_A, SK_A, "proj-a")
-    return (IoTDAClient.new_builder().with_credentials(credentials).with_endpoints([url])
-            .with_http_config(config).build())
 
 
 def test_official_sdk_manages_rules_and_actions(server):

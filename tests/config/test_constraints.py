@@ -312,8 +312,8 @@ POLICY_CASES = [
 ENGINE_CASES = [
     (
         "source-exactly-one",
-        "sources:\n  - file: {path: a.ndjson}\n    http: {}\n",
-        2, "sources[0]", "exactly one of: kafka, amqp, http, file, simulator",
+        "sources:\n  - file: {path: a.ndjson}\n    http: {auth: none}\n",
+        2, "sources[0]", "exactly one of: amqp, device_api, file, http, kafka, mqtt, simulator",
     ),
     (
         "source-unknown-kind",

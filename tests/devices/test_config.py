@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.config import ConfigError, validate_config_dict
-from engine.runtime.worker import build_source
+from engine.runtime.assembly import build_source, source_context
+from engine.runtime.deadletter import DeadLetters
 
 
 @pytest.mark.parametrize("data, message", [
@@ -19,10 +20,11 @@ from engine.runtime.worker import build_source
     ({"registry": {"products": [{"product_id": "p"}],
                    "devices": [{"device_id": "a/b", "product_id": "p"}]}},
      "registry.devices[0].device_id: must be 1 to 128 letters"),
-    ({"sources": [{"http": {"tls_cert_file": "c.pem", "tls_key_file": "k.pem"}}]},
-     "TLS on the listener needs mode device_api"),
-    ({"sources": [{"http": {"mode": "device_api", "tls_cert_file": "c.pem"}}]},
-     "tls_cert_file and tls_key_file go together"),
+    ({"sources": [{"http": {"auth": "none", "mode": "device_api"}}]},
+     "sources[0].http.mode: unknown field"),
+    ({"sources": [{"device_api": {"tls": {"cert_file": "c.pem"}}}]},
+     "sources[0].device_api.tls.key_file"),
+    ({"sources": [{"device_api": {"token_ttl": 5}}]}, "sources[0].device_api.token_ttl"),
     ({"actions": [{"action_id": "a", "rule_id": "r", "channel": "MQTT_FORWARDING",
                    "channel_detail": {"mqtt_forwarding": {"topic": "x/#"}}}],
       "rules": [{"rule_id": "r", "subject": {"resource": "device", "event": "create"}}]},
@@ -39,7 +41,9 @@ def test_mqtt_source_defaults_and_shared_topics():
         "sources": [{"mqtt": {"client_id": "w1", "shared_group": "g",
                               "url": "mqtt://u:p%40ss@127.0.0.1:1884"}}],
         "registry": {"products": [{"product_id": "p"}]}})
-    src = build_source(config.sources[0], registry=config.registry)
+    dead = DeadLetters()
+    src = build_source(config.sources[0], context=source_context(config, dead))
+    assert src.dead_letters is dead and src.uplink.registry.products.keys() == {"p"}
     assert (src.host, src.port, src._user, src._password) == ("127.0.0.1", 1884, "u", "p@ss")
     assert src.topics[0] == "$share/g/$oc/devices/+/sys/properties/report"
     assert "p@ss" not in repr(config.sources[0])

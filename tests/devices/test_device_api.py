@@ -12,8 +12,10 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.config.devices import Registry, RegistryConfig
-from engine.runtime.sources.device_api import DeviceApiSource, password_for, server_ssl_context
+from engine.schema import ListenerTls
+from engine.sources.device_api import DeviceApiSource, password_for
+from engine.sources.device_registry import Registry, RegistryConfig
+from engine.sources.listener_auth import server_ssl_context
 
 REGISTRY = {
     "products": [{"product_id": "thermo", "app_id": "app1"}],
@@ -43,7 +45,8 @@ async def api(tls):
     cert, key = tls
     src = DeviceApiSource(registry=Registry(RegistryConfig.model_validate(REGISTRY)),
                           listen="127.0.0.1:0", token_ttl=600,
-                          ssl_context=server_ssl_context(str(cert), str(key)))
+                          ssl_context=server_ssl_context(
+                              ListenerTls(cert_file=str(cert), key_file=str(key))))
     await src.start()
     got: list[dict] = []
 
@@ -177,3 +180,35 @@ async def test_plain_http_is_refused_by_the_tls_listener(api):
             async with plain.post(src.url.replace("https", "http") + "/v5/device-auth",
                                   json={}) as r:
                 await r.read()
+
+
+async def test_device_api_source_from_a_rule_file(tls):
+    """`sources: [{device_api: {tls}}]` + `registry:` -> the source the worker
+    builds: HTTPS with main's ListenerTls, devices from the registry, refusals
+    counted by status."""
+    from engine.config import validate_config_dict
+    from engine.runtime.assembly import build_source, source_context
+    from engine.runtime.deadletter import DeadLetters
+
+    cert, key = tls
+    config = validate_config_dict({
+        "sources": [{"device_api": {"listen": "127.0.0.1:0", "token_ttl": 600,
+                                    "tls": {"cert_file": str(cert), "key_file": str(key)}}}],
+        "registry": REGISTRY})
+    src = build_source(config.sources[0], context=source_context(config, DeadLetters()))
+    assert isinstance(src, DeviceApiSource) and src.url.startswith("https://")
+    await src.start()
+    try:
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as s:
+            assert (await _auth(src, s, "dev_1", "wrong"))[0] == 401
+            batches = src.batches()
+            login = asyncio.create_task(_auth(src, s))
+            batch = await asyncio.wait_for(anext(batches), 10)
+            assert orjson.loads(batch.items[0])["notify_data"]["header"]["node_id"] == "n1"
+            await batch.ack()
+            assert (await login)[0] == 200
+        assert src.rejected["401"] == 1 and src.rejected["403"] == 0
+    finally:
+        src.stop()
+        await src.close()

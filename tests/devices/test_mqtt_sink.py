@@ -17,8 +17,8 @@ from paho.mqtt.properties import Properties
 from engine.config import validate_config_dict
 from engine.destinations.base import Record
 from engine.destinations.mqtt import MqttForwarding, MqttSink
-from engine.runtime.sources.simulator import SimulatorSource
 from engine.runtime.worker import Worker
+from engine.sources.simulator import SimulatorSource
 from tests.devices.support import BROKER, Mosquitto, port_open
 from tests.runtime.support import ListSource
 

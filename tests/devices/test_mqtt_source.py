@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from engine.config import validate_config_dict
-from engine.runtime.sources.mqtt import MqttSourceOptions, MqttStartError
 from engine.runtime.worker import Worker
+from engine.sources.mqtt import MqttOptions, MqttSource, MqttStartError
 from tests.devices.support import (
     BROKER,
     Device,
@@ -160,7 +160,7 @@ def _canonical(notifications: list[dict]) -> list[bytes]:
 
 
 async def test_start_fails_clearly_when_no_broker_answers():
-    src = MqttSourceOptions(url=f"mqtt://127.0.0.1:{free_port()}").build()
+    src = MqttSource(MqttOptions(url=f"mqtt://127.0.0.1:{free_port()}"))
     with pytest.raises(MqttStartError, match="cannot connect to 127.0.0.1"):
         await src.start()
 

@@ -1,12 +1,12 @@
-"""Device uplink topics -> notifications (engine.runtime.devices), no broker."""
+"""Device uplink topics -> notifications (engine.sources.uplink), no broker."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from engine.config.devices import Registry, RegistryConfig
-from engine.runtime.devices import Uplink, device_times
+from engine.sources.device_registry import Registry, RegistryConfig
+from engine.sources.uplink import Uplink, device_times
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 NOW_C, NOW_MS = "20231114T221320Z", "2023-11-14T22:13:20.250Z"

@@ -11,8 +11,8 @@ from engine.destinations.base import Failure
 from engine.runtime.actions import ActionRunner
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources.simulator import SimulatorSource
 from engine.runtime.worker import Worker
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.support import ListSource, MemorySink, assert_balanced, scrape
 
 RULES = [
