@@ -60,8 +60,24 @@ def _parse_kinds(text: str) -> list[tuple[str, str]]:
     return kinds
 
 
+SIMULATE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    """Sample notifications as NDJSON, input for `engine eval` and `engine replay`."""
+    """Sample notifications as NDJSON, input for `engine eval` and `engine replay`;
+    with --mqtt, simulated devices publishing on IoTDA device topics."""
+    mqtt_only = [o for o, v in (("--rate", args.rate), ("--duration", args.duration),
+                                ("--qos", args.qos), ("--product", args.product),
+                                ("--registry-out", args.registry_out)) if v is not None]
+    if args.mqtt is None and mqtt_only:
+        print(f"engine simulate: {', '.join(mqtt_only)} need --mqtt URL", file=sys.stderr)
+        return EXIT_ERROR
+    if args.mqtt is not None:
+        if args.kinds or args.start is not None:
+            print("engine simulate: --kinds and --start print notifications; --mqtt publishes "
+                  "device messages (use one or the other)", file=sys.stderr)
+            return EXIT_ERROR
+        return _simulate_mqtt(args)
     import orjson
 
     from engine.sources.fleet import KINDS, Fleet
@@ -72,6 +88,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"engine simulate: unknown notification kind {', '.join(unknown)} (expected: "
               f"{', '.join(f'{r}/{e}' for r, e in KINDS)})", file=sys.stderr)
         return EXIT_ERROR
+    if args.count is None:
+        args.count = 10
+    if args.start is None:
+        args.start = SIMULATE_START
     if args.devices < 1 or args.count < 0:
         print("engine simulate: --devices must be >= 1 and --count >= 0", file=sys.stderr)
         return EXIT_ERROR
@@ -80,6 +100,41 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for i in range(args.count):
         out.write(orjson.dumps(fleet.notification(args.start + i)) + b"\n")
     out.flush()
+    return EXIT_OK
+
+
+def _simulate_mqtt(args: argparse.Namespace) -> int:
+    from engine.app import device_simulator as sim
+
+    product = args.product or "simthermo"
+    qos = 1 if args.qos is None else args.qos
+    rate = 1000.0 if args.rate is None else args.rate
+    if args.devices < 1 or rate <= 0 or (args.count is not None and args.count < 0):
+        print("engine simulate: --devices must be >= 1, --rate > 0 and --count >= 0",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if args.registry_out:
+        import yaml
+
+        with open(args.registry_out, "w") as f:
+            yaml.safe_dump({"registry": sim.registry(args.devices, product)}, f,
+                           sort_keys=False)
+        print(f"engine simulate: registry of {args.devices} device(s) written to "
+              f"{args.registry_out}", file=sys.stderr)
+    if args.duration is None and args.count is None:
+        args.duration = 10.0
+    try:
+        sent, seconds = sim.run(args.mqtt, devices=args.devices, rate=rate,
+                                duration=args.duration, count=args.count, qos=qos,
+                                seed=args.seed, product=product)
+    except (ValueError, OSError) as e:
+        print(f"engine simulate: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    print(f"engine simulate: {sent} device message(s) published in {seconds:.1f}s "
+          f"({sent / max(seconds, 1e-9):.0f}/s, QoS {qos}{', acked' if qos else ''})",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -415,17 +470,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("event", metavar="EVENT.json", help="event file, or - for stdin")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("simulate", help="print sample notifications (all 12 kinds) as NDJSON")
-    p.add_argument("--count", type=int, default=10, help="how many (default 10)")
+    p = sub.add_parser("simulate", help="print sample notifications (all 12 kinds) as NDJSON; "
+                       "with --mqtt, simulated devices publishing on IoTDA device topics")
+    p.add_argument("--count", type=int, default=None,
+                   help="how many (default 10; with --mqtt: no limit, see --duration)")
     p.add_argument("--kinds", type=_parse_kinds, action="append", default=[],
                    metavar="RESOURCE/EVENT,...",
                    help="only these kinds, e.g. device.property/report,device/create "
                    "(repeatable; default: all 12 in their usual shares)")
     p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
     p.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
-    p.add_argument("--start", type=float, default=1_767_225_600.0, metavar="EPOCH",
+    p.add_argument("--start", type=float, default=None, metavar="EPOCH",
                    help="event time of the first notification, seconds since the epoch; one "
                    "second between notifications (default 2026-01-01T00:00:00Z)")
+    g = p.add_argument_group("device messages (--mqtt)")
+    g.add_argument("--mqtt", metavar="URL", default=None,
+                   help="publish device messages to this broker instead, e.g. "
+                   "mqtt://127.0.0.1:1883 (docs/devices.md)")
+    g.add_argument("--rate", type=float, default=None,
+                   help="messages per second, all devices together (default 1000)")
+    g.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="how long to publish (default 10, unless --count)")
+    g.add_argument("--qos", type=int, choices=[0, 1], default=None,
+                   help="publish QoS (default 1)")
+    g.add_argument("--product", default=None, help="product id of the devices (default "
+                   "simthermo)")
+    g.add_argument("--registry-out", metavar="FILE",
+                   help="also write the devices' registry: section (a rule file) to FILE")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("check", help="validate and compile rule files")

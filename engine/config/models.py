@@ -47,6 +47,7 @@ from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_
 )
 from engine.schema import StrictModel as _Model
 from engine.sources import SOURCES
+from engine.sources.device_registry import RegistryConfig
 
 # ------------------------------------------------------------------ shared types
 
@@ -362,6 +363,9 @@ class EngineConfig(_Model):
     dead_letter: DeadLetterConfig | None = None
     api: ApiConfig | None = None
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    registry: RegistryConfig | None = None
+    """Products and devices (engine.sources.device_registry): the headers of
+    device traffic (the mqtt and device_api sources)."""
 
     def actions_of(self, rule_id: str) -> list[Action]:
         return [a for a in self.actions if a.rule_id == rule_id]
@@ -370,4 +374,4 @@ class EngineConfig(_Model):
 # Top-level keys that hold lists (merged across files) and single sections
 # (allowed in one file only).
 LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources")
-SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker")
+SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker", "registry")

@@ -10,6 +10,7 @@ from engine.destinations import (  # noqa: F401 - each module registers its chan
     influxdb,
     jsonl_file,
     kafka,
+    mqtt,
     mysql,
     postgresql,
 )

@@ -15,15 +15,24 @@ from engine.policies import Backlog, FlowControl
 from engine.runtime.actions import ActionRunner
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
 from engine.runtime.metrics import Metrics
-from engine.sources import SOURCES, Source
+from engine.sources import SOURCES, Source, SourceContext
+from engine.sources.device_registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 def build_source(entry: SourceEntry, *, batch_size: int = 500,
-                 metrics: Metrics | None = None) -> Source:
+                 metrics: Metrics | None = None, context: SourceContext | None = None) -> Source:
     return SOURCES[entry.kind].from_options(entry.options, batch_size=batch_size,
-                                            metrics=metrics)
+                                            metrics=metrics, context=context)
+
+
+def source_context(config: EngineConfig, dead_letters: DeadLetters) -> SourceContext:
+    """What the sources of `config` are lent: the device registry (one,
+    shared) and the worker's dead-letter store (for input a source rejects
+    itself, e.g. an MQTT message from an unknown device)."""
+    registry = Registry(config.registry) if config.registry is not None else None
+    return SourceContext(registry=registry, dead_letters=dead_letters)
 
 
 def active_rules(config: EngineConfig) -> dict[str, Rule]:

@@ -34,7 +34,7 @@ log = logging.getLogger("engine.runtime.worker")  # the reload lines keep their 
 
 # Sections a reload cannot apply: a reload that changes one is refused.
 RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "api",
-                    "worker.state_dir")
+                    "registry", "worker.state_dir")
 RELOAD_READ_TRIES = 10
 
 

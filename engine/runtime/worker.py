@@ -43,6 +43,7 @@ from engine.runtime.assembly import (
     durable_state,
     make_runner,
     runner_specs,
+    source_context,
 )
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
@@ -138,7 +139,9 @@ class Worker:
         runners = [make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
         if sources is None:
-            sources = [build_source(e, batch_size=config.worker.batch_size, metrics=metrics)
+            context = source_context(config, dead_letters)
+            sources = [build_source(e, batch_size=config.worker.batch_size, metrics=metrics,
+                                    context=context)
                        for e in config.sources]
         m = config.metrics if options.serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import Field
 
 from engine.schema import AmqpConnection
-from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.registry import register
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class AmqpSource(Source):
 
     @classmethod
     def from_options(cls, options: AmqpOptions, *, batch_size: int,
-                     metrics: Any = None) -> AmqpSource:
+                     metrics: Any = None, context: SourceContext | None = None) -> AmqpSource:
         return cls(url=options.url.get_secret_value(), queue=options.queue,
                    prefetch=options.prefetch, batch_size=batch_size)
 

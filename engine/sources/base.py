@@ -16,9 +16,12 @@ import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from engine.schema import StrictModel
+
+if TYPE_CHECKING:
+    from engine.sources.device_registry import Registry
 
 
 async def _no_ack() -> None:
@@ -31,6 +34,25 @@ class Batch:
     ack: Callable[[], Awaitable[None]] = _no_ack
     # Monotonic receipt time: the start of the receipt -> sink-ack latency.
     received_at: float = field(default_factory=time.monotonic)
+
+
+class DeadLetterWriter(Protocol):
+    """Where a source puts input it rejects itself (the worker's dead-letter
+    store: `engine.runtime.deadletter.DeadLetters`)."""
+
+    async def write(self, entries: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What the worker lends the sources it builds, beyond their options
+    (`from_options(..., context=)`): the device registry (`registry:`; the
+    sources of device traffic fill notification headers from it) and the
+    dead-letter store (for sources that reject input before it becomes a
+    notification; the entries are stored before the input is acked)."""
+
+    registry: Registry | None = None
+    dead_letters: DeadLetterWriter | None = None
 
 
 class SourceOptions(StrictModel):
@@ -54,10 +76,12 @@ class Source(abc.ABC):
         self.name = name or self.kind
 
     @classmethod
-    def from_options(cls, options: Any, *, batch_size: int, metrics: Any = None) -> Source:
+    def from_options(cls, options: Any, *, batch_size: int, metrics: Any = None,
+                     context: SourceContext | None = None) -> Source:
         """The source a `sources:` item describes; `batch_size` is the
         worker's (`worker.batch_size`), for sources without their own;
-        `metrics` the worker's `Metrics` (for sources that count refusals)."""
+        `metrics` the worker's `Metrics` (for sources that count refusals);
+        `context` what else the worker lends (registry, dead letters)."""
         raise NotImplementedError(f"source {cls.kind!r} cannot be configured from a rule file")
 
     async def start(self) -> None:  # noqa: B027 - optional hook

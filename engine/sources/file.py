@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from pydantic import Field
 
-from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.registry import register
 
 
@@ -38,7 +38,7 @@ class FileSource(Source):
 
     @classmethod
     def from_options(cls, options: FileOptions, *, batch_size: int,
-                     metrics: Any = None) -> FileSource:
+                     metrics: Any = None, context: SourceContext | None = None) -> FileSource:
         return cls(options.path, batch_size=batch_size)
 
     def stop(self) -> None:

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from engine import _core
 from engine.schema import Listen, ListenerTls, RequiredAuth
-from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.listen import start_site
 from engine.sources.listener_auth import (
     Authenticator,
@@ -223,7 +223,7 @@ class HttpSource(Source):
 
     @classmethod
     def from_options(cls, options: HttpOptions, *, batch_size: int,
-                     metrics: Any = None) -> HttpSource:
+                     metrics: Any = None, context: SourceContext | None = None) -> HttpSource:
         return cls(listen=options.listen, path=options.path, max_inflight=options.max_inflight,
                    max_body=options.max_body_bytes, batch_size=batch_size,
                    auth=authenticator_from_config(options.auth),

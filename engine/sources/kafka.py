@@ -37,7 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import Field
 
 from engine.schema import KafkaConnection
-from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.registry import register
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class KafkaSource(Source):
 
     @classmethod
     def from_options(cls, options: KafkaOptions, *, batch_size: int,
-                     metrics: Any = None) -> KafkaSource:
+                     metrics: Any = None, context: SourceContext | None = None) -> KafkaSource:
         o = options  # batch_size: the source has its own (max_batch)
         return cls(bootstrap_servers=o.bootstrap_servers, topics=o.topics, group_id=o.group_id,
                    batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,

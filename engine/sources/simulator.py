@@ -21,7 +21,7 @@ import orjson
 from pydantic import Field
 
 from engine.schema import Kind
-from engine.sources.base import Batch, Source, SourceOptions
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.fleet import Fleet
 from engine.sources.registry import register
 
@@ -65,7 +65,7 @@ class SimulatorSource(Source):
 
     @classmethod
     def from_options(cls, options: SimulatorOptions, *, batch_size: int,
-                     metrics: Any = None) -> SimulatorSource:
+                     metrics: Any = None, context: SourceContext | None = None) -> SimulatorSource:
         o = options
         kinds: list[tuple[str, str]] | None = (
             [(k.resource, k.event) for k in o.kinds] if o.kinds else None)
