@@ -81,7 +81,7 @@ def test_start_and_stop_take_effect_on_a_running_worker(tmp_path):
     config = tmp_path / "engine.yaml"
     config.write_text(f"""\
 sources:
-  - http: {{listen: "127.0.0.1:{source}", path: "/in"}}
+  - http: {{listen: "127.0.0.1:{source}", path: "/in", auth: none}}
 api:
   listen: "127.0.0.1:{api}"
   storage: "sqlite://{tmp_path / 'config.db'}"
