@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -97,6 +98,8 @@ api:
         sdk = Sdk(f"127.0.0.1:{api}")
         until(lambda: _answers(sdk), 30)
         ingest = f"http://127.0.0.1:{source}/in"
+        # The API may answer before the worker has started its sources.
+        until(lambda: _listening(source), 30)
 
         rule = sdk.ok("CreateRule", Name="hot_devices", ProductKey="a1pk",
                       ShortTopic="+/user/update",
@@ -135,6 +138,14 @@ api:
         proc.wait(timeout=30)
         receiver.server.shutdown()
     assert proc.returncode == 0, (tmp_path / "engine.log").read_text()[-3000:]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _answers(sdk: Sdk) -> bool:
