@@ -141,8 +141,8 @@ def run_quix(in_topic: str, out_topic: str, group: str, n: int, kind: str) -> di
 
 async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: str) -> dict:
     from engine.config import validate_config_dict
-    from engine.runtime.sources.kafka import KafkaSource
     from engine.runtime.worker import Worker
+    from engine.sources.kafka import KafkaSource
 
     class TimedKafkaSource(KafkaSource):
         first: float | None = None
@@ -169,9 +169,8 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
                               batch_size=2000, session_timeout_ms=3000,
                               heartbeat_interval_ms=1000)
     worker = Worker.from_config(config, sources=[source], serve_metrics=False)
-    worker.freeze_gc = True  # as `engine run` does
     t0 = time.perf_counter()
-    await worker.run()
+    await worker.run(freeze_gc=True)  # as `engine run` does
     end = time.perf_counter()
     t = worker.metrics.totals
     assert t.inflight == 0 and t.dead_lettered == 0
@@ -180,7 +179,7 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
 
 
 def run_engine(*args) -> dict:
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
 
     return run_sync(_run_engine(*args))
 
@@ -238,7 +237,7 @@ async def _count(topic: str, expected: int, idle: float = 3.0) -> int:
 
 @pytest.fixture(scope="module")
 def input_topic():
-    from engine.runtime.sources.simulator import SimulatorSource
+    from engine.sources.simulator import SimulatorSource
 
     name = f"bench-e2e-in-{uuid.uuid4().hex[:8]}"
     items = SimulatorSource(rate=10_000, devices=1000, seed=1, start=1.7e9).make(N)

@@ -37,14 +37,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
 from engine import RuleSpec, compile_ruleset
+from engine.app.main import new_event_loop
 from engine.destinations.base import Record, Sink, WriteResult
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters
-from engine.runtime.main import new_event_loop
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources.kafka import KafkaSource
-from engine.runtime.sources.simulator import SimulatorSource
 from engine.runtime.worker import Worker
+from engine.sources.kafka import KafkaSource
+from engine.sources.simulator import SimulatorSource
 
 pytestmark = pytest.mark.services
 
@@ -143,9 +143,8 @@ async def _round(topic: str, rule: RuleSpec) -> dict:
                           batch_size=2000, linger=0.005)
     worker = Worker(compile_ruleset([rule]), [runner], [source], metrics=metrics,
                     rule_keys=["r"])
-    worker.freeze_gc = True  # as `engine run` does
     t0 = time.perf_counter()
-    await worker.run()
+    await worker.run(freeze_gc=True)  # as `engine run` does
     end = time.perf_counter()
     assert metrics.totals.received == N and metrics.totals.inflight == 0
     return {"events_per_s": round(N / (end - source.first)), "whole_s": round(end - t0, 2),
@@ -275,8 +274,7 @@ async def _latency_round(topic: str, rule: RuleSpec, rate: float, count: int) ->
                            dead_letters=DeadLetters(), batch_size=2000, linger=0.005)
     worker = Worker(compile_ruleset([rule]), [runner], [source], metrics=metrics,
                     rule_keys=["r"])
-    worker.freeze_gc = True  # as `engine run` does
-    run = asyncio.create_task(worker.run())
+    run = asyncio.create_task(worker.run(freeze_gc=True))  # as `engine run` does
     deadline = time.monotonic() + 30
     while not source.assigned:  # joined the group: the producer may start
         assert time.monotonic() < deadline and not run.done(), "no partitions assigned"

@@ -21,8 +21,8 @@ from engine import RuleSpec, compile_ruleset
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Pipeline
-from engine.runtime.sources import Batch
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources import Batch
+from engine.sources.simulator import SimulatorSource
 
 N, BATCH, ROUNDS = 100_000, 2000, 5
 OTHER = "1027c4d1c386bbc4cd613e30"

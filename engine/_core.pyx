@@ -15,28 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import orjson
 
-cdef extern from *:
-    """
-    /* Hot-path helpers. Dict lookups with str keys cannot fail, so the
-       variant that skips saving/restoring the error indicator is safe. */
-    static inline PyObject* eng_dict_get(PyObject* d, PyObject* key) {
-        PyObject* r = PyDict_GetItemWithError(d, key);
-        if (r == NULL && PyErr_Occurred()) PyErr_Clear();
-        return r;
-    }
-    /* Equality of two exact-or-subclass str objects without the generic
-       rich-compare machinery. */
-    static inline int eng_str_eq(PyObject* a, PyObject* b) {
-        Py_ssize_t n;
-        int k;
-        if (a == b) return 1;
-        n = PyUnicode_GET_LENGTH(a);
-        if (n != PyUnicode_GET_LENGTH(b)) return 0;
-        k = PyUnicode_KIND(a);
-        if (k != PyUnicode_KIND(b)) return 0;
-        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * k) == 0;
-    }
-    """
+cdef extern from "_core_helpers.h":
     PyObject* PyDict_GetItem "eng_dict_get" (object d, object key)
     bint str_eq "eng_str_eq" (object a, object b)
 
@@ -61,6 +40,7 @@ from libc.math cimport isfinite
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
     void* memchr(const void* s, int c, size_t n) nogil
+    int memcmp(const void* a, const void* b, size_t n) nogil
 
 
 # ---------------------------------------------------------------- values
@@ -137,6 +117,17 @@ cdef object render(object v):
     if k == K_BOOL:
         return "true" if v else "false"
     return _MISSING
+
+
+cdef inline object int64_or_missing(object r):
+    """Integer results beyond the signed 64-bit range are MISSING (overflow),
+    as float overflow is: no sink can write them."""
+    cdef int overflow = 0
+    if PyLong_CheckExact(r):
+        PyLong_AsLongLongAndOverflow(r, &overflow)
+        if overflow:
+            return _MISSING
+    return r
 
 
 cdef object deep_copy(object v):
@@ -226,72 +217,7 @@ cdef extern from "Python.h":
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
-cdef extern from *:
-    """
-    /* The inline cache's entry read. PyDict_Next is an out-of-line call that
-       costs ~100 instructions; reading entry p of a combined table is a few
-       loads. The mirror of CPython's dict-keys header below is the layout of
-       CPython 3.11-3.13 (non-free-threaded); eng_dict_layout_check() verifies
-       it against PyDict_Next at import and otherwise PyDict_Next is used. */
-    typedef struct {
-        Py_ssize_t refcnt;
-        uint8_t log2_size, log2_index_bytes, kind;
-        uint32_t version;
-        Py_ssize_t usable, nentries;
-        char indices[];
-    } eng_dict_keys;
-    typedef struct { PyObject *key, *value; } eng_unicode_entry;
-    typedef struct { Py_hash_t hash; PyObject *key, *value; } eng_general_entry;
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
-    #define ENG_DICT_MIRROR 1
-    #else
-    #define ENG_DICT_MIRROR 0
-    #endif
-    static int eng_dict_mirror_ok = 0;
-
-    static inline PyObject* eng_dict_slot_direct(PyObject* d, Py_ssize_t p, PyObject* key) {
-        PyDictObject* mp = (PyDictObject*)d;
-        eng_dict_keys* k = (eng_dict_keys*)mp->ma_keys;
-        const char* entries;
-        if (p >= k->nentries) return NULL;
-        entries = k->indices + ((size_t)1 << k->log2_index_bytes);
-        if (k->kind == 0) {   /* DICT_KEYS_GENERAL */
-            const eng_general_entry* e = (const eng_general_entry*)entries + p;
-            return e->key == key ? e->value : NULL;
-        } else {
-            const eng_unicode_entry* e = (const eng_unicode_entry*)entries + p;
-            return e->key == key ? e->value : NULL;
-        }
-    }
-
-    /* The value at entry position p if that entry's key is `key` (the very
-       object), else NULL. */
-    static inline PyObject* eng_dict_slot(PyObject* d, Py_ssize_t p, PyObject* key) {
-        PyObject *k, *v;
-    #if ENG_DICT_MIRROR
-        if (eng_dict_mirror_ok && ((PyDictObject*)d)->ma_values == NULL)
-            return eng_dict_slot_direct(d, p, key);
-    #endif
-        if (PyDict_Next(d, &p, &k, &v) && k == key) return v;
-        return NULL;
-    }
-
-    /* Compare the mirror with PyDict_Next on every entry of d. */
-    static int eng_dict_layout_matches(PyObject* d) {
-    #if ENG_DICT_MIRROR
-        Py_ssize_t pos = 0, p;
-        PyObject *k, *v;
-        if (((PyDictObject*)d)->ma_values != NULL) return 0;
-        while (PyDict_Next(d, &pos, &k, &v)) {
-            p = pos - 1;
-            if (eng_dict_slot_direct(d, p, k) != v) return 0;
-        }
-        return 1;
-    #else
-        return 0;
-    #endif
-    }
-    """
+cdef extern from "_core_dict.h":
     int eng_dict_mirror_ok
     bint eng_dict_layout_matches(object d)
     PyObject* p_dict_slot "eng_dict_slot" (PyObject* d, Py_ssize_t p, PyObject* key) noexcept
@@ -449,7 +375,7 @@ cdef class Neg(Expr):
         v = self.a.value(ev)
         if kind_of(v) != K_NUM:
             return _MISSING
-        return PyNumber_Negative(v)
+        return int64_or_missing(PyNumber_Negative(v))
 
 
 @cython.no_gc
@@ -485,9 +411,11 @@ cdef class Arith(Expr):
                 r = q if rem == 0 else PyNumber_TrueDivide(x, y)
             else:
                 r = PyNumber_TrueDivide(x, y)
-            if PyFloat_CheckExact(r) and not isfinite(PyFloat_AS_DOUBLE(r)):
-                return _MISSING    # beyond the float range: not a JSON number
-            return r
+            if PyFloat_CheckExact(r):
+                if not isfinite(PyFloat_AS_DOUBLE(r)):
+                    return _MISSING    # beyond the float range: not a JSON number
+                return r
+            return int64_or_missing(r)
         except (OverflowError, ValueError):
             return _MISSING        # beyond float range: no value, never an error
 
@@ -814,7 +742,7 @@ cdef class Case(Expr):
         return _MISSING
 
 
-# ---------------------------------------------------------------- functions
+# ---------------------------------------------------------------- helpers
 
 cdef object _get(object d, str key):
     """d[key] for a dict, else NULL-safe MISSING."""
@@ -827,259 +755,7 @@ cdef object _get(object d, str key):
     return <object>p
 
 
-cdef object _tags(object ev):
-    nd = _get(ev, "notify_data")
-    tags = _get(_get(nd, "header"), "tags")
-    if PyList_Check(tags):
-        return tags
-    tags = _get(_get(nd, "body"), "tags")
-    if PyList_Check(tags):
-        return tags
-    return None
-
-
-cdef object _services(object ev):
-    """The services array of a property report; None on any other message."""
-    if not PyDict_Check(ev):
-        return None
-    r = _get(ev, "resource")
-    if not (PyUnicode_Check(r) and r == "device.property"):
-        return None
-    s = _get(_get(_get(ev, "notify_data"), "body"), "services")
-    if PyList_Check(s):
-        return s
-    return []
-
-
-cdef inline bint _service_matches(object svc, str sid, bint fuzzy):
-    cdef object v = _get(svc, "service_id")
-    if not PyUnicode_Check(v):
-        return False
-    if fuzzy:
-        return sid in <str>v
-    return <str>v == sid
-
-
-@cython.no_gc
-cdef class GetTag(Expr):
-    cdef Expr key
-
-    def __init__(self, Expr key):
-        self.key = key
-
-    cdef object value(self, object ev):
-        k = self.key.value(ev)
-        if not PyUnicode_Check(k):
-            return _MISSING
-        tags = _tags(ev)
-        if tags is None:
-            return _MISSING
-        for t in <list>tags:
-            tk = _get(t, "tag_key")
-            if PyUnicode_Check(tk) and tk == k:
-                return _get(t, "tag_value")
-        return _MISSING
-
-
-@cython.no_gc
-cdef class ContainsTag(Cond):
-    cdef Expr key
-
-    def __init__(self, Expr key):
-        self.key = key
-
-    cdef int truth(self, object ev) except -1:
-        k = self.key.value(ev)
-        if not PyUnicode_Check(k):
-            return T_FALSE
-        tags = _tags(ev)
-        if tags is None:
-            return T_FALSE
-        for t in <list>tags:
-            tk = _get(t, "tag_key")
-            if PyUnicode_Check(tk) and tk == k:
-                return T_TRUE
-        return T_FALSE
-
-
-# service function variants
-cdef enum:
-    SVC_GET = 0
-    SVC_GET_ALL = 1
-    SVC_CONTAINS = 2
-    SVC_PROPERTIES = 3
-    SVC_PROPERTY = 4
-
-
-@cython.no_gc
-cdef class ServiceFn(Expr):
-    cdef Expr sid, prop
-    cdef int fn
-    cdef bint fuzzy
-
-    def __init__(self, int fn, Expr sid, bint fuzzy=False, Expr prop=None):
-        self.fn = fn
-        self.sid = sid
-        self.fuzzy = fuzzy
-        self.prop = prop
-
-    cdef object value(self, object ev):
-        services = _services(ev)
-        if services is None:
-            return False if self.fn == SVC_CONTAINS else _MISSING
-        sid = self.sid.value(ev)
-        if not PyUnicode_Check(sid):
-            return False if self.fn == SVC_CONTAINS else _MISSING
-        cdef list found
-        if self.fn == SVC_GET_ALL:
-            found = [s for s in <list>services if _service_matches(s, sid, self.fuzzy)]
-            return found
-        for s in <list>services:
-            if _service_matches(s, sid, self.fuzzy):
-                if self.fn == SVC_GET:
-                    return s
-                if self.fn == SVC_CONTAINS:
-                    return True
-                props = _get(s, "properties")
-                if self.fn == SVC_PROPERTIES:
-                    return props if PyDict_Check(props) else _MISSING
-                k = self.prop.value(ev)
-                if not PyUnicode_Check(k):
-                    return _MISSING
-                return _get(props, k)
-        return False if self.fn == SVC_CONTAINS else _MISSING
-
-
-@cython.no_gc
-cdef class StartsEnds(Expr):
-    cdef Expr s, affix
-    cdef bint ends
-
-    def __init__(self, Expr s, Expr affix, bint ends):
-        self.s = s
-        self.affix = affix
-        self.ends = ends
-
-    cdef object value(self, object ev):
-        v = self.s.value(ev)
-        if not PyUnicode_Check(v):
-            return _MISSING
-        a = self.affix.value(ev)
-        if not PyUnicode_Check(a):
-            return _MISSING
-        return (<str>v).endswith(a) if self.ends else (<str>v).startswith(a)
-
-
-@cython.no_gc
-cdef class ConcatFn(Expr):
-    cdef Expr a, b
-
-    def __init__(self, Expr a, Expr b):
-        self.a = a
-        self.b = b
-
-    cdef object value(self, object ev):
-        x = render(self.a.value(ev))
-        if x is _MISSING:
-            return _MISSING
-        y = render(self.b.value(ev))
-        if y is _MISSING:
-            return _MISSING
-        return x + y
-
-
-cdef inline object _text_or_number(object v):
-    """REPLACE/SUBSTRING input: a string, or a number rendered; else MISSING."""
-    cdef int k = kind_of(v)
-    if k == K_STR or k == K_NUM:
-        return render(v)
-    return _MISSING
-
-
-@cython.no_gc
-cdef class ReplaceFn(Expr):
-    cdef Expr s, target, repl
-
-    def __init__(self, Expr s, Expr target, Expr repl):
-        self.s = s
-        self.target = target
-        self.repl = repl
-
-    cdef object value(self, object ev):
-        v = _text_or_number(self.s.value(ev))
-        if v is _MISSING:
-            return _MISSING
-        t = self.target.value(ev)
-        r = self.repl.value(ev)
-        if not PyUnicode_Check(t) or not PyUnicode_Check(r):
-            return _MISSING
-        if not t:
-            return v
-        return (<str>v).replace(t, r)
-
-
-cdef inline Py_ssize_t _clamp_index(object x, Py_ssize_t n) except? -2:
-    """Index argument: a number truncated toward zero, clamped to [0, n]; -2 if not a number."""
-    if kind_of(x) != K_NUM:
-        return -2
-    if PyFloat_Check(x):
-        d = <double>x
-        if d != d:
-            return -2          # NaN has no position
-        if d <= 0:
-            return 0
-        if d >= n:
-            return n
-        return <Py_ssize_t>d   # C cast truncates toward zero
-    if x <= 0:
-        return 0
-    if x >= n:
-        return n
-    return <Py_ssize_t>x
-
-
-@cython.no_gc
-cdef class SubstringFn(Expr):
-    cdef Expr s, begin, end
-
-    def __init__(self, Expr s, Expr begin, Expr end=None):
-        self.s = s
-        self.begin = begin
-        self.end = end
-
-    cdef object value(self, object ev):
-        v = _text_or_number(self.s.value(ev))
-        if v is _MISSING:
-            return _MISSING
-        cdef Py_ssize_t n = len(<str>v)
-        cdef Py_ssize_t b = _clamp_index(self.begin.value(ev), n)
-        cdef Py_ssize_t e = n
-        if b == -2:
-            return _MISSING
-        if self.end is not None:
-            e = _clamp_index(self.end.value(ev), n)
-            if e == -2:
-                return _MISSING
-        if b >= e:
-            return ""
-        return (<str>v)[b:e]
-
-
-@cython.no_gc
-cdef class CaseFn(Expr):
-    """LOWER / UPPER."""
-    cdef Expr s
-    cdef bint upper
-
-    def __init__(self, Expr s, bint upper):
-        self.s = s
-        self.upper = upper
-
-    cdef object value(self, object ev):
-        v = self.s.value(ev)
-        if not PyUnicode_Check(v):
-            return _MISSING
-        return (<str>v).upper() if self.upper else (<str>v).lower()
+include "_functions.pxi"
 
 
 @cython.no_gc
@@ -1194,8 +870,7 @@ cdef class Record:
     `raw`, when set, is the exact JSON text of `payload`: the notification
     as it arrived, for a rule that forwards it whole (`SELECT *`). Sinks that
     send JSON send `json_bytes()`, so such outputs keep the input's numbers
-    (also integers beyond 64 bits, which the decoded `payload` holds only
-    approximately), key order and escapes, and are not re-encoded; sinks
+    as written, key order and escapes, and are not re-encoded; sinks
     that need values (SQL columns, InfluxDB) read `payload`. Sinks never
     modify `payload`: one decoded notification may be shared by several
     records."""
@@ -1314,7 +989,215 @@ cdef object decode(object data):
         return MalformedEvent(f"invalid JSON: {e}")
     if not PyDict_Check(ev):
         return MalformedEvent(f"a notification must be a JSON object, not {_json_type(ev)}")
+    # orjson turns integers beyond 64 bits into floats (and no destination
+    # could write them as integers): never forward a changed value. The probe
+    # for a run of 19+ digits costs ~n/19 byte reads; only then is the input
+    # tokenized to tell a long integer from a long string or fraction.
+    if n >= 19 and _long_digit_run(<const unsigned char*>PyBytes_AS_STRING(data), n):
+        big = _big_integer(<const unsigned char*>PyBytes_AS_STRING(data), n)
+        if big >= 0:
+            return MalformedEvent(_big_integer_reason(data, big))
     return ev
+
+
+cdef inline bint _digit(unsigned char c) noexcept nogil:
+    return <unsigned char>(c - 48) <= 9
+
+
+cdef bint _long_digit_run(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Is there a run of at least 19 ASCII digits? Probes every 19th byte (a
+    run that long covers one probe) and measures the runs it lands in."""
+    cdef Py_ssize_t i = 18, a, b
+    while i < n:
+        if _digit(s[i]):
+            a = i
+            while a > 0 and _digit(s[a - 1]):
+                a -= 1
+            b = i
+            while b + 1 < n and _digit(s[b + 1]):
+                b += 1
+            if b - a + 1 >= 19:
+                return True
+            i = b + 19  # the next run starts after b + 1
+        else:
+            i += 19
+    return False
+
+
+cdef Py_ssize_t _big_integer(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """The offset of the first JSON integer (outside strings, no fraction or
+    exponent) outside [-2**63, 2**64 - 1], or -1. Called on decoded JSON."""
+    cdef Py_ssize_t i = 0, start, d0, nd
+    cdef bint neg
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if c == 34:  # skip a string, with its escapes
+            i += 1
+            while i < n and s[i] != 34:
+                i += 2 if s[i] == 92 else 1
+            i += 1
+            continue
+        if c == 45 or _digit(c):
+            start = i
+            neg = c == 45
+            if neg:
+                i += 1
+            d0 = i
+            while i < n and _digit(s[i]):
+                i += 1
+            nd = i - d0
+            if i < n and (s[i] == 46 or s[i] == 101 or s[i] == 69):
+                while i < n and (_digit(s[i]) or s[i] == 46 or s[i] == 101 or s[i] == 69
+                                 or s[i] == 43 or s[i] == 45):
+                    i += 1
+                continue
+            if neg and (nd > 19 or (nd == 19 and memcmp(s + d0, b"9223372036854775808", 19) > 0)):
+                return start
+            if not neg and (nd > 20 or (nd == 20 and memcmp(s + d0, b"18446744073709551615", 20) > 0)):
+                return start
+            continue
+        i += 1
+    return -1
+
+
+cdef str _big_integer_reason(bytes data, Py_ssize_t at):
+    cdef Py_ssize_t end = at + 1
+    while end < len(data) and 48 <= data[end] <= 57:
+        end += 1
+    digits = data[at:end].decode()
+    if len(digits) > 40:
+        digits = digits[:20] + "…" + digits[-8:]
+    return (f"integer {digits} (byte {at}) is beyond 64 bits: it would be changed to a "
+            f"float, so the notification is not forwarded")
+
+
+# ------------------------------------------------------------ body splitting
+#
+# An HTTP ingest body holding a JSON array is split into its items as raw
+# byte slices, never decoded as a whole: decoding a 1 MB `[{},{},…]` builds
+# 350,000 objects, and re-encoding each item changed values (big integers).
+# Only the structure is checked here (strings closed, brackets balanced,
+# commas between items); each item is decoded by the rule set like any
+# other input, and dead-lettered with its reason if it is not valid JSON.
+
+cdef unsigned char _STRUCTURAL[256]
+_STRUCTURAL[:] = [1 if chr(b) in '"{}[]' else 0 for b in range(256)]
+
+
+cdef Py_ssize_t _skip_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """s[i] is a quote: the index after the closing quote, or -1."""
+    cdef const unsigned char* q
+    cdef Py_ssize_t j
+    i += 1
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 34, n - i)
+        if q == NULL:
+            return -1
+        i = q - s
+        # The quote is escaped when an odd number of backslashes precede it.
+        j = i
+        while j > 0 and s[j - 1] == 92:
+            j -= 1
+        if (i - j) % 2 == 0:
+            return i + 1
+        i += 1
+    return -1
+
+
+cdef Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """s[i] starts a value: the index after it (structure only), -1 when a
+    string or a bracket is not closed, -2 when there is no value at i."""
+    cdef Py_ssize_t depth = 0
+    cdef unsigned char c = s[i]
+    if c == 34:
+        return _skip_string(s, i, n)
+    if c == 123 or c == 91:
+        while i < n:
+            # Most bytes are neither quotes nor brackets: one table load each.
+            while i < n and not _STRUCTURAL[s[i]]:
+                i += 1
+            if i >= n:
+                break
+            c = s[i]
+            if c == 34:
+                i = _skip_string(s, i, n)
+                if i < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    if c == 44 or c == 93 or c == 125 or c == 58:  # , ] } :
+        return -2
+    while i < n:  # a scalar runs to the next delimiter
+        c = s[i]
+        if c == 44 or c == 93 or c == 125 or c == 32 or c == 10 or c == 13 or c == 9:
+            break
+        i += 1
+    return i
+
+
+def json_value_end(bytes data, Py_ssize_t pos=0):
+    """The offset after the JSON value starting at `pos` (after whitespace),
+    checking structure only (strings and brackets closed), or -1 if it is
+    not closed within `data`."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    pos = _ws(s, pos, n)
+    if pos >= n:
+        return -1
+    end = _value_end(s, pos, n)
+    return end if end >= 0 else -1
+
+
+def json_array_items(bytes data, Py_ssize_t pos, Py_ssize_t max_items=-1):
+    """Split a top-level JSON array. `pos`: just after its '[' (or a previous
+    call's next offset). Returns (items, next): up to `max_items` items as
+    raw byte slices (max_items < 0: none are made, the array is only
+    checked; `items` is then their count), and the offset to continue from,
+    or -1 after the closing bracket (only whitespace may follow). Raises
+    ValueError naming the byte offset when the structure is broken."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), end, count = 0
+    cdef list out = [] if max_items >= 0 else None
+    while True:
+        if max_items >= 0 and count >= max_items:
+            return out, pos
+        pos = _ws(s, pos, n)
+        if pos >= n:
+            raise ValueError("the array is not closed")
+        if s[pos] == 93:  # only right after '[': a ',' before ']' is refused below
+            break
+        end = _value_end(s, pos, n)
+        if end == -1:
+            raise ValueError(f"a string or bracket opened at byte {pos} is not closed")
+        if end == -2:
+            raise ValueError(f"no value at byte {pos}")
+        if out is not None:
+            out.append(data[pos:end])
+        count += 1
+        pos = _ws(s, end, n)
+        if pos < n and s[pos] == 44:
+            pos += 1
+            end = _ws(s, pos, n)
+            if end < n and s[end] == 93:
+                raise ValueError(f"a ',' before ']' at byte {pos - 1}")
+        elif pos < n and s[pos] == 93:
+            break
+        elif pos >= n:
+            raise ValueError("the array is not closed")
+        else:
+            raise ValueError(f"expected ',' or ']' at byte {pos}")
+    if _ws(s, pos + 1, n) < n:
+        raise ValueError(f"data after the array at byte {_ws(s, pos + 1, n)}")
+    return (out if out is not None else count), -1
+
 
 
 cdef str _json_type(object v):
@@ -1881,8 +1764,8 @@ cdef class RuleSet:
         notify_data.body.device_id) and event_time, strings only, are the
         record key and time. A rule whose output is the input unchanged
         (`SELECT *` alone) gets the input bytes as its output, so they are
-        forwarded as they arrived: exact numbers (also beyond 64 bits), key
-        order and escapes, and no copy or re-encoding."""
+        forwarded as they arrived: numbers as written, key order and escapes,
+        and no copy or re-encoding."""
         cdef list out = []
         for d in datas:
             out.append(self._route_raw(d))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
+EXIT_NOT_DELIVERED = 1  # replay: records stay in the backlog
 EXIT_ERROR = 2
 
 
@@ -43,9 +44,99 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from engine.runtime import demo
+    from engine.app import demo
 
     return demo.main(args.duration, args.rate, args.devices, args.seed, args.out)
+
+
+def _parse_kinds(text: str) -> list[tuple[str, str]]:
+    """`device.property/report,device/create` -> [(resource, event), ...]."""
+    kinds = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        resource, sep, event = item.rpartition("/")
+        if not sep or not resource or not event:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not RESOURCE/EVENT (e.g. device.property/report)")
+        kinds.append((resource, event))
+    return kinds
+
+
+SIMULATE_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """Sample notifications as NDJSON, input for `engine eval` and `engine replay`;
+    with --mqtt, simulated devices publishing on IoTDA device topics."""
+    mqtt_only = [o for o, v in (("--rate", args.rate), ("--duration", args.duration),
+                                ("--qos", args.qos), ("--product", args.product),
+                                ("--registry-out", args.registry_out)) if v is not None]
+    if args.mqtt is None and mqtt_only:
+        print(f"engine simulate: {', '.join(mqtt_only)} need --mqtt URL", file=sys.stderr)
+        return EXIT_ERROR
+    if args.mqtt is not None:
+        if args.kinds or args.start is not None:
+            print("engine simulate: --kinds and --start print notifications; --mqtt publishes "
+                  "device messages (use one or the other)", file=sys.stderr)
+            return EXIT_ERROR
+        return _simulate_mqtt(args)
+    import orjson
+
+    from engine.sources.fleet import KINDS, Fleet
+
+    kinds = [k for group in args.kinds for k in group] or None
+    unknown = [f"{r}/{e}" for r, e in kinds or () if (r, e) not in KINDS]
+    if unknown:
+        print(f"engine simulate: unknown notification kind {', '.join(unknown)} (expected: "
+              f"{', '.join(f'{r}/{e}' for r, e in KINDS)})", file=sys.stderr)
+        return EXIT_ERROR
+    if args.count is None:
+        args.count = 10
+    if args.start is None:
+        args.start = SIMULATE_START
+    if args.devices < 1 or args.count < 0:
+        print("engine simulate: --devices must be >= 1 and --count >= 0", file=sys.stderr)
+        return EXIT_ERROR
+    fleet = Fleet(seed=args.seed, devices=args.devices, start=args.start, kinds=kinds)
+    out = sys.stdout.buffer
+    for i in range(args.count):
+        out.write(orjson.dumps(fleet.notification(args.start + i)) + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _simulate_mqtt(args: argparse.Namespace) -> int:
+    from engine.app import device_simulator as sim
+
+    product = args.product or "simthermo"
+    qos = 1 if args.qos is None else args.qos
+    rate = 1000.0 if args.rate is None else args.rate
+    if args.devices < 1 or rate <= 0 or (args.count is not None and args.count < 0):
+        print("engine simulate: --devices must be >= 1, --rate > 0 and --count >= 0",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if args.registry_out:
+        import yaml
+
+        with open(args.registry_out, "w") as f:
+            yaml.safe_dump({"registry": sim.registry(args.devices, product)}, f,
+                           sort_keys=False)
+        print(f"engine simulate: registry of {args.devices} device(s) written to "
+              f"{args.registry_out}", file=sys.stderr)
+    if args.duration is None and args.count is None:
+        args.duration = 10.0
+    try:
+        sent, seconds = sim.run(args.mqtt, devices=args.devices, rate=rate,
+                                duration=args.duration, count=args.count, qos=qos,
+                                seed=args.seed, product=product)
+    except (ValueError, OSError) as e:
+        print(f"engine simulate: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    print(f"engine simulate: {sent} device message(s) published in {seconds:.1f}s "
+          f"({sent / max(seconds, 1e-9):.0f}/s, QoS {qos}{', acked' if qos else ''})",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def _load_for(command: str, files: Sequence[str]):
@@ -61,9 +152,43 @@ def _load_for(command: str, files: Sequence[str]):
         return None
 
 
+def exit_summary(t) -> str:
+    """What `engine run` did, and what it leaves for the next start."""
+    text = (f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
+            f"{t.dead_lettered} dead-lettered, {t.backlogged} left in the backlog")
+    if t.inflight:  # a drain that timed out: the source delivers these again
+        text += f", {t.inflight} not settled (unacked: the source redelivers them)"
+    return text
+
+
+def _run_overrides(args: argparse.Namespace):
+    """EngineConfig -> EngineConfig with `--metrics-listen`/`--state-dir` applied
+    (raises ValueError naming the option when a value is invalid)."""
+    from pydantic import ValidationError
+
+    from engine.config.models import MetricsConfig, WorkerConfig
+
+    def apply(config):
+        update = {}
+        try:
+            if args.metrics_listen is not None:
+                base = config.metrics.model_dump() if config.metrics else {}
+                update["metrics"] = MetricsConfig(**{**base, "listen": args.metrics_listen})
+            if args.state_dir is not None:
+                update["worker"] = WorkerConfig(**{**config.worker.model_dump(),
+                                                   "state_dir": args.state_dir})
+        except ValidationError as e:
+            err = e.errors()[0]
+            option = "--metrics-listen" if err["loc"][0] == "listen" else "--state-dir"
+            raise ValueError(f"{option}: {err['msg']}") from None
+        return config.model_copy(update=update) if update else config
+
+    return apply
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """The forwarding worker: runs until its sources end or SIGTERM/SIGINT."""
-    from engine.runtime.main import run_sync, serve
+    from engine.app.main import run_sync, serve
     from engine.runtime.status import StatusReporter, setup_logging
     from engine.runtime.worker import Worker
 
@@ -75,8 +200,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("engine run: no sources configured (add a sources: section)", file=sys.stderr)
         return EXIT_ERROR
 
-    from engine.runtime import supervisor
+    from engine.app import supervisor
 
+    try:
+        overrides = _run_overrides(args)
+        config = overrides(config)
+    except ValueError as e:
+        print(f"engine run: {e}", file=sys.stderr)
+        return EXIT_ERROR
     index = supervisor.worker_index()
     if args.workers < 0:
         print("engine run: --workers must be 0 (one per core) or more", file=sys.stderr)
@@ -89,18 +220,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         extra = ["--log-format", args.log_format, "--log-level", args.log_level,
                  "--status", "log", "--status-interval", str(args.status_interval)]
+        # The workers apply the same overrides, then their own port/state dir on top.
+        if args.metrics_listen is not None:
+            extra += ["--metrics-listen", args.metrics_listen]
+        if args.state_dir is not None:
+            extra += ["--state-dir", args.state_dir]
         return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout)
     if index is not None:
-        config = supervisor.for_worker(config, index)
+        base, i = overrides, index
 
+        def overrides(c):  # a reload keeps this worker's port and state dir too
+            return supervisor.for_worker(base(c), i)
+
+        config = supervisor.for_worker(config, index)
     tty = None if args.status == "auto" else args.status == "tty"
 
     def status(worker: Worker) -> StatusReporter:
+        # Called once with the worker before it runs: the place to make
+        # reloads keep the command-line overrides too.
+        worker.config_overrides = overrides
         return StatusReporter(worker.metrics.totals, tty=tty, interval=args.status_interval)
 
     async def go() -> None:
         if config.api is not None:  # the management API in this worker
-            from engine.runtime.managed import run_with_api
+            from engine.app.managed import run_with_api
 
             worker = await run_with_api(config, status, config_paths=args.files)
         else:
@@ -108,9 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if index is not None:
                 supervisor.share_ports(worker.sources)
             await serve(worker, status(worker))
-        t = worker.metrics.totals
-        print(f"engine run: {t.received} in, {t.matched} matched, {t.forwarded} delivered, "
-              f"{t.dead_lettered} dead-lettered", file=sys.stderr)
+        print(exit_summary(worker.metrics.totals), file=sys.stderr)
 
     try:
         run_sync(go())
@@ -123,8 +264,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import time
 
-    from engine.runtime.main import run_sync
-    from engine.runtime.replay import print_summary, run_replay
+    from engine.app.main import run_sync
+    from engine.app.replay import print_summary, run_replay
     from engine.runtime.status import setup_logging
 
     setup_logging(args.log_format, args.log_level)
@@ -137,8 +278,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"engine replay: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    print_summary(worker, time.monotonic() - t0)
-    return EXIT_OK
+    left = print_summary(worker, time.monotonic() - t0)
+    return EXIT_NOT_DELIVERED if left else EXIT_OK
 
 
 def _add_log_options(p: argparse.ArgumentParser) -> None:
@@ -165,6 +306,61 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.flowcontrol_policies)} flow control policies, "
         f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources"
     )
+    if not config.rules:  # valid (e.g. sources only), but an empty file also looks like this
+        print("note: no rules: a worker with only this forwards nothing", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of rule files (for yaml-language-server and other editors)."""
+    import json
+
+    from engine.config.rulefile_schema import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2 if args.indent else None, sort_keys=False))
+    return EXIT_OK
+
+
+def _masked(value):
+    """A model dump with every secret masked; a URL keeps all but its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pydantic import SecretStr
+
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, SecretStr):
+        text = value.get_secret_value()
+        try:
+            url = urlsplit(text)
+        except ValueError:
+            return "**********"
+        if url.scheme and url.hostname and url.password is not None:
+            netloc = url.netloc.rsplit("@", 1)[1]
+            return urlunsplit(url._replace(netloc=f"{url.username}:**********@{netloc}"))
+        return "**********"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """The configuration as the engine sees it: defaults filled in, `${ENV}`
+    values substituted, secrets masked."""
+    import json
+
+    import yaml
+
+    config = _load_for("config", args.files)
+    if config is None:
+        return EXIT_ERROR
+    data = _masked(config.model_dump(mode="python", exclude_none=True))
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return EXIT_OK
 
 
@@ -180,7 +376,7 @@ def _api_config(command: str, files: Sequence[str]):
 def _cmd_api(args: argparse.Namespace) -> int:
     """The management API as its own process, until SIGTERM/SIGINT."""
     from engine.api import ApiLimits, serve
-    from engine.runtime.main import run_sync
+    from engine.app.main import run_sync
     from engine.runtime.status import setup_logging
 
     setup_logging(args.log_format, args.log_level)
@@ -215,8 +411,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from engine.api import open_store
     from engine.api.transfer import export_project
+    from engine.app.main import run_sync
     from engine.config import ConfigError
-    from engine.runtime.main import run_sync
 
     config = _api_config("export", args.config)
     project = config and _project_for("export", config, args.project)
@@ -247,8 +443,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from engine.api import open_store
     from engine.api.errors import ApiError
     from engine.api.transfer import import_sections, read_rule_file
+    from engine.app.main import run_sync
     from engine.config import ConfigError
-    from engine.runtime.main import run_sync
 
     config = _api_config("import", args.config)
     project = config and _project_for("import", config, args.project)
@@ -278,12 +474,25 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("iot-forwarding-engine")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown"
+    return f"engine {ours} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
         description="IoT data-forwarding engine: evaluates IoTDA-style forwarding rules "
         "on device notifications and delivers the matches.",
     )
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the engine's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("eval", help="evaluate one rule on one event (the rule debugger)")
@@ -292,9 +501,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("event", metavar="EVENT.json", help="event file, or - for stdin")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser("simulate", help="print sample notifications (all 12 kinds) as NDJSON; "
+                       "with --mqtt, simulated devices publishing on IoTDA device topics")
+    p.add_argument("--count", type=int, default=None,
+                   help="how many (default 10; with --mqtt: no limit, see --duration)")
+    p.add_argument("--kinds", type=_parse_kinds, action="append", default=[],
+                   metavar="RESOURCE/EVENT,...",
+                   help="only these kinds, e.g. device.property/report,device/create "
+                   "(repeatable; default: all 12 in their usual shares)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
+    p.add_argument("--start", type=float, default=None, metavar="EPOCH",
+                   help="event time of the first notification, seconds since the epoch; one "
+                   "second between notifications (default 2026-01-01T00:00:00Z)")
+    g = p.add_argument_group("device messages (--mqtt)")
+    g.add_argument("--mqtt", metavar="URL", default=None,
+                   help="publish device messages to this broker instead, e.g. "
+                   "mqtt://127.0.0.1:1883 (docs/devices.md)")
+    g.add_argument("--rate", type=float, default=None,
+                   help="messages per second, all devices together (default 1000)")
+    g.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="how long to publish (default 10, unless --count)")
+    g.add_argument("--qos", type=int, choices=[0, 1], default=None,
+                   help="publish QoS (default 1)")
+    g.add_argument("--product", default=None, help="product id of the devices (default "
+                   "simthermo)")
+    g.add_argument("--registry-out", metavar="FILE",
+                   help="also write the devices' registry: section (a rule file) to FILE")
+    p.set_defaults(func=_cmd_simulate)
+
     p = sub.add_parser("check", help="validate and compile rule files")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of rule files (editor completion)")
+    p.add_argument("--compact", dest="indent", action="store_false",
+                   help="one line instead of indented JSON")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("config", help="print the effective configuration of rule files")
+    p.add_argument("--effective", action="store_true",
+                   help="after defaults and ${ENV} substitution, secrets masked (the default; "
+                   "the flag documents intent)")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("run", help="run the forwarding worker")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -305,10 +556,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between status log lines when not on a terminal (default 10)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N worker processes under a supervisor (0: one per core; "
-                        "Kafka and HTTP sources only; default 1)")
+                        "Kafka, HTTP and MQTT-with-shared_group sources only; default 1)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve /metrics, /healthz and /readyz here (overrides metrics.listen; "
+                   "enables the endpoint without a metrics: section)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="backlog and default dead-letter directory (overrides worker.state_dir; "
+                   "one per worker process)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("replay", help="replay an NDJSON file through rules")
+    p = sub.add_parser(
+        "replay", help="replay an NDJSON file through rules",
+        description="Replay an NDJSON file through the rules and actions of RULES.yaml. What "
+                    "the backlog of worker.state_dir holds from an earlier run is delivered "
+                    "first, and the replay waits for the backlog to drain (up to "
+                    "worker.shutdown_timeout seconds without progress). Exit 0 when everything "
+                    "was delivered or dead-lettered, 1 when records stay in the backlog, 2 on "
+                    "an error.")
     p.add_argument("file", metavar="FILE", help="NDJSON notifications, or - for stdin")
     p.add_argument("--rules", required=True, metavar="RULES.yaml")
     p.add_argument("--dry-run", action="store_true",
@@ -326,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the JSONL outputs go (default: a new temporary directory)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("api", help="run the IoTDA-compatible management API (the api: section)")
+    p = sub.add_parser("api", help="run the management API of the api: section (IoTDA "
+                                   "under /v5/, Alibaba's rules-engine API at /)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                    help="override an API limit, e.g. max_rules=500 or rate=20 (see docs/api.md)")
@@ -355,4 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `engine simulate | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_OK

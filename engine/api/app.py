@@ -8,6 +8,7 @@ reference 1.4.8 rules and actions, 1.4.21 backlog and 1.4.22 flow control
 policies) under `/v5/iot/{project_id}/routing-rule/`; the test and metrics
 endpoints and `/openapi.json` are this engine's. What each request does to
 the configuration lives in `engine.api.service`; this module only speaks HTTP.
+`/` is Alibaba's RPC API (`engine.api.aliyun`), which authenticates itself.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import LineTooLong
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.api import errors, openapi, params, service
+from engine.api import aliyun, errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
-from engine.api.limits import ApiLimits, RateLimiter
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
+from engine.api.ratelimit import RateLimiter
 from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
 from engine.api.storage import Store, open_store
 from engine.config import ApiConfig, EngineConfig
 from engine.config.errors import pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
 from engine.language.tester import test_rule
 
@@ -45,6 +48,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS_PROVIDER = web.AppKey("metrics_provider", object)  # a MetricsProvider or None
 
 BASE = "/v5/iot/{project_id}/routing-rule"
+ALIYUN_PATH = "/"  # Alibaba's RPC API (engine.api.aliyun), where its SDK sends every action
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -287,6 +291,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         body = await request.read()  # the signature covers the body; aiohttp caches it
     except web.HTTPRequestEntityTooLarge:
         raise errors.too_large(limits.max_body_bytes) from None
+    if request.path == ALIYUN_PATH:
+        return await handler(request)  # Alibaba's RPC API: signed per request, verified there
     principal: Principal | None = request.app[AUTH].authenticate(
         request.method, request.raw_path, request.headers, body)
     project = request.match_info.get("project_id")
@@ -331,8 +337,25 @@ class _Server(web.Server):
         return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
+class _AccessLogger(AbstractAccessLogger):
+    """aiohttp's access line without the query string of Alibaba's RPC API:
+    there it carries every parameter of the action, secrets of a
+    CreateRuleAction Configuration (database passwords) included."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        target = request.path if request.path == ALIYUN_PATH else request.path_qs
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"', request.remote,
+                         request.method, target, request.version.major, request.version.minor,
+                         response.status, response.body_length, time,
+                         request.headers.get("User-Agent", "-"))
+
+
 class ApiRunner(web.AppRunner):
     """`web.AppRunner` for the API: its connections are `_Protocol`s."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log_class", _AccessLogger)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
@@ -357,6 +380,10 @@ def create_app(api: ApiConfig, store: Store, limits: ApiLimits | None = None,
     app[METRICS_PROVIDER] = metrics
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    rpc = aliyun.make_handler(aliyun.Verifier(api), lambda: app[STORE], lambda: app[LIMITS],
+                              lambda: app[LIMITER])
+    for method in ("GET", "POST"):
+        app.router.add_route(method, ALIYUN_PATH, rpc)
     return app
 
 

@@ -6,16 +6,18 @@ Project objects are namespaced inside the worker: rule `r1` of project
 or ACTION policy's `scope_value`). Ids cannot contain `/`, so API objects
 never collide with each other or with rule-file objects, which keep their
 ids. USER and CHANNEL policies of a project apply worker-wide (as the file
-ones do).
+ones do). A project's Alibaba rules (engine.api.aliyun) run as its rules
+`aliyun-<RuleId>` with actions `aliyun-<ActionId>`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.api.service import load_project_config
+from engine.api.aliyun import engine_items
+from engine.api.service import project_config
 from engine.api.storage import KINDS, Store
-from engine.config import EngineConfig
+from engine.config import EngineConfig, validate_config_dict
 
 SEP = "/"
 
@@ -49,6 +51,12 @@ async def effective_config(files: EngineConfig, store: Store) -> EngineConfig:
     is; raises ConfigError if one is not valid)."""
     parts: dict[str, list[Any]] = {kind: list(getattr(files, kind)) for kind in KINDS}
     for project in sorted(await store.projects()):
-        for kind, items in namespaced(project, await load_project_config(store, project)).items():
-            parts[kind].extend(items)
+        records = await store.load(project)
+        configs = [project_config(records, project)]
+        alibaba = engine_items(records)
+        if alibaba["rules"]:  # checked when stored; validated apart so export never sees them
+            configs.append(validate_config_dict(alibaba, f"project {project} (Alibaba rules)"))
+        for config in configs:
+            for kind, items in namespaced(project, config).items():
+                parts[kind].extend(items)
     return files.model_copy(update=parts)

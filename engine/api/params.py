@@ -26,7 +26,8 @@ from pydantic_core import PydanticCustomError
 from engine.api import errors
 from engine.config import channels
 from engine.config.errors import pydantic_message
-from engine.config.models import RESOURCE_EVENTS, Id, Name, PolicyScope, Resource
+from engine.config.models import Id, Name, PolicyScope
+from engine.schema import RESOURCE_EVENTS, Resource
 
 ID_PATTERN = "^[A-Za-z0-9_-]{1,36}$"
 _ID = re.compile(ID_PATTERN)

@@ -26,10 +26,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.api import errors, params
-from engine.api.limits import ApiLimits
 from engine.api.storage import KINDS, Delete, Op, Put, Store, Stored
 from engine.config import ConfigError, EngineConfig, channels, validate_config_dict
 from engine.config.errors import format_loc, pydantic_message
+from engine.config.limits import ApiLimits
 from engine.config.models import Action, BacklogPolicy, FlowControlPolicy, Rule
 from engine.config.secrets import is_secret_key
 
@@ -135,7 +135,8 @@ def tree(records: Iterable[Stored]) -> dict[str, list[dict[str, Any]]]:
     """The project as a rule-file tree, objects oldest first."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in KINDS}
     for record in sorted(records, key=lambda r: r.seq):
-        out[record.kind].append(record.body)
+        if record.kind in out:  # not the Alibaba API's kinds (engine.api.aliyun)
+            out[record.kind].append(record.body)
     return out
 
 
@@ -156,6 +157,8 @@ def validate(after: list[Stored], kind: Kind, changed: set[tuple[str, str]]) -> 
     data: dict[str, list[dict[str, Any]]] = {name: [] for name in KINDS}
     labels: dict[str, str] = {}
     for record in sorted(after, key=lambda r: r.seq):
+        if record.kind not in data:
+            continue  # the Alibaba API's kinds are validated by engine.api.aliyun
         body = record.body
         section = data[record.kind]
         key = (record.kind, record.id)
@@ -346,12 +349,13 @@ def plan_import(data: Mapping[str, Any], replace: bool) -> Callable[[list[Stored
 
     def plan(records: list[Stored]) -> list[Op]:
         keys = {(name, object_id) for name, object_id, _ in incoming}
-        kept = [r for r in records if (r.kind, r.id) not in keys and not replace]
+        kept = [r for r in records if (r.kind, r.id) not in keys and not replace
+                and r.kind in KINDS]
         seq = _next_seq(records)
         after = kept + [Stored(n, i, seq + k, item) for k, (n, i, item) in enumerate(incoming)]
         validate(after, RULES, keys)
-        deletes: list[Op] = [Delete(r.kind, r.id) for r in records
-                             if replace and (r.kind, r.id) not in keys]
+        deletes: list[Op] = [Delete(r.kind, r.id) for r in records  # IoTDA kinds only
+                             if replace and r.kind in KINDS and (r.kind, r.id) not in keys]
         return deletes + [Put(n, i, item) for n, i, item in incoming]
 
     return plan

@@ -46,6 +46,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 KINDS = ("rules", "actions", "flowcontrol_policies", "backlog_policies")
+# Kinds of the Alibaba API (engine.api.aliyun.mapping): stored alongside, not rule-file sections.
+ALIYUN_KINDS = ("aliyun_rules", "aliyun_actions", "aliyun_ids")
 POLL_INTERVAL = 0.2
 KEEP_CHANGES = 10_000  # change rows kept for late pollers; older ones are pruned
 
@@ -407,7 +409,7 @@ class PostgresStore(Store):
                         f"DELETE FROM {self._objects} WHERE project = $1 AND kind = $2 AND id = $3",
                         project, op.kind, op.id,
                     )
-                kind = "put" if isinstance(op, Put) else "delete"
+                kind: Literal["put", "delete"] = "put" if isinstance(op, Put) else "delete"
                 revision = await conn.fetchval(
                     f"INSERT INTO {self._changes} (project, kind, id, op) VALUES ($1, $2, $3, $4) "
                     "RETURNING revision", project, op.kind, op.id, kind,

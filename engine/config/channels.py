@@ -1,20 +1,20 @@
 """Which action channels this engine implements, and their channel_detail models.
 
 The destination modules own the channel_detail models (`Sink.Config`) and
-register their Sink class in `engine.destinations.CHANNELS` when imported;
-this module only imports them and looks them up.
+register their Sink class in `engine.destinations.CHANNELS`; importing
+`engine.destinations` registers all of them. This module only looks them up.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 from pydantic_core import PydanticCustomError
+
+from engine.destinations import CHANNELS
 
 # Channels of IoTDA's data forwarding (seed 1.4.8.6) plus later IoTDA channels
 # that only exist inside Huawei Cloud. Any of them that no destination module
@@ -36,22 +36,9 @@ IOTDA_CHANNELS = frozenset(
 )
 
 
-@functools.cache
 def registry() -> Mapping[str, Any]:
-    """Channel name -> Sink class, after importing every destination module.
-
-    A module whose driver library is missing (ImportError) is skipped, so
-    its channel reads as unsupported instead of breaking every check; any
-    other error in a destination module is a bug and propagates.
-    """
-    import engine.destinations as destinations
-
-    for info in pkgutil.iter_modules(destinations.__path__):
-        try:
-            importlib.import_module(f"{destinations.__name__}.{info.name}")
-        except ImportError:
-            continue
-    return destinations.CHANNELS
+    """Channel name -> Sink class, every destination module registered."""
+    return CHANNELS
 
 
 def check_channel(channel: str) -> None:
@@ -75,7 +62,7 @@ def _detail_model(channel: str) -> type[BaseModel]:
     # channel_detail holds exactly one key, the channel's detail_key, e.g.
     # {"http_forwarding": {...}}; a wrapper model gives errors that location.
     sink = registry()[channel]
-    return create_model(
+    return create_model(  # type: ignore[call-overload]  # field definitions built at run time
         f"{sink.Config.__name__}ChannelDetail",
         __config__=ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True),
         **{sink.detail_key: (sink.Config, ...)},

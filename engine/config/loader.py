@@ -8,6 +8,11 @@ came from.
 
 It has no side effects (it reads the files and `env`, nothing else), so a
 running worker can validate a new configuration before swapping it in.
+
+What a writer cut off leaves is refused rather than read as an intention:
+in YAML a rule's `select:` or `where:` with no value (leave the key out to
+select the whole notification / match every one), and - for a reload,
+`allow_empty=False` - a file with no content at all.
 """
 
 from __future__ import annotations
@@ -47,18 +52,22 @@ class Document:
 
 
 def load_config(
-    paths: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None = None
+    paths: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None = None, *,
+    allow_empty: bool = True,
 ) -> EngineConfig:
     """Load, merge and validate rule files; raise ConfigError listing every
-    problem. `env` defaults to `os.environ`."""
+    problem. `env` defaults to `os.environ`. `allow_empty=False` (a reload):
+    a file without content is a problem, not an empty configuration."""
     env = os.environ if env is None else env
     issues: list[Issue] = []
     documents: list[Document] = []
     for path in paths:
-        document, problems = read_document(Path(path))
-        issues += problems
+        document, read_problems = read_document(Path(path))
+        issues += read_problems
         if document is not None:
             documents.append(document)
+            if document.data is None and not allow_empty:
+                issues.append(Issue(document.name, None, "", EMPTY_FILE))
 
     merged = _Merged(documents)
     data, env_problems = interpolate(merged.data, env)
@@ -83,6 +92,12 @@ def _name(paths: Sequence[str | os.PathLike[str]]) -> str:
 
 
 # ------------------------------------------------------------------ reading
+
+EMPTY_FILE = ("the file is empty (still being written, or truncated?); a reload never "
+              "applies an empty file - write {} in it to mean \"no settings\"")
+# Rule keys whose absence means "everything": with no value they are what a
+# file cut off right after the key leaves, not a choice.
+NOT_EMPTY_IN_RULES = ("select", "where")
 
 
 def read_document(path: Path) -> tuple[Document | None, list[Issue]]:
@@ -110,7 +125,24 @@ def _parse_yaml(name: str, text: str) -> tuple[Document | None, list[Issue]]:
     issues: list[Issue] = []
     if node is not None:
         _record_lines(document, node, (), issues)
+    issues += _keys_without_value(document)
     return document, issues
+
+
+def _keys_without_value(document: Document) -> list[Issue]:
+    rules = document.data.get("rules") if isinstance(document.data, dict) else None
+    issues = []
+    for i, rule in enumerate(rules if isinstance(rules, list) else ()):
+        for key in NOT_EMPTY_IN_RULES:
+            if isinstance(rule, dict) and key in rule and rule[key] is None:
+                loc = ("rules", i, key)
+                issues.append(Issue(document.name, document.line_of(loc), format_loc(loc),
+                                    f"{key}: has no value (is the file cut off?); leave the "
+                                    f"key out to {_ABSENT[key]}"))
+    return issues
+
+
+_ABSENT = {"select": "forward the whole notification", "where": "match every notification"}
 
 
 def _parse_json(name: str, text: str) -> tuple[Document | None, list[Issue]]:

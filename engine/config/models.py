@@ -17,29 +17,37 @@ Secrets are `SecretStr` (masked in reprs and dumps); read them with
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from engine.config import channels
-
-
-class _Model(BaseModel):
-    # hide_input_in_errors: pydantic must never echo a value (it may be a secret).
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
+from engine.config.limits import ApiLimits
+from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_EVENTS
+    RESOURCE_EVENTS,
+    AmqpConnection,
+    KafkaConnection,
+    Listen,
+    ListenerAuth,
+    ListenerTls,
+    NoAuth,
+    RuleSubject,
+    given,
+    parse_listen,
+)
+from engine.schema import StrictModel as _Model
+from engine.sources import SOURCES
+from engine.sources.device_registry import RegistryConfig
 
 # ------------------------------------------------------------------ shared types
 
@@ -73,90 +81,7 @@ Id = Annotated[str, AfterValidator(_check_id)]
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
-def _split_host_port(value: str) -> str:
-    """Check a `host:port` listen address (`[::1]:8080` for IPv6); port 0
-    means "any free port" (useful in tests)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise PydanticCustomError("listen", "must be host:port with a port from 0 to 65535")
-    return value
-
-
-Listen = Annotated[str, AfterValidator(_split_host_port)]
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`"127.0.0.1:8088"` -> `("127.0.0.1", 8088)`; `"[::1]:80"` -> `("::1", 80)`."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _comma_list(value: Any) -> Any:
-    # Kafka users write bootstrap servers either way; normalise to a list.
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-HostPorts = Annotated[list[Listen], BeforeValidator(_comma_list), Field(min_length=1)]
-
-
-def _amqp_url(value: SecretStr) -> SecretStr:
-    scheme = urlsplit(value.get_secret_value()).scheme
-    if scheme not in ("amqp", "amqps"):
-        raise PydanticCustomError("amqp_url", "must be an amqp:// or amqps:// URL")
-    return value
-
-
-AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
-
-
 # ------------------------------------------------------------------ rules
-
-# Rule subject resource -> its events (IoTDA Table 1-164; the 12 notification kinds).
-RESOURCE_EVENTS: dict[str, tuple[str, ...]] = {
-    "device": ("create", "delete", "update"),
-    "device.property": ("report",),
-    "device.message": ("report",),
-    "device.message.status": ("update",),
-    "device.status": ("update",),
-    "batchtask": ("update",),
-    "product": ("create", "delete", "update"),
-    "device.command.status": ("update",),
-}
-
-Resource = Literal[
-    "device",
-    "device.property",
-    "device.message",
-    "device.message.status",
-    "device.status",
-    "batchtask",
-    "product",
-    "device.command.status",
-]
-
-
-class RuleSubject(_Model):
-    """RoutingRuleSubject: which notification kind the rule receives."""
-
-    resource: Resource
-    event: str = Field(min_length=1, max_length=50)
-
-    @field_validator("event")
-    @classmethod
-    def _event_of_resource(cls, event: str, info: ValidationInfo) -> str:
-        resource = info.data.get("resource")  # absent if resource itself was invalid
-        allowed = RESOURCE_EVENTS.get(resource or "")
-        if allowed is not None and event not in allowed:
-            raise PydanticCustomError(
-                "event_for_resource",
-                "'{event}' is not a valid event for resource '{resource}' "
-                "(expected one of: {allowed})",
-                {"event": event, "resource": resource, "allowed": ", ".join(allowed)},
-            )
-        return event
-
 
 class Rule(_Model):
     """A rule triggering condition (IoTDA 1.4.8.1) plus a file-given rule_id."""
@@ -275,129 +200,37 @@ class BacklogPolicy(_ScopedPolicy):
 # ------------------------------------------------------------------ sources
 
 
-class KafkaConnection(_Model):
-    """How to reach a Kafka cluster (shared by the source and dead letters)."""
-
-    bootstrap_servers: HostPorts
-    client_id: str = "iot-forwarding-engine"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: str | None = None
-
-    @model_validator(mode="after")
-    def _sasl(self) -> KafkaConnection:
-        uses_sasl = self.security_protocol.startswith("SASL_")
-        if uses_sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-            raise PydanticCustomError(
-                "sasl",
-                "security_protocol {protocol} needs sasl_mechanism, sasl_username "
-                "and sasl_password",
-                {"protocol": self.security_protocol},
-            )
-        if not uses_sasl and self.sasl_mechanism:
-            raise PydanticCustomError(
-                "sasl", "sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL"
-            )
-        return self
-
-
-class KafkaSource(KafkaConnection):
-    """Consume notifications (one JSON object per message) from Kafka topics."""
-
-    topics: list[str] = Field(min_length=1)
-    group_id: str = Field(default="forwarder", min_length=1)
-    # Where a group without committed offsets starts. "earliest": a new
-    # forwarder processes what is already in the topic (at-least-once).
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
-    max_batch: int = Field(default=500, ge=1, le=100_000)
-    """Most records taken per poll."""
-
-
-class AmqpConnection(_Model):
-    url: AmqpUrl
-    """amqp[s]://user:password@host:port/vhost - a secret (it holds the password)."""
-
-
-class AmqpSource(AmqpConnection):
-    """Consume notifications from an AMQP 0-9-1 queue (e.g. RabbitMQ)."""
-
-    queue: str = Field(min_length=1, max_length=255)
-    prefetch: int = Field(default=256, ge=1, le=65_535)
-    """Unacknowledged messages the broker may send ahead."""
-
-
-class HttpSource(_Model):
-    """Receive notifications pushed by HTTP POST (IoTDA HTTP push format)."""
-
-    listen: Listen = "127.0.0.1:8088"
-    path: str = Field(default="/v1/notifications", pattern=r"^/")
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
-    max_inflight: int = Field(default=1000, ge=1, le=100_000)
-    """Requests being processed at once (back-pressure above that)."""
-
-
-class FileSource(_Model):
-    """Read notifications from an NDJSON file; `-` reads standard input."""
-
-    path: str = Field(min_length=1)
-
-
-Kind = RuleSubject  # a notification kind is a resource/event pair
-
-
-class SimulatorSource(_Model):
-    """Generate synthetic notifications (demo, benchmarks)."""
-
-    rate: float = Field(default=1000.0, gt=0, le=10_000_000)
-    """Events per second."""
-    devices: int = Field(default=100, ge=1, le=10_000_000)
-    kinds: list[Kind] | None = None
-    """Notification kinds to generate; default: all 12."""
-    seed: int | None = None
-    """Random seed for a reproducible stream."""
-    count: int | None = Field(default=None, ge=1)
-    """Stop after this many events (default: run until stopped)."""
-    duration: float | None = Field(default=None, gt=0)
-    """Stop after this many seconds."""
-
-
-def _given(model: BaseModel) -> list[str]:
-    """Fields of a one-of model that hold a value (`kafka: null` is not given)."""
-    return [name for name in type(model).model_fields if getattr(model, name) is not None]
-
-
-SourceKind = Literal["kafka", "amqp", "http", "file", "simulator"]
-
-
-class SourceEntry(_Model):
+class _SourceEntry(_Model):
     """One item of `sources:` - an object with exactly one key naming the
-    kind, e.g. `{kafka: {...}}`. Use `.kind` and `.options`."""
-
-    kafka: KafkaSource | None = None
-    amqp: AmqpSource | None = None
-    http: HttpSource | None = None
-    file: FileSource | None = None
-    simulator: SimulatorSource | None = None
+    kind, e.g. `{kafka: {...}}`. Use `.kind` and `.options`. Its fields are
+    the registered sources (`engine.sources.SOURCES`), each typed by the
+    source's own `Options` model."""
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> SourceEntry:
-        if len(_given(self)) != 1:
+    def _exactly_one(self) -> _SourceEntry:
+        if len(given(self)) != 1:
             raise PydanticCustomError(
-                "one_source", "a source needs exactly one of: kafka, amqp, http, file, simulator"
+                "one_source", "a source needs exactly one of: {kinds}",
+                {"kinds": ", ".join(SOURCES)},
             )
         return self
 
     @property
-    def kind(self) -> SourceKind:
-        (kind,) = _given(self)
-        return kind  # type: ignore[return-value]
+    def kind(self) -> str:
+        (kind,) = given(self)
+        return kind
 
     @property
-    def options(self) -> KafkaSource | AmqpSource | HttpSource | FileSource | SimulatorSource:
+    def options(self) -> BaseModel:
         return getattr(self, self.kind)
+
+
+if TYPE_CHECKING:
+    SourceEntry = _SourceEntry
+else:
+    SourceEntry = create_model(
+        "SourceEntry", __base__=_SourceEntry, __module__=__name__,
+        **{kind: (source.Options | None, None) for kind, source in SOURCES.items()})
 
 
 # ------------------------------------------------------------------ outputs of the engine
@@ -408,6 +241,9 @@ class MetricsConfig(_Model):
 
     listen: Listen = "127.0.0.1:9108"
     path: str = Field(default="/metrics", pattern=r"^/")
+    auth: NoAuth | ListenerAuth = "none"
+    """Credentials for `path` (the health endpoints stay open)."""
+    tls: ListenerTls | None = None
 
 
 class DeadLetterKafka(KafkaConnection):
@@ -428,7 +264,7 @@ class DeadLetterConfig(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DeadLetterConfig:
-        if len(_given(self)) != 1:
+        if len(given(self)) != 1:
             raise PydanticCustomError(
                 "one_dead_letter", "dead_letter needs exactly one of: file, kafka, amqp"
             )
@@ -436,7 +272,7 @@ class DeadLetterConfig(_Model):
 
     @property
     def kind(self) -> Literal["file", "kafka", "amqp"]:
-        (kind,) = _given(self)
+        (kind,) = given(self)
         return kind  # type: ignore[return-value]
 
 
@@ -487,14 +323,12 @@ class ApiConfig(_Model):
     `postgresql://…`; none: kept in memory."""
     projects: dict[ProjectId, ProjectAuth] = Field(default_factory=dict)
     limits: dict[str, int | float | bool] = Field(default_factory=dict)
-    """Overrides of engine.api.limits.ApiLimits (max_body_bytes, rate, burst,
+    """Overrides of engine.config.limits.ApiLimits (max_body_bytes, rate, burst,
     max_rules, …); `engine api --limit NAME=VALUE` overrides these."""
 
     @field_validator("limits")
     @classmethod
     def _known_limits(cls, v: dict[str, int | float | bool]) -> dict[str, int | float | bool]:
-        from engine.api.limits import ApiLimits  # the one definition of the limits
-
         ApiLimits.parse([f"{k}={str(x).lower()}" for k, x in v.items()])  # ValueError names the bad one
         return v
 
@@ -529,6 +363,9 @@ class EngineConfig(_Model):
     dead_letter: DeadLetterConfig | None = None
     api: ApiConfig | None = None
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    registry: RegistryConfig | None = None
+    """Products and devices (engine.sources.device_registry): the headers of
+    device traffic (the mqtt and device_api sources)."""
 
     def actions_of(self, rule_id: str) -> list[Action]:
         return [a for a in self.actions if a.rule_id == rule_id]
@@ -537,4 +374,4 @@ class EngineConfig(_Model):
 # Top-level keys that hold lists (merged across files) and single sections
 # (allowed in one file only).
 LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources")
-SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker")
+SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker", "registry")

@@ -17,7 +17,7 @@ import aiormq.exceptions as amqp_errors
 from pydantic import Field, SecretStr
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
-from engine.destinations.common import _Model
+from engine.destinations.common import AmqpUrl, _Model
 from engine.destinations.registry import register
 
 
@@ -26,7 +26,7 @@ class AmqpForwarding(_Model):
 
     queue_name: str = Field(min_length=8, max_length=256)
     # --- engine options (not in the seed) ---
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    url: AmqpUrl = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     """Broker URL. In IoTDA the broker is the platform's own; a self-hosted
     engine publishes to yours. A SecretStr because it carries the password."""
     timeout_s: float = Field(default=15.0, gt=0, le=600)
@@ -43,8 +43,11 @@ class AmqpSink(Sink):
     Config = AmqpForwarding
     config: AmqpForwarding
 
-    def __init__(self, config: AmqpForwarding) -> None:
+    def __init__(self, config: AmqpForwarding, *, declare: bool = False) -> None:
+        """`declare`: create the queue (durable) if it is missing, instead
+        of refusing to open (the dead-letter store's behaviour)."""
         super().__init__(config)
+        self.declare = declare
         self._conn: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
 
@@ -77,7 +80,8 @@ class AmqpSink(Sink):
             await self._drop()
             raise Unavailable(f"cannot connect to the AMQP broker ({type(e).__name__})") from None
         try:
-            await channel.declare_queue(c.queue_name, passive=True, timeout=c.timeout_s)
+            await channel.declare_queue(c.queue_name, passive=not self.declare,
+                                        durable=self.declare, timeout=c.timeout_s)
         except amqp_errors.ChannelNotFoundEntity:
             await self._drop()
             raise SinkError(f"AMQP queue {c.queue_name!r} does not exist") from None

@@ -13,9 +13,17 @@ from itertools import repeat
 from operator import floordiv, sub
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from engine import _core
+from engine.schema import AmqpUrl, check_amqp_url  # noqa: F401 - re-exported
 
 
 class _Model(BaseModel):
@@ -189,7 +197,9 @@ def event_times_ms(times: list[str | None]) -> list[int | None]:
     `datetime.fromisoformat` reads with an offset or `Z` (both notification
     formats are), the whole list is converted in C; otherwise time by time."""
     try:
-        return list(map(floordiv, map(sub, map(datetime.fromisoformat, times), repeat(_EPOCH)),
+        # A None fails fromisoformat with TypeError: the slow path below takes it.
+        return list(map(floordiv, map(sub, map(datetime.fromisoformat, times),  # type: ignore[arg-type]
+                                      repeat(_EPOCH)),
                         repeat(_ONE_MS)))
     except (TypeError, ValueError):  # None, a malformed time, or one without an offset
         return list(map(event_time_ms, times))

@@ -2,6 +2,13 @@
 
 One request per record (as IoTDA pushes), over a keep-alive pool, with at
 most `max_concurrency` requests in flight. Only a 2xx answer is a success.
+
+A 429 or 503 with `Retry-After` (seconds or an HTTP date) is honoured, at
+most `MAX_RETRY_AFTER` seconds: the rest of that write is not sent (a
+retryable failure), and the next write first waits until then and sends
+one record alone; only once that one succeeds do the others follow. So a
+throttling server sees about one request per Retry-After, not a retry
+storm.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -75,6 +83,27 @@ def verify_signature(token: str, timestamp: str, nonce: str, signature: str) -> 
     return hmac.compare_digest(expected, signature.strip().lower().encode())
 
 
+# The longest wait a Retry-After can impose: the backlog's own longest
+# backoff (engine.policies.retry.RetryPolicy.cap), so a server cannot park
+# an action for hours.
+MAX_RETRY_AFTER = 30.0
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP
+    date), capped at MAX_RETRY_AFTER; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - (time.time() if now is None else now), 0.0), MAX_RETRY_AFTER)
+
+
 def _retryable_status(status: int) -> bool:
     # 5xx: the server failed; 429: throttled; 408: the server timed out
     # reading the request. Every other non-2xx answer will not change on retry.
@@ -91,6 +120,10 @@ class HttpSink(Sink):
     def __init__(self, config: HttpForwarding) -> None:
         super().__init__(config)
         self._session: aiohttp.ClientSession | None = None
+        # Set by a Retry-After: no request before `_not_before` (monotonic),
+        # and the failure reported for records held back until one succeeds.
+        self._not_before = 0.0
+        self._held: Failure | None = None
         self._token = config.token.get_secret_value() if config.signature_enable and config.token else None
         # "domain:8443" in cn_name: SNI and certificate checks use the host part.
         self._server_hostname = (
@@ -118,17 +151,32 @@ class HttpSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         await self.open()
         failures: dict[int, Failure] = {}
-        todo = iter(enumerate(records))
+        start = 0
+        if self._held is not None and records:
+            # The server asked us to wait: wait, then try one record alone.
+            delay = self._not_before - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            f = await self._post(records[0])
+            if f is not None and f.retryable:
+                rest = self._held or f
+                return WriteResult({0: f, **{i: rest for i in range(1, len(records))}})
+            if f is not None:  # refused for its own sake: the server is answering again
+                self._held = None
+                failures[0] = f
+            start = 1
+        todo = iter(enumerate(records[start:], start))
 
         # A fixed set of workers draining one iterator bounds the window
         # without creating a task per record.
         async def worker() -> None:
             for i, rec in todo:
-                f = await self._post(rec)
+                # Held back by a Retry-After another request just got: not sent.
+                f = self._held if self._held is not None else await self._post(rec)
                 if f is not None:
                     failures[i] = f
 
-        n = min(len(records), self.config.max_concurrency)
+        n = min(len(records) - start, self.config.max_concurrency)
         await asyncio.gather(*(worker() for _ in range(n)))
         return WriteResult(failures)
 
@@ -151,9 +199,17 @@ class HttpSink(Sink):
             ) as resp:
                 await resp.read()  # drain so the connection returns to the pool
                 if 200 <= resp.status < 300:
+                    self._held = None
                     return None
-                return Failure(f"HTTP {resp.status} {resp.reason or ''}".rstrip(),
-                               _retryable_status(resp.status))
+                reason = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
+                if resp.status in (429, 503):
+                    wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                    if wait is not None:
+                        self._not_before = max(self._not_before, time.monotonic() + wait)
+                        self._held = Failure(f"{reason}; not sent: the server asked to retry "
+                                             f"after {wait:g} s", True)
+                        return Failure(f"{reason} (Retry-After {wait:g} s)", True)
+                return Failure(reason, _retryable_status(resp.status))
         except TimeoutError:
             return Failure(f"HTTP timeout after {self.config.timeout_s:g} s", True)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:

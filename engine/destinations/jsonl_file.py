@@ -76,6 +76,7 @@ class JsonlFileSink(Sink):
         except TypeError as e:  # not JSON-serialisable: no retry will change that
             return WriteResult.all_failed(len(records), f"cannot encode as JSON: {e}", False)
         await self.open()
+        assert self._fd is not None
         async with self._lock:
             try:
                 await asyncio.to_thread(append_durably, self._fd, data)

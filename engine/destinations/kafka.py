@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr, model_validator
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import SupportPrivateLinkNetAddress, _Model, client_ssl_context
 from engine.destinations.registry import register
+from engine.schema import KafkaClient
 
 
 class DmsKafkaForwarding(_Model):
@@ -85,15 +86,30 @@ _AUTH_ERRORS = (
 )
 
 
-def producer_kwargs(c: DmsKafkaForwarding) -> dict[str, Any]:
-    """The AIOKafkaProducer arguments for a channel_detail (pure; holds the
-    password, so never log the result)."""
+def client(c: DmsKafkaForwarding) -> KafkaClient:
+    """The connection settings of a channel_detail (holds the password)."""
     servers = []
     for a in c.addresses:
         host = f"[{a.host}]" if ":" in a.host else a.host  # IPv6 literal
         servers.append(f"{host}:{a.port_or(DEFAULT_PORT)}")
-    kw: dict[str, Any] = {
-        "bootstrap_servers": servers,
+    if c.mechanism in (None, "PAAS"):
+        # IoTDA: security_protocol does not apply without SASL.
+        return KafkaClient(servers)
+    assert c.username is not None and c.password is not None  # checked by the model
+    return KafkaClient(servers, c.security_protocol or "SASL_SSL", c.mechanism, c.username,
+                       c.password.get_secret_value(), c.ca_file)
+
+
+def producer_kwargs(c: DmsKafkaForwarding, connection: KafkaClient | None = None
+                    ) -> dict[str, Any]:
+    """The AIOKafkaProducer arguments for a channel_detail, connecting as
+    `connection` says if given (the dead-letter store), else as `c` does
+    (pure; holds the password, so never log the result)."""
+    conn = connection or client(c)
+    ssl_context = client_ssl_context(c.ca_file, c.verify_tls) \
+        if connection is None and conn.tls else None
+    return {
+        **conn.aiokafka(ssl_context),
         "acks": "all",
         "enable_idempotence": False,
         "compression_type": None if c.compression == "none" else c.compression,
@@ -102,21 +118,6 @@ def producer_kwargs(c: DmsKafkaForwarding) -> dict[str, Any]:
         "max_request_size": MAX_REQUEST_BYTES,
         "request_timeout_ms": int(c.timeout_s * 1000),
     }
-    if c.mechanism in (None, "PAAS"):
-        # IoTDA: security_protocol does not apply without SASL.
-        kw["security_protocol"] = "PLAINTEXT"
-        return kw
-    protocol = c.security_protocol or "SASL_SSL"
-    assert c.username is not None and c.password is not None  # checked by the model
-    kw.update(
-        security_protocol=protocol,
-        sasl_mechanism=c.mechanism,
-        sasl_plain_username=c.username,
-        sasl_plain_password=c.password.get_secret_value(),
-    )
-    if protocol == "SASL_SSL":
-        kw["ssl_context"] = client_ssl_context(c.ca_file, c.verify_tls)
-    return kw
 
 
 def _failure(e: BaseException) -> Failure:
@@ -138,8 +139,12 @@ class KafkaSink(Sink):
     Config = DmsKafkaForwarding
     config: DmsKafkaForwarding
 
-    def __init__(self, config: DmsKafkaForwarding) -> None:
+    def __init__(self, config: DmsKafkaForwarding, *,
+                 connection: KafkaClient | None = None) -> None:
+        """`connection` replaces the addresses and security of `config`
+        (the dead-letter store's `kafka:` settings)."""
         super().__init__(config)
+        self.connection = connection
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._parts: list[int] = []          # the topic's partitions the cache is for
@@ -158,7 +163,7 @@ class KafkaSink(Sink):
     async def _connect(self) -> None:
         if self._producer is not None:
             return
-        kw = producer_kwargs(self.config)
+        kw = producer_kwargs(self.config, self.connection)
         producer = AIOKafkaProducer(**kw)
         try:
             await producer.start()
@@ -194,7 +199,7 @@ class KafkaSink(Sink):
                 return
             except kafka_errors.UnsupportedSaslMechanismError:
                 raise SinkError(f"Kafka broker {server} does not offer SASL mechanism "
-                                f"{self.config.mechanism}") from None
+                                f"{kw.get('sasl_mechanism')}") from None
             except (kafka_errors.SaslAuthenticationFailed, kafka_errors.IllegalSaslStateError):
                 raise SinkError(f"Kafka broker {server} refused the SASL login "
                                 "(check username and password)") from None

@@ -18,12 +18,14 @@ NOPOS: Pos = (0, 0)
 class Literal:
     value: Any                 # str, int, float, bool or None (JSON null)
     pos: Pos = field(default=NOPOS, compare=False)
+    paren: bool = field(default=False, compare=False)   # written inside ( )
 
 
 @dataclass(frozen=True, slots=True)
 class Path:
     steps: tuple[str | int, ...]   # member names (str) and array indices (int)
     pos: Pos = field(default=NOPOS, compare=False)
+    paren: bool = field(default=False, compare=False)   # written inside ( )
 
     @property
     def text(self) -> str:
@@ -41,6 +43,7 @@ class Path:
 class Neg:
     operand: Expr
     pos: Pos = field(default=NOPOS, compare=False)
+    paren: bool = field(default=False, compare=False)   # written inside ( )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ class SelectItem:
         """Output key: the alias, else a plain path's canonical text."""
         if self.alias is not None:
             return self.alias
-        if isinstance(self.expr, Path):
+        if isinstance(self.expr, Path) and not self.expr.paren:
             return self.expr.text
         return None
 

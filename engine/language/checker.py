@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from engine.language import ast
 from engine.language.errors import RuleSemanticError
-from engine.language.functions import FUNCTIONS
+from engine.language.library import FUNCTIONS
 
 MAX_ALIAS_CHARS = 256
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -21,8 +22,9 @@ class _Checker:
         return RuleSemanticError(msg, clause=self.clause, text=self.text, line=pos[0], column=pos[1])
 
     def expr(self, root: ast.Expr) -> None:
-        # Iterative walk; `negated` tracks an enclosing unary minus so that
-        # -9223372036854775808 is accepted.
+        # Iterative walk; `under_neg` tracks an enclosing unary minus so that
+        # -9223372036854775808 is accepted (but not -(9223372036854775808):
+        # the spec's exception is for the written form `-digits`).
         stack: list[tuple[ast.Expr, bool]] = [(root, False)]
         while stack:
             node, under_neg = stack.pop()
@@ -38,22 +40,23 @@ class _Checker:
                 case ast.InList():
                     self.in_list(node)
             for child in ast.children(node):
-                stack.append((child, isinstance(node, ast.Neg)))
+                stack.append((child, isinstance(node, ast.Neg)
+                              and not getattr(child, "paren", False)))
 
     def call(self, node: ast.Call) -> None:
         spec = FUNCTIONS.get(node.name)
         if spec is None:
-            known = ", ".join(sorted(FUNCTIONS))
-            raise self.err(f"unknown function {node.name}; known functions: {known}", node.pos)
+            near = difflib.get_close_matches(node.name, FUNCTIONS.names(), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(near)}?" if near else \
+                "; the functions are listed in docs/language.md"
+            raise self.err(f"unknown function {node.name}{hint}", node.pos)
         n = len(node.args)
-        if not spec.min_args <= n <= spec.max_args:
-            want = (str(spec.min_args) if spec.min_args == spec.max_args
-                    else f"{spec.min_args} to {spec.max_args}")
-            raise self.err(f"{node.name} takes {want} argument{'s' if want != '1' else ''}, "
-                           f"got {n}: {spec.signature}", node.pos)
+        if n < spec.min_args or (spec.max_args is not None and n > spec.max_args):
+            raise self.err(f"{node.name} takes {spec.arity_text()}, got {n}: {spec.signature}",
+                           node.pos)
         if spec.fuzzy_arg is not None and n > spec.fuzzy_arg:
             arg = node.args[spec.fuzzy_arg]
-            if not (isinstance(arg, ast.Literal) and type(arg.value) is bool):
+            if not (isinstance(arg, ast.Literal) and type(arg.value) is bool and not arg.paren):
                 raise self.err(f"the fuzzy argument of {node.name} must be the literal true or false",
                                getattr(arg, "pos", node.pos))
 
@@ -62,7 +65,10 @@ class _Checker:
         for item in node.items:
             value = constant_value(item)
             if value is _NOT_CONST or value is None or type(value) is bool:
-                raise self.err("IN list elements must be string or number constants", item.pos)
+                hint = (" written without parentheses" if getattr(item, "paren", False)
+                        or isinstance(item, ast.Neg) else "")
+                raise self.err(f"IN list elements must be string or number constants{hint}",
+                               item.pos)
             kinds.add("string" if isinstance(value, str) else "number")
         if len(kinds) > 1:
             raise self.err("IN list mixes strings and numbers; all elements must have one type",
@@ -73,11 +79,12 @@ _NOT_CONST = object()
 
 
 def constant_value(node: ast.Expr):
-    """The value of a literal or a negated number literal, else _NOT_CONST."""
+    """The value of a literal or a negated number literal as written (no
+    parentheses), else _NOT_CONST."""
     if isinstance(node, ast.Literal):
-        return node.value
-    if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Literal) \
-            and type(node.operand.value) in (int, float):
+        return _NOT_CONST if node.paren else node.value
+    if isinstance(node, ast.Neg) and not node.paren and isinstance(node.operand, ast.Literal) \
+            and not node.operand.paren and type(node.operand.value) in (int, float):
         return -node.operand.value
     return _NOT_CONST
 
@@ -114,6 +121,8 @@ def check_select(select: ast.Select, text: str) -> None:
 
 def _needs_alias(expr: ast.Expr) -> str:
     what = {ast.Literal: "a constant", ast.Call: "a function call"}.get(type(expr), "an expression")
+    if isinstance(expr, ast.Path):
+        what = "a path in parentheses"
     msg = f"{what} in SELECT needs an alias: add AS name"
     if isinstance(expr, ast.Arith) and expr.op == "-" and isinstance(expr.left, ast.Path) \
             and isinstance(expr.right, ast.Path) and len(expr.right.steps) == 1:

@@ -14,6 +14,7 @@ from engine import _core
 from engine.language import ast
 from engine.language.checker import constant_value
 from engine.language.errors import RuleError, RuleSemanticError
+from engine.language.library import FUNCTIONS
 from engine.language.prefilter import Atom, derive_prefilter
 
 _SWAP = {"=": "=", "<>": "<>", "<": ">", ">": "<", "<=": ">=", ">=": "<="}
@@ -100,34 +101,20 @@ def _compile_compare(node: ast.Compare) -> _core.Expr:
 
 
 def _compile_call(node: ast.Call) -> _core.Expr:
-    name, args = node.name, [compile_expr(a) for a in node.args]
-    match name:
-        case "GET_TAG":
-            return _core.GetTag(args[0])
-        case "CONTAINS_TAG":
-            return _core.ContainsTag(args[0])
-        case "GET_SERVICE" | "GET_SERVICES" | "CONTAINS_SERVICES":
-            fuzzy = len(node.args) > 1 and node.args[1].value is True
-            return _core.ServiceFn(_core.SVC[name], args[0], fuzzy)
-        case "GET_SERVICE_PROPERTIES":
-            return _core.ServiceFn(_core.SVC[name], args[0])
-        case "GET_SERVICE_PROPERTY":
-            return _core.ServiceFn(_core.SVC[name], args[0], False, args[1])
-        case "STARTS_WITH":
-            return _core.StartsEnds(args[0], args[1], False)
-        case "ENDS_WITH":
-            return _core.StartsEnds(args[0], args[1], True)
-        case "CONCAT":
-            return _core.ConcatFn(args[0], args[1])
-        case "REPLACE":
-            return _core.ReplaceFn(args[0], args[1], args[2])
-        case "SUBSTRING":
-            return _core.SubstringFn(*args)
-        case "LOWER":
-            return _core.CaseFn(args[0], False)
-        case "UPPER":
-            return _core.CaseFn(args[0], True)
-    raise TypeError(f"no compiled form for {name}")
+    fn = FUNCTIONS.get(node.name)
+    args = [compile_expr(a) for a in node.args]
+    if isinstance(fn.compiled, str):
+        built = _core.LibCall(fn.compiled, args)
+    else:
+        built = fn.compiled(_core, args, node)
+    if fn.fold and all(type(a) is _core.Const for a in args):
+        # A deterministic function of constants is computed once, by the core
+        # itself (so folding cannot change a result). Containers are not
+        # folded: one object would be shared by every output.
+        v = built.eval(None)
+        if not isinstance(v, (dict, list)):
+            return _core.Const(v)
+    return built
 
 
 def compile_projection(select: ast.Select) -> _core.Projection:

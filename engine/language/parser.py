@@ -8,6 +8,7 @@ and turns every parser failure into a `RuleSyntaxError`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 
@@ -306,6 +307,15 @@ class _ToAst(Transformer_NonRecursive):
 
     def neg(self, meta, ch):
         return self._depth(ast.Neg(ch[1], _pos(meta)), meta, ch[1])
+
+    def paren(self, meta, ch):
+        # Parentheses are not transparent where the spec looks at how a thing
+        # is written (a SELECT path without alias, the literal fuzzy flag, IN
+        # constants, -2**63): the few node kinds those rules read remember them.
+        node = ch[0]
+        if isinstance(node, (ast.Literal, ast.Path, ast.Neg)) and not node.paren:
+            return self._depth(dataclasses.replace(node, paren=True), meta, node)
+        return node
 
     def number(self, meta, ch):
         t = ch[0]

@@ -13,82 +13,28 @@ None (= UNKNOWN).
 from __future__ import annotations
 
 import copy
-import math
 import re
 import sys
 from typing import Any
 
 from engine.language import ast
-
-
-class _Missing:
-    """The MISSING marker: a path that does not resolve or a function with no result."""
-
-    _instance: _Missing | None = None
-
-    def __new__(cls) -> _Missing:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        raise TypeError("MISSING has no truth value; use truth()")
-
-
-MISSING: Any = _Missing()
-
-UNKNOWN = None
+from engine.language.library import FUNCTIONS
+from engine.language.values import (  # noqa: F401 - re-exported for the tests
+    MISSING,
+    UNKNOWN,
+    _number_result,
+    is_bool,
+    is_container,
+    is_nullish,
+    is_number,
+    is_string,
+    render,
+    resolve,
+)
 
 # Depth of the deepest expression a 2500-character clause can hold is about
 # 1250 (`- - - … x`, `a+a+…`); each level costs a few Python frames here.
 _RECURSION_LIMIT = 20_000
-
-
-# --------------------------------------------------------------------------
-# Value classification (5, 7). bool is a subclass of int in Python: never
-# test numbers with isinstance(x, int) alone.
-
-def is_number(v: Any) -> bool:
-    return type(v) in (int, float)
-
-
-def is_string(v: Any) -> bool:
-    return type(v) is str
-
-
-def is_bool(v: Any) -> bool:
-    return type(v) is bool
-
-
-def is_nullish(v: Any) -> bool:
-    return v is MISSING or v is None
-
-
-def is_container(v: Any) -> bool:
-    return isinstance(v, (dict, list))
-
-
-def render(v: Any) -> str | None:
-    """Text rendering of a scalar (5.1); None when the value has none."""
-    if is_string(v):
-        return v
-    if is_bool(v):
-        return "true" if v else "false"
-    if type(v) is int:
-        return str(v)
-    if type(v) is float:
-        return repr(v)      # shortest round-trip text: 2.5, 40.0, 1e+20, 1e-05
-    return None             # object, array, null, MISSING
-
-
-def _number_result(x: int | float) -> Any:
-    """Arithmetic results that are not finite numbers (overflow) are MISSING."""
-    if type(x) is float and not math.isfinite(x):
-        return MISSING
-    return x
 
 
 # --------------------------------------------------------------------------
@@ -205,7 +151,7 @@ def value(expr: ast.Expr, event: dict) -> Any:
             return resolve(event, steps)
         case ast.Neg(operand):
             v = value(operand, event)
-            return -v if is_number(v) else MISSING
+            return _number_result(-v) if is_number(v) else MISSING
         case ast.Arith(op, left, right):
             return _arith(op, value(left, event), value(right, event))
         case ast.Concat(left, right):
@@ -238,151 +184,21 @@ def _arith(op: str, a: Any, b: Any) -> Any:
         if b == 0:
             return MISSING
         if type(a) is int and type(b) is int and a % b == 0:
-            return a // b
+            return _number_result(a // b)
         return _number_result(a / b)
     except OverflowError:       # an int too large for a float meets a float
         return MISSING
 
 
-def resolve(root: Any, steps: tuple[str | int, ...]) -> Any:
-    """Walk a path (6): members on objects, indices on arrays, else MISSING."""
-    cur = root
-    for step in steps:
-        if isinstance(step, str):
-            if type(cur) is not dict or step not in cur:
-                return MISSING
-            cur = cur[step]
-        else:
-            if type(cur) is not list or not 0 <= step < len(cur):
-                return MISSING
-            cur = cur[step]
-    return cur
-
-
 # --------------------------------------------------------------------------
-# Functions (9)
-
-def tags(event: Any) -> list | None:
-    """notify_data.header.tags if it is an array, else notify_data.body.tags if
-    that is an array, else None."""
-    for where in ("header", "body"):
-        t = resolve(event, ("notify_data", where, "tags"))
-        if type(t) is list:
-            return t
-    return None
-
-
-def services(event: Any) -> list | None:
-    """notify_data.body.services, only on property reports; None when unusable."""
-    if type(event) is not dict or event.get("resource") != "device.property":
-        return None
-    s = resolve(event, ("notify_data", "body", "services"))
-    return s if type(s) is list else []
-
-
-def _service_matches(service: Any, service_id: str, fuzzy: bool) -> bool:
-    if type(service) is not dict or not is_string(service.get("service_id")):
-        return False
-    sid = service["service_id"]
-    return service_id in sid if fuzzy else sid == service_id
-
-
-def _matching_services(event: Any, service_id: Any, fuzzy: bool) -> list | None:
-    """Matching services in array order; None when not a property report or the
-    id is not a string (the callers turn that into MISSING / false)."""
-    svcs = services(event)
-    if svcs is None or not is_string(service_id):
-        return None
-    return [s for s in svcs if _service_matches(s, service_id, fuzzy)]
-
-
-def _first_tag(event: Any, key: Any) -> Any:
-    if not is_string(key):
-        return MISSING
-    for tag in tags(event) or []:
-        if type(tag) is dict and tag.get("tag_key") == key:
-            return tag
-    return MISSING
-
-
-def _text_input(v: Any) -> str | None:
-    """REPLACE / SUBSTRING input: a string, or a number rendered as text."""
-    if is_string(v) or is_number(v):
-        return render(v)
-    return None
-
-
-def _clamp_index(v: Any, length: int) -> int:
-    i = math.trunc(v)
-    return min(max(i, 0), length)
-
+# Functions (9): each one's reference form is part of its declaration.
 
 def call(name: str, args: list, event: dict) -> Any:
-    """Apply built-in function `name` (upper case) to evaluated arguments."""
-    # The optional second argument of the service functions: the literal true/false.
-    fuzzy = name in ("GET_SERVICE", "GET_SERVICES", "CONTAINS_SERVICES") \
-        and len(args) > 1 and args[1] is True
-
-    if name == "GET_TAG":
-        tag = _first_tag(event, args[0])
-        if tag is MISSING or "tag_value" not in tag:
-            return MISSING
-        return tag["tag_value"]
-    if name == "CONTAINS_TAG":
-        return _first_tag(event, args[0]) is not MISSING
-
-    if name == "GET_SERVICE":
-        found = _matching_services(event, args[0], fuzzy)
-        return found[0] if found else MISSING
-    if name == "GET_SERVICES":
-        found = _matching_services(event, args[0], fuzzy)
-        return MISSING if found is None else found
-    if name == "CONTAINS_SERVICES":
-        return bool(_matching_services(event, args[0], fuzzy))
-    if name in ("GET_SERVICE_PROPERTIES", "GET_SERVICE_PROPERTY"):
-        found = _matching_services(event, args[0], False)
-        if not found:
-            return MISSING
-        props = found[0].get("properties", MISSING)
-        if type(props) is not dict:
-            return MISSING
-        if name == "GET_SERVICE_PROPERTIES":
-            return props
-        key = args[1]
-        if not is_string(key) or key not in props:
-            return MISSING
-        return props[key]
-
-    if name in ("STARTS_WITH", "ENDS_WITH"):
-        s, affix = args
-        if not (is_string(s) and is_string(affix)):
-            return MISSING
-        return s.startswith(affix) if name == "STARTS_WITH" else s.endswith(affix)
-    if name == "CONCAT":
-        a, b = render(args[0]), render(args[1])
-        return MISSING if a is None or b is None else a + b
-    if name == "REPLACE":
-        s, target, replacement = _text_input(args[0]), args[1], args[2]
-        if s is None or not is_string(target) or not is_string(replacement):
-            return MISSING
-        if target == "":
-            return s
-        return s.replace(target, replacement)   # non-overlapping, left to right
-    if name == "SUBSTRING":
-        s = _text_input(args[0])
-        begin = args[1]
-        end = args[2] if len(args) > 2 else len(s or "")
-        if s is None or not is_number(begin) or not is_number(end):
-            return MISSING
-        b, e = _clamp_index(begin, len(s)), _clamp_index(end, len(s))
-        return s[b:e] if b < e else ""
-    if name in ("LOWER", "UPPER"):
-        s = args[0]
-        if not is_string(s):
-            return MISSING
-        return s.lower() if name == "LOWER" else s.upper()
-
-    raise ValueError(f"unknown function {name}")
+    """Apply built-in function `name` to evaluated arguments."""
+    fn = FUNCTIONS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown function {name}")
+    return fn.reference(event, *args) if fn.uses_event else fn.reference(*args)
 
 
 # --------------------------------------------------------------------------

@@ -145,13 +145,24 @@ def applicable(policies: Sequence[BacklogPolicy], rule_id: str, action_id: str,
 
 
 def _encode(r: Record) -> bytes:
-    return orjson.dumps({"payload": r.payload, "key": r.key, "event_time": r.event_time,
-                         "rule_id": r.rule_id, "action_id": r.action_id})
+    meta = {"key": r.key, "event_time": r.event_time, "rule_id": r.rule_id,
+            "action_id": r.action_id}
+    if r.raw is not None:
+        # The exact input bytes after the metadata (orjson never writes a raw
+        # newline): the replayed record sends what a first try would have sent.
+        return orjson.dumps(meta) + b"\n" + r.raw
+    return orjson.dumps({"payload": r.payload, **meta})
 
 
 def _decode(blob: bytes) -> Record:
-    d = orjson.loads(blob)
-    return Record(d["payload"], d["key"], d["event_time"], d["rule_id"], d["action_id"])
+    cut = blob.find(b"\n")
+    if cut < 0:
+        d = orjson.loads(blob)
+        return Record(d["payload"], d["key"], d["event_time"], d["rule_id"], d["action_id"])
+    d = orjson.loads(blob[:cut])
+    raw = blob[cut + 1:]
+    return Record(orjson.loads(raw), d["key"], d["event_time"], d["rule_id"], d["action_id"],
+                  raw)
 
 
 class Backlog:
@@ -216,6 +227,11 @@ class Backlog:
 
     def stats(self, action_id: str) -> ActionStats:
         return self._action(action_id).stats
+
+    def usage(self) -> list[tuple[str, int, int]]:
+        """(policy_id, bytes stored, backlog_size) of every size-bounded
+        policy in use: how close each is to its bound (for the metrics)."""
+        return [(g.policy_id, g.bytes, g.limit) for g in self._groups.values()]
 
     def pending_actions(self) -> list[str]:
         """Actions with stored entries (after open: what to drain first),

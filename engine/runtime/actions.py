@@ -43,7 +43,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
 from engine.policies.backlog import Backlog
@@ -63,15 +63,18 @@ STORE_RETRY_MAX = 30.0       # cap of the wait between attempts to write the bac
 
 @dataclass(slots=True)
 class _Counted:
-    """How much of one action's backlog counters is already in the metrics.
-    Shared by every runner of that action on that backlog (a reload may run
-    an old and a new one side by side for a moment), so nothing is counted
-    twice."""
+    """How much of one action's backlog counters is already in the metrics,
+    and the action's drain coordination. Shared by every runner of that
+    action on that backlog (a reload may run an old and a new one side by
+    side for a moment), so nothing is counted twice and one drain step runs
+    at a time (two would send the same oldest entries)."""
 
     in_backlog: int = 0
     expired: int = 0
     refused: int = 0
     restored: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the backlog grew
+    drain_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 _COUNTED: weakref.WeakKeyDictionary[Backlog, dict[str, _Counted]] = weakref.WeakKeyDictionary()
@@ -107,11 +110,14 @@ class ActionRunner:
         self.totals = metrics.totals
         self.queue: asyncio.Queue[Parcel] = asyncio.Queue(max_queued)
         labels = (action_id, rule_id, sink.channel)
+        self._log = {"action_id": action_id, "rule_id": rule_id}  # fields of its log lines
         self._matched = metrics.action_matched.labels(*labels)
         self._forwarded = metrics.action_forwarded.labels(*labels)
         self._failed = metrics.action_failed.labels(*labels)
         self._dead = metrics.action_dead_lettered.labels(*labels)
         self._inflight = metrics.action_inflight.labels(*labels)
+        self._retried = metrics.action_retried.labels(*labels)
+        self._throttled = metrics.action_throttled.labels(*labels)
         self._backlogged = metrics.action_backlogged.labels(*labels)
         self._appended = metrics.backlog_appended.labels(*labels)
         self._restored = metrics.backlog_restored.labels(*labels)
@@ -121,11 +127,18 @@ class ActionRunner:
         self._rule_stats = metrics.rules
         self.forwarded = 0        # plain counts of this action, for summaries
         self.dead_lettered = 0
-        self._drain_wake = asyncio.Event()
+        self.restored = 0
+        # A reload removed the action (set by the worker): it gets no new
+        # records and drains only what its backlog holds.
+        self.removed = False
+        self.draining = backlog is not None  # False: the backlog is another runner's now
+        self._drain_wake = self._counted.wake if backlog is not None else asyncio.Event()
         # Backlog calls whose outcome is not counted yet: the expiry loop must
         # not sync the gauges in between (the counts would not balance).
         self.busy = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stepping = False  # a drain step (a write from the backlog) is under way
         self._problem: str | None = None
         self._problem_logged = 0.0
 
@@ -141,28 +154,48 @@ class ActionRunner:
                 restored = self.backlog.size(self.action_id)[0]
                 if restored:
                     self._restored.inc(restored)
-                    log.info("action %s: %d record(s) in the backlog from an earlier run; "
-                             "draining them first", self.action_id, restored)
+                    log.info("%d record(s) in the backlog from an earlier run; draining them "
+                             "first", restored, extra=self._log)
             self.sync_backlog()
             self._drain_wake.set()
-            self._tasks.append(asyncio.create_task(self._drain(),
-                                                   name=f"backlog {self.action_id}"))
+            self._drain_task = asyncio.create_task(self._drain(),
+                                                   name=f"backlog {self.action_id}")
+            self._tasks.append(self._drain_task)
 
     async def close(self) -> None:
         """Stop writing (unsettled parcels stay unacked, the backlog stays on
         disk) and close the sink."""
         for task in self._tasks:
-            task.cancel()
+            # A replaced runner's drain step is let finish: cut off, its
+            # write would be sent again by the runner that has the backlog.
+            if not (task is self._drain_task and self._stepping and not self.draining):
+                task.cancel()
         for task in self._tasks:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
         self._tasks = []
+        if self.backlog is not None and self.draining \
+                and (left := self.backlog.size(self.action_id)[0]):
+            if self.removed:
+                log.warning("action %s (removed by a reload): %d record(s) stay in the backlog "
+                            "(%s); a start without this action dead-letters them", self.action_id,
+                            left, self.backlog.path)
+            else:
+                log.warning("action %s: %d record(s) stay in the backlog (%s); they are "
+                            "delivered first on the next start", self.action_id, left,
+                            self.backlog.path)
         if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
-            log.warning("action %s: %d record(s) stay in the backlog (%s); they are delivered "
-                        "first on the next start", self.action_id, left, self.backlog.path)
+            log.warning("%d record(s) stay in the backlog (%s); they are delivered first on "
+                        "the next start", left, self.backlog.path, extra=self._log)
         await self.sink.close()
+
+    def stop_draining(self) -> None:
+        """Leave the action's backlog to another runner (a reload replaced
+        this one): the drain ends after the step it is in, if any."""
+        self.draining = False
+        self._drain_wake.set()
 
     async def submit(self, parcel: Parcel) -> None:
         n = len(parcel.records)
@@ -206,8 +239,12 @@ class ActionRunner:
         if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
             await self._keep(records, "queued behind the backlog")
             return
+        throttled = False
         while records:
             k = limiter.try_acquire(len(records))
+            if k < len(records) and not throttled:  # count each record once
+                throttled = True
+                self._throttled.inc(len(records) - k)
             if not k:
                 wait = limiter.delay_until_available(len(records))
                 if not backlog.stacking(self.action_id):
@@ -223,6 +260,7 @@ class ActionRunner:
             retry, reason = await self._write_once(batch)
             if retry:
                 if backlog.stacking(self.action_id):  # these and the rest, in order
+                    self._count_retried(len(retry))
                     await self._keep(retry + records, reason)
                     return
                 await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
@@ -240,9 +278,9 @@ class ActionRunner:
                 attempts += 1
                 retry, reason = await self._write_once(batch)
                 if retry:
-                    self.totals.retried += len(retry)
-                    self._report(f"{len(retry)} record(s) failed: {reason}; "
-                                 f"retrying (attempt {attempts}, next in {delay:g}s)")
+                    self._count_retried(len(retry))
+                    self._report(f"{len(retry)} record(s) failed; "
+                                 f"retrying (attempt {attempts}, next in {delay:g}s)", reason)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
                 batch = retry
@@ -282,8 +320,8 @@ class ActionRunner:
                 appended = await self.backlog.append(self.action_id, records, reason)
                 break
             except (sqlite3.Error, OSError) as e:
-                self._report(f"cannot write the backlog ({type(e).__name__}: {e}); "
-                             f"{len(records)} record(s) stay unacked, retrying in {delay:g}s")
+                self._report(f"cannot write the backlog; {len(records)} record(s) stay "
+                             f"unacked, retrying in {delay:g}s", f"{type(e).__name__}: {e}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
             finally:
@@ -291,7 +329,7 @@ class ActionRunner:
         if appended.stored:
             self._appended.inc(appended.stored)
             if reason != "queued behind the backlog":
-                self._report(f"{appended.stored} record(s) kept in the backlog: {reason}")
+                self._report(f"{appended.stored} record(s) kept in the backlog", reason)
             self._drain_wake.set()
         self._out(len(records))
         self.sync_backlog()
@@ -303,35 +341,41 @@ class ActionRunner:
         action, so at most one write at a time from the backlog)."""
         backlog, action_id = self.backlog, self.action_id
         backoff = Backoff(self.retry_policy)
-        while True:
+        lock = self._counted.drain_lock
+        while self.draining:
             if not backlog.size(action_id)[0]:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
-            self.busy += 1
-            try:
-                step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
-                                        backoff=backoff, dead_letters=self.dead_letters,
-                                        batch_size=self.batch_size)
-            finally:
-                self.busy -= 1
+            async with lock:
+                if not self.draining:
+                    return
+                self.busy += 1
+                self._stepping = True
+                try:
+                    step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
+                                            backoff=backoff, dead_letters=self.dead_letters,
+                                            batch_size=self.batch_size)
+                finally:
+                    self.busy -= 1
+                    self._stepping = False
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
-                log.warning("action %s: %d record(s) dead-lettered: %s", action_id,
-                            step.dead_lettered, step.reason)
+                log.warning("%d record(s) dead-lettered", step.dead_lettered,
+                            extra={**self._log, "reason": step.reason})
                 self._count_dead(step.dead_lettered)
             if step.failed or step.dead_lettered:
                 self._failed.inc(step.failed + step.dead_lettered)
             self.sync_backlog()
             if step.failed:
-                self.totals.retried += step.failed
+                self._count_retried(step.failed)
                 how = ("probing every ~" if backoff.probing else "next attempt in ")
-                self._report(f"{step.failed} record(s) failed: {step.reason}; "
+                self._report(f"{step.failed} record(s) failed; "
                              f"{self._counted.in_backlog} in the backlog, "
-                             f"{how}{step.wait:.1f}s")
+                             f"{how}{step.wait:.1f}s", step.reason)
             elif step.delivered:
                 self._recovered()
-            if step.wait:
+            if step.wait and self.draining:
                 await asyncio.sleep(step.wait)
 
     def sync_backlog(self) -> None:
@@ -354,8 +398,8 @@ class ActionRunner:
         entries = [{"reason": f.reason, "source": f"action:{self.action_id}",
                     "rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
                     "payload": r.payload} for r, f in zip(records, failures, strict=True)]
-        log.warning("action %s: %d record(s) dead-lettered: %s", self.action_id, len(records),
-                    failures[0].reason)
+        log.warning("%d record(s) dead-lettered", len(records),
+                    extra={**self._log, "reason": failures[0].reason})
         await self.dead_letters.write(entries)
         self._count_dead(len(records))
         self._out(len(records))
@@ -372,6 +416,10 @@ class ActionRunner:
             self.totals.forwarded += n
             self.forwarded += n
 
+    def _count_retried(self, n: int) -> None:
+        self._retried.inc(n)
+        self.totals.retried += n
+
     def _count_dead(self, n: int) -> None:
         if n:
             self._dead.inc(n)
@@ -380,17 +428,17 @@ class ActionRunner:
             failed = self._rule_stats.failed
             failed[self.rule_id] = failed.get(self.rule_id, 0) + n
 
-    def _report(self, problem: str) -> None:
+    def _report(self, problem: str, reason: str | None = None) -> None:
         """One log line per problem: when it starts, then every 30 s."""
         now = time.monotonic()
         if self._problem is None or now - self._problem_logged >= PROBLEM_LOG_INTERVAL:
-            log.warning("action %s: %s", self.action_id, problem)
+            log.warning("%s", problem, extra={**self._log, "reason": reason})
             self._problem_logged = now
         self._problem = problem
 
     def _recovered(self) -> None:
         if self._problem is not None:
-            log.info("action %s: delivering again", self.action_id)
+            log.info("delivering again", extra=self._log)
             self._problem = None
 
 

@@ -2,26 +2,35 @@
 
 One JSON document per item: {"time", "reason", "source", "payload"} plus
 "rule_id"/"action_id"/"key" for records a destination refused. A malformed
-input's payload is its raw text (it may not be JSON at all). `write` returns
-only once the entries are stored durably (file fsync'd, Kafka acks=all, AMQP
-publisher confirm), because the source batch is acked right after; while the
-store fails it keeps retrying rather than lose them.
+input's payload is its raw text (it may not be JSON at all).
 
-`DeadLetters()` itself stores nothing: the entries are counted by the caller
-and logged here, one line per batch.
+A dead-letter store is a thin wrapper over a destination (`Sink`): the
+`dead_letter:` file, Kafka topic or AMQP queue is written by the
+FILE_FORWARDING, DMS_KAFKA_FORWARDING or AMQP_FORWARDING sink. `write`
+returns only once every entry is stored durably (file fsync'd, Kafka
+acks=all, AMQP publisher confirm), because the source batch is acked right
+after; while the store fails it keeps retrying the entries not yet stored
+rather than lose them.
+
+`DeadLetters()` without a sink stores nothing: the entries are counted by
+the caller and logged here, one line per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
-from engine.destinations.jsonl_file import append_durably
+from engine.destinations.amqp import AmqpForwarding, AmqpSink
+from engine.destinations.base import Record, Sink
+from engine.destinations.jsonl_file import FileForwarding, JsonlFileSink
+from engine.destinations.kafka import DmsKafkaForwarding, KafkaSink
+from engine.schema import KafkaClient
 
 log = logging.getLogger(__name__)
 
@@ -33,112 +42,74 @@ def raw_text(raw: bytes) -> str:
 
 
 class DeadLetters:
-    where = "nowhere"
-
-    def __init__(self) -> None:
+    def __init__(self, sink: Sink | None = None, where: str = "nowhere") -> None:
+        self.sink = sink
+        self.where = where
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        """Connect; raise if the store cannot be used at all."""
+        """Connect; raise if the store cannot be used at all (also when it
+        cannot be reached now: a worker does not start without its store)."""
+        if self.sink is not None:
+            await self.sink.open()
+            await self.sink._connect()
 
     async def close(self) -> None:
-        pass
+        if self.sink is not None:
+            await self.sink.close()
 
     async def write(self, entries: list[dict[str, Any]]) -> None:
         """Store entries (each with at least reason, source, payload)."""
         if not entries:
             return
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        docs = [orjson.dumps({"time": now, **e}) for e in entries]
+        pending = [Record({"time": now, **e}) for e in entries]
+        if self.sink is None:
+            log.warning("%d dead letter(s) dropped (no dead_letter configured), first: %s",
+                        len(pending), orjson.dumps(pending[0].payload)[:300].decode(
+                            errors="replace"))
+            return
         delay = 0.1
         async with self._lock:
             while True:
-                try:
-                    await self._store(docs)
+                result = await self.sink.write(pending)
+                if result.ok:
                     return
-                except Exception as e:
-                    log.error("cannot store %d dead letter(s) in %s: %s: %s; retrying in %gs",
-                              len(docs), self.where, type(e).__name__, e, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
-
-    async def _store(self, docs: list[bytes]) -> None:
-        log.warning("%d dead letter(s) dropped (no dead_letter configured), first: %s",
-                    len(docs), docs[0][:300].decode(errors="replace"))
+                # Whatever the failure, retry: a dead letter has nowhere else to go.
+                first = next(iter(result.failures.values()))
+                pending = [pending[i] for i in sorted(result.failures)]
+                log.error("cannot store %d dead letter(s) in %s: %s; retrying in %gs",
+                          len(pending), self.where, first.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
 
 class FileDeadLetters(DeadLetters):
+    """Appended to a JSONL file, one line per entry."""
+
     def __init__(self, path: str) -> None:
-        super().__init__()
-        self.where = self.path = path
-        self._fd: int | None = None
-
-    async def open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    async def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    async def _store(self, docs: list[bytes]) -> None:
-        docs.append(b"")
-        await asyncio.to_thread(append_durably, self._fd, b"\n".join(docs))
+        super().__init__(JsonlFileSink(FileForwarding(path=path)), path)
+        self.path = path
 
 
 class KafkaDeadLetters(DeadLetters):
-    def __init__(self, topic: str, **producer_options: Any) -> None:
-        super().__init__()
+    """Sent to a Kafka topic, without a key, connecting as `connection` says."""
+
+    def __init__(self, topic: str, connection: KafkaClient) -> None:
+        # Only the topic and the producer tuning of the channel_detail are
+        # used: `connection` says where and how to connect.
+        config = DmsKafkaForwarding.model_construct(topic=topic)
+        super().__init__(KafkaSink(config, connection=connection), f"kafka topic {topic}")
         self.topic = topic
-        self.where = f"kafka topic {topic}"
-        self._options = producer_options
-        self._producer = None
-
-    async def open(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        self._producer = AIOKafkaProducer(acks="all", **self._options)
-        await self._producer.start()
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def _store(self, docs: list[bytes]) -> None:
-        futures = [await self._producer.send(self.topic, d) for d in docs]
-        await asyncio.gather(*futures)
 
 
 class AmqpDeadLetters(DeadLetters):
+    """Published to an AMQP queue (declared durable if missing)."""
+
     def __init__(self, url: str, queue: str) -> None:
-        super().__init__()
+        config = AmqpForwarding.model_construct(queue_name=queue, url=SecretStr(url))
+        super().__init__(AmqpSink(config, declare=True), f"amqp queue {queue}")
         self.url, self.queue = url, queue
-        self.where = f"amqp queue {queue}"
-        self._connection = None
-        self._channel = None
-
-    async def open(self) -> None:
-        import aio_pika
-
-        self._connection = await aio_pika.connect_robust(self.url)
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        await self._channel.declare_queue(self.queue, durable=True)
-
-    async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
-
-    async def _store(self, docs: list[bytes]) -> None:
-        import aio_pika
-
-        exchange = self._channel.default_exchange
-        # Publish them all, then wait for every confirm: one round trip per batch.
-        await asyncio.gather(*(exchange.publish(
-            aio_pika.Message(d, content_type="application/json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self.queue) for d in docs))
 
 
 def dead_letters_from_config(config) -> DeadLetters:
@@ -148,7 +119,5 @@ def dead_letters_from_config(config) -> DeadLetters:
     if config.kind == "file":
         return FileDeadLetters(config.file)
     if config.kind == "kafka":
-        from engine.runtime.sources.kafka import client_options
-
-        return KafkaDeadLetters(config.kafka.topic, **client_options(config.kafka))
+        return KafkaDeadLetters(config.kafka.topic, config.kafka.client())
     return AmqpDeadLetters(config.amqp.url.get_secret_value(), config.amqp.queue)

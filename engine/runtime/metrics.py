@@ -15,6 +15,9 @@ workers (tests) can live in one process.
 
 from __future__ import annotations
 
+import logging
+import platform
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,10 +26,19 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from engine.sources.listen import start_site, url_host
+from engine.sources.listener_auth import Authenticator
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -46,10 +58,21 @@ class Totals:
 
 
 class Metrics:
+    # Set by add_operational_metrics (kept apart from the flow counters).
+    reload_attempts: Counter
+    reload_successes: Counter
+    reload_failures: Counter
+    reload_last_success: Gauge
+    reload_last_ok: Gauge
+    action_retried: Counter
+    action_throttled: Counter
+    scraped: ScrapeTimeStats
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.totals = Totals()
         self.ready = False
+        self._auth: Authenticator | None = None
         self.received = Counter("engine_source_received", "Notifications received", ["source"],
                                 registry=r)
         self.malformed = Counter("engine_source_malformed",
@@ -86,30 +109,65 @@ class Metrics:
         self.action_inflight = Gauge("engine_action_inflight",
                                      "Records handed to the action and not yet settled", labels,
                                      registry=r)
+        self.unauthorized = Counter("engine_listener_unauthorized",
+                                    "Requests refused with 401 (credentials missing or wrong)",
+                                    ["listener"], registry=r)
         self.latency = Histogram("engine_delivery_latency_seconds",
                                  "Receipt of the source batch to the destination's ack",
                                  labels, buckets=LATENCY_BUCKETS, registry=r)
+        add_operational_metrics(self)
+
+    def watch_sources(self, sources) -> None:
+        """Export every source's counters from the start (at 0), and the
+        requests it refused (`source.rejected`: reason -> count), if it keeps any."""
+        for source in sources:
+            self.received.labels(source.name)
+            self.malformed.labels(source.name)
+        self.scraped.sources = list(sources)
+
+    def watch_backlog(self, backlog) -> None:
+        """Export how full each backlog policy is (`Backlog.usage()`)."""
+        self.scraped.backlog = backlog
+
+    def reload_result(self, ok: bool) -> None:
+        """Count one reload attempt (a file change, SIGHUP or an API change)."""
+        self.reload_attempts.inc()
+        self.reload_last_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_successes.inc()
+            self.reload_last_success.set_to_current_time()
+        else:
+            self.reload_failures.inc()
 
     def matched_of(self, rule: str) -> int:
         return self.rules.matched.get(rule, 0)
 
     # -- the HTTP endpoint -----------------------------------------------------
 
-    async def serve(self, host: str, port: int, path: str = "/metrics") -> web.AppRunner:
+    async def serve(self, host: str, port: int, path: str = "/metrics", *,
+                    auth: Authenticator | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
         """Serve /metrics, /healthz (the process answers) and /readyz (sources
-        started and destinations open, not shutting down)."""
+        started and destinations open, not shutting down). `auth`: credentials
+        for `path` only; the health endpoints stay open (probes)."""
+        self._auth = auth
         app = web.Application()
         app.router.add_get(path, self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await start_site(site, "metrics endpoint (metrics.listen)", host, port)
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("metrics on %s://%s:%d%s (health: /healthz, /readyz)",
+                 "https" if ssl_context is not None else "http", url_host(host), self.port, path)
         return runner
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._auth is not None and not self._auth.allows(request.headers):
+            self.unauthorized.labels("metrics").inc()
+            return web.Response(status=401, headers={"WWW-Authenticate": self._auth.scheme})
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -120,6 +178,86 @@ class Metrics:
         if self.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
+
+
+def add_operational_metrics(m: Metrics) -> None:
+    """What a dashboard and alerts need beyond the flow counters: build and
+    process information, reloads, flow control, retries, refused requests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    r = m.registry
+    try:
+        ours = version("iot-forwarding-engine")
+    except PackageNotFoundError:
+        ours = "unknown"
+    Info("engine_build", "The engine's version and Python", registry=r).info(
+        {"version": ours, "python": platform.python_version(),
+         "implementation": platform.python_implementation()})
+    ProcessCollector(registry=r)   # process_cpu_seconds_total, process_resident_memory_bytes, ...
+    PlatformCollector(registry=r)  # python_info
+    GCCollector(registry=r)        # python_gc_*
+    m.reload_attempts = Counter("engine_config_reload_attempts",
+                                "Reloads tried (file change, SIGHUP, management API change)",
+                                registry=r)
+    m.reload_successes = Counter("engine_config_reload_successes",
+                                 "Reloads that left a valid configuration running (applied, "
+                                 "or nothing to change)", registry=r)
+    m.reload_failures = Counter("engine_config_reload_failures",
+                                "Reloads rejected (invalid files, a destination that cannot "
+                                "be opened); the running configuration was kept", registry=r)
+    m.reload_last_success = Gauge("engine_config_last_reload_success_timestamp_seconds",
+                                  "Unix time of the last successful load (start-up or reload)",
+                                  registry=r)
+    m.reload_last_success.set_to_current_time()  # the configuration loaded at start-up
+    m.reload_last_ok = Gauge("engine_config_last_reload_successful",
+                             "1 if the last reload (or the start-up load) succeeded, else 0",
+                             registry=r)
+    m.reload_last_ok.set(1)
+    labels = ["action", "rule", "channel"]
+    m.action_retried = Counter("engine_action_retried",
+                               "Records whose write failed retryably and that will be tried "
+                               "again (from the backlog), per attempt", labels, registry=r)
+    m.action_throttled = Counter("engine_action_throttled",
+                                 "Records flow control held back (waited, or sent to the "
+                                 "backlog to go out later)", labels, registry=r)
+    m.scraped = ScrapeTimeStats()
+    r.register(m.scraped)
+
+
+class ScrapeTimeStats:
+    """Read at scrape time from the sources that keep them (and the backlog):
+    `engine_source_rejected_total{source, reason}`, requests refused (the
+    HTTP source's `rejected`: HTTP status -> count), and
+    `engine_source_kafka_consumer_lag{source, topic, partition}` (a Kafka
+    source's `lag`, from librdkafka's statistics every 5 s)."""
+
+    def __init__(self) -> None:
+        self.sources: list = []
+        self.backlog = None
+
+    def collect(self):
+        rejected = CounterMetricFamily("engine_source_rejected",
+                                       "Requests a source refused, by reason (HTTP status)",
+                                       labels=["source", "reason"])
+        lag = GaugeMetricFamily("engine_source_kafka_consumer_lag",
+                                "Records between the group's committed offset and the end "
+                                "of the partition (partitions this worker owns)",
+                                labels=["source", "topic", "partition"])
+        for source in self.sources:
+            for reason, n in getattr(source, "rejected", {}).items():
+                rejected.add_metric([source.name, reason], n)
+            for (topic, partition), n in getattr(source, "lag", {}).items():
+                lag.add_metric([source.name, topic, str(partition)], n)
+        used = GaugeMetricFamily("engine_backlog_policy_bytes",
+                                 "Bytes in the backlog under a backlog policy (all its actions)",
+                                 labels=["policy"])
+        limit = GaugeMetricFamily("engine_backlog_policy_limit_bytes",
+                                  "The policy's backlog_size: beyond it the oldest records "
+                                  "are dead-lettered", labels=["policy"])
+        for policy, n, bound in self.backlog.usage() if self.backlog is not None else ():
+            used.add_metric([policy], n)
+            limit.add_metric([policy], bound)
+        return [rejected, lag, used, limit]
 
 
 class RuleStats:

@@ -33,7 +33,7 @@ from engine.destinations.base import Record
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters, raw_text
 from engine.runtime.metrics import Metrics
-from engine.runtime.sources import Batch, Source
+from engine.sources import Batch, Source
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,8 @@ class Pipeline:
             m.malformed.labels(source).inc(malformed)
             t.malformed += malformed
             t.dead_lettered += malformed
-            log.warning("%s: %d malformed notification(s) dead-lettered", source, malformed)
+            log.warning("%d malformed notification(s) dead-lettered", malformed,
+                        extra={"source": source})
         rules = m.rules
         rules.well_formed += received - malformed
         counts = rules.matched

@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TextIO
 
 from engine.runtime.metrics import Totals
@@ -21,23 +22,86 @@ from engine.runtime.metrics import Totals
 log = logging.getLogger("engine.status")
 
 
+# Context a log call passes as `extra={...}`: fields of their own in JSON
+# lines (searchable, not parsed out of the text), `key=value` after the
+# message in text lines.
+FIELDS = ("rule_id", "action_id", "source", "reason")
+
+
+class _Live:
+    """The status line currently shown on a terminal, so that a log line
+    written meanwhile clears it first and redraws it after (no interleaving)."""
+
+    line: str | None = None
+    stream: TextIO | None = None
+
+
+LIVE = _Live()
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = StatusAwareHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiokafka").setLevel(logging.WARNING)  # chatty about group joins
 
 
-class JsonFormatter(logging.Formatter):
+def utc_timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds and an explicit offset:
+    2026-11-22T00:55:25.123+00:00."""
+    stamp = datetime.fromtimestamp(created, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k in FIELDS if (v := getattr(record, k, None)) is not None}
+
+
+class TextFormatter(logging.Formatter):
+    """`TIME LEVEL logger: message key=value ...`"""
+
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}
+        text = (f"{utc_timestamp(record.created)} {record.levelname} {record.name}: "
+                f"{record.getMessage()}")
+        for key, value in _fields(record).items():
+            value = str(value)
+            text += f" {key}={json.dumps(value) if not value or ' ' in value else value}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the context
+    fields given (rule_id, action_id, source, reason) and an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": utc_timestamp(record.created), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage(), **_fields(record)}
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class StatusAwareHandler(logging.StreamHandler):
+    """Clears a live status line on the same terminal before a log line and
+    redraws it after."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        live = LIVE.line if LIVE.stream is self.stream else None
+        if live is None:
+            super().emit(record)
+            return
+        self.acquire()
+        try:
+            self.stream.write("\r\x1b[K")
+            super().emit(record)
+            self.stream.write(live)
+            self.flush()
+        finally:
+            self.release()
 
 
 def _rate(n: float) -> str:
@@ -72,10 +136,12 @@ class StatusReporter:
                 if self.tty:
                     self.stream.write("\r\x1b[K" + text)
                     self.stream.flush()
+                    LIVE.line, LIVE.stream = text, self.stream
                 else:
                     log.info(text)
                 prev, t_prev = now, t_now
         finally:
             if self.tty:
+                LIVE.line = LIVE.stream = None
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()

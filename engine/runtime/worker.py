@@ -1,5 +1,7 @@
-"""The forwarding worker: builds sources, rule set, actions and pipeline from
-an `EngineConfig`, runs them, and shuts down gracefully.
+"""The forwarding worker's lifecycle: runs the sources, rule set and actions
+built from an `EngineConfig` (engine.runtime.assembly), swaps in a reloaded
+configuration (engine.runtime.reloader decides when and what), and shuts
+down gracefully.
 
 Lifecycle: open destinations (a destination that cannot be used at all stops
 start-up) -> start sources -> serve metrics, ready -> consume until every
@@ -8,16 +10,14 @@ batches in flight drain for up to `shutdown_timeout` seconds and are acked
 (committed); what did not drain in time stays unacked and is redelivered by
 the source on the next start (at-least-once).
 
-Hot reload (`reload()`, triggered by SIGHUP or a change of the rule files):
-the files are loaded and validated again (`load_config`, no side effects);
-only a valid configuration is applied. New and changed actions are opened
-first, then the rule set and routes are swapped in one step (a batch is
-routed entirely by the old or entirely by the new rules), and actions that
-were removed or changed are closed once every batch routed by an older rule
-set is settled. Unchanged actions keep running (same queue, same order).
+The swap (`apply()`, for a configuration the reloader accepted): new and
+changed actions are opened first, then the rule set and routes are swapped
+in one step (a batch is routed entirely by the old or entirely by the new
+rules), and actions that were removed or changed are closed once every batch
+routed by an older rule set is settled - a removed action with a backlog
+delivers it first. Unchanged actions keep running (same queue, same order).
 Changed flow-control policies apply at the swap (new token buckets for
-every action). Sources, the metrics endpoint, dead letters and backlog
-policies are not restarted: changes there are logged and need a restart.
+every action).
 """
 
 from __future__ import annotations
@@ -26,81 +26,65 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from engine import RuleSpec, compile_ruleset
-from engine.config import Action, ConfigError, EngineConfig, SourceEntry, load_config
+from engine.config import EngineConfig
 from engine.config.models import parse_listen
-from engine.destinations import CHANNELS
 from engine.policies import Backlog, FlowControl
 from engine.runtime.actions import ActionRunner, expire_periodically
-from engine.runtime.deadletter import DeadLetters, FileDeadLetters, dead_letters_from_config
+from engine.runtime.assembly import (
+    RunnerSpec,
+    active_rule_ids,
+    active_rules,
+    build_ruleset,
+    build_source,
+    durable_state,
+    make_runner,
+    runner_specs,
+    source_context,
+)
+from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
-from engine.runtime.sources import Source
-from engine.runtime.watch import ConfigWatcher
+from engine.runtime.reloader import ConfigProvider, Reloader, RuleFiles, reload_poll
+from engine.sources import Source
+from engine.sources.listener_auth import authenticator_from_config, server_ssl_context
+
+__all__ = ["Worker", "WorkerOptions", "build_ruleset", "build_source"]
 
 log = logging.getLogger(__name__)
 
-
-def build_source(entry: SourceEntry, *, batch_size: int = 500) -> Source:
-    o = entry.options
-    if entry.kind == "kafka":
-        from engine.runtime.sources.kafka import KafkaSource, librdkafka_config
-
-        return KafkaSource(bootstrap_servers=o.bootstrap_servers, topics=o.topics,
-                           group_id=o.group_id, batch_size=o.max_batch,
-                           auto_offset_reset=o.auto_offset_reset,
-                           session_timeout_ms=o.session_timeout_ms,
-                           heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                           config=librdkafka_config(o))
-    if entry.kind == "amqp":
-        from engine.runtime.sources.amqp import AmqpSource
-
-        return AmqpSource(url=o.url.get_secret_value(), queue=o.queue, prefetch=o.prefetch,
-                          batch_size=batch_size)
-    if entry.kind == "http":
-        from engine.runtime.sources.http import HttpSource
-
-        return HttpSource(listen=o.listen, path=o.path, max_inflight=o.max_inflight,
-                          max_body=o.max_body_bytes)
-    if entry.kind == "file":
-        from engine.runtime.sources.file import FileSource
-
-        return FileSource(o.path, batch_size=batch_size)
-    from engine.runtime.sources.simulator import SimulatorSource
-
-    kinds = [(k.resource, k.event) for k in o.kinds] if o.kinds else None
-    return SimulatorSource(rate=o.rate, devices=o.devices, seed=o.seed or 0, count=o.count,
-                           duration=o.duration, kinds=kinds, batch_size=batch_size)
+RETIRE_POLL = 0.2  # seconds between checks of a removed action's backlog
+BACKLOG_POLL = 0.1  # seconds between checks while waiting for the backlog to drain
 
 
-def build_ruleset(config: EngineConfig):
-    """The compiled rule set of the active rules (keys: rule ids)."""
-    return compile_ruleset([
-        RuleSpec(key=r.rule_id, select=r.select, where=r.where, resource=r.subject.resource,
-                 event=r.subject.event, app_id=r.app_id if r.app_type == "APP" else None)
-        for r in config.rules if r.active])
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker runs, beyond its configuration (who runs it decides)."""
 
-
-# What makes a running action reusable across a reload: same action, same
-# writer settings.
-RunnerSpec = tuple[Action, int, int]
-
-
-def _runner_spec(action: Action, config: EngineConfig) -> RunnerSpec:
-    return (action, config.worker.batch_size, config.worker.linger_ms)
-
-
-# Sections a reload does not apply (the running ones are kept).
-RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies")
+    deliver: bool = True
+    """False: evaluate and count, deliver nothing, keep no state (a dry run)."""
+    serve_metrics: bool = True
+    """Serve the configuration's `metrics:` endpoint."""
+    reload_interval: float = field(default_factory=reload_poll)
+    """Seconds between polls of the rule files (`ENGINE_RELOAD_POLL`); 0: SIGHUP only."""
+    drain_backlog_at_end: bool = False
+    """Once the sources ended, wait for the backlog to drain (`engine replay`)."""
 
 
 class Worker:
     def __init__(self, ruleset, runners: Sequence[ActionRunner], sources: Sequence[Source], *,
                  metrics: Metrics | None = None, dead_letters: DeadLetters | None = None,
                  metrics_listen: str | None = None, metrics_path: str = "/metrics",
-                 shutdown_timeout: float = 30.0, rule_keys: Sequence[str] = ()) -> None:
+                 shutdown_timeout: float = 30.0, rule_keys: Sequence[str] = (),
+                 options: WorkerOptions | None = None, config: EngineConfig | None = None,
+                 backlog: Backlog | None = None, flow: FlowControl | None = None) -> None:
+        """The parts built (see `from_config`, the usual way in): `config`
+        is what they were built from (None: no reload), `backlog` and
+        `flow` the delivery policies the runners were given."""
+        self.options = options or WorkerOptions()
         self.metrics = metrics or Metrics()
         self.dead_letters = dead_letters or DeadLetters()
         self.runners = list(runners)   # the actions of the current rule set
@@ -110,86 +94,98 @@ class Worker:
             routes.setdefault(r.rule_id, []).append(r)
         self.pipeline = Pipeline(ruleset, routes, metrics=self.metrics,
                                  dead_letters=self.dead_letters)
+        self.metrics.watch_sources(self.sources)
         self.metrics_listen = metrics_listen
         self.metrics_path = metrics_path
-        self.shutdown_timeout = shutdown_timeout
-        self._tasks: list[asyncio.Task[None]] = []
-        self._abort_timer: asyncio.TimerHandle | None = None
+        self.shutdown_timeout = shutdown_timeout  # a reload may change it
+        self.backlog = backlog
+        self.flow = flow or FlowControl()
+        self.config = config                      # the running configuration
+        self.reloader: Reloader | None = None     # see enable_reload
+        self.reloads = 0                          # applied reloads
         self.stopping = False
         self.timed_out = False
-        # Process-wide GC setting, set by `main.serve` (engine run): freeze
-        # what start-up created so full collections skip it (see run()).
-        self.freeze_gc = False
-        # Delivery policies (set by from_config): the durable backlog and flow control.
-        self.backlog: Backlog | None = None
-        self.flow = FlowControl()
-        # Hot reload (set by from_config; `config_paths` by whoever knows the files).
-        self.config: EngineConfig | None = None
-        self.config_paths: list[str] | None = None
-        self.reload_interval = float(os.environ.get("ENGINE_RELOAD_POLL", "1") or 0)
-        self.reloads = 0                      # applied reloads
-        # Management API (engine.runtime.managed): the running config is the
-        # rule files (`file_config`) plus the projects of `store`.
-        self.store = None
-        self.file_config: EngineConfig | None = None
-        self._reload_files = False
-        self._deliver = True
-        self._specs: dict[str, RunnerSpec] = {}
-        self._running: dict[str, object] = {}  # sections a reload does not change
+        self.unconfigured_dead_lettered = 0   # backlog entries of removed actions, at start
+        self._tasks: list[asyncio.Task[None]] = []
+        self._abort_timer: asyncio.TimerHandle | None = None
+        specs = runner_specs(config, self.options.deliver) if config is not None else {}
+        self._specs: dict[str, RunnerSpec] = {r.action_id: specs[r.action_id]
+                                              for r in self.runners if r.action_id in specs}
+        # Command-line overrides (`engine run --metrics-listen/--state-dir`),
+        # applied by the reloader to every reloaded configuration as at start-up.
+        self.config_overrides: Callable[[EngineConfig], EngineConfig] | None = None
         self._open: list[ActionRunner] = []   # open runners: current and retiring
         self._reload_lock = asyncio.Lock()
-        self._reload_reasons: list[str] = []
-        self._reloader: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, config: EngineConfig, *, metrics: Metrics | None = None,
                     sources: Sequence[Source] | None = None, actions: bool = True,
                     serve_metrics: bool = True,
-                    config_paths: Sequence[str | os.PathLike[str]] | None = None) -> Worker:
-        """`sources` replaces the configured ones; `actions=False` evaluates
-        and counts without delivering (a dry run). `config_paths`: the files
-        `config` was loaded from, watched and reloaded while running."""
+                    config_paths: Sequence[str | os.PathLike[str]] | None = None,
+                    options: WorkerOptions | None = None,
+                    provider: ConfigProvider | None = None) -> Worker:
+        """`sources` replaces the configured ones. `options` (or, short,
+        `actions=False`: evaluate and count without delivering, a dry run;
+        `serve_metrics=False`). Reload: `config_paths`, the files `config`
+        was loaded from, watched and reloaded while running; or any
+        `provider` of the configuration (rule files plus the API store)."""
+        if options is None:
+            options = WorkerOptions(deliver=actions, serve_metrics=serve_metrics)
         metrics = metrics or Metrics()
-        dead_letters, backlog = _durable_state(config) if actions else (
-            dead_letters_from_config(config.dead_letter), None)
+        dead_letters, backlog = durable_state(config, options.deliver)
         flow = FlowControl(config.flowcontrol_policies)
-        w = config.worker
-        active = {r.rule_id for r in config.rules if r.active}
-        specs = {a.action_id: _runner_spec(a, config) for a in config.actions
-                 if actions and a.rule_id in active}
-        runners = [_make_runner(spec, metrics, dead_letters, flow, backlog)
+        specs = runner_specs(config, options.deliver)
+        runners = [make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
         if sources is None:
-            sources = [build_source(e, batch_size=w.batch_size) for e in config.sources]
-        m = config.metrics if serve_metrics else None
+            context = source_context(config, dead_letters)
+            sources = [build_source(e, batch_size=config.worker.batch_size, metrics=metrics,
+                                    context=context)
+                       for e in config.sources]
+        m = config.metrics if options.serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
                      dead_letters=dead_letters, metrics_listen=m.listen if m else None,
                      metrics_path=m.path if m else "/metrics",
-                     shutdown_timeout=w.shutdown_timeout, rule_keys=sorted(active))
-        worker.config = config
-        worker.backlog, worker.flow = backlog, flow
-        worker._running = {k: getattr(config, k) for k in RESTART_SECTIONS}
-        worker._deliver = actions
-        worker._specs = specs
-        if config_paths is not None:
-            worker.config_paths = [os.fspath(p) for p in config_paths]
+                     shutdown_timeout=config.worker.shutdown_timeout,
+                     rule_keys=active_rule_ids(config), options=options, config=config,
+                     backlog=backlog, flow=flow)
+        if backlog is not None:
+            metrics.watch_backlog(backlog)
+        if provider is None and config_paths is not None:
+            provider = RuleFiles(config_paths, config)
+        if provider is not None:
+            worker.enable_reload(provider)
         return worker
 
-    async def run(self) -> None:
+    def enable_reload(self, provider: ConfigProvider) -> Reloader:
+        """Reload from `provider` while running (SIGHUP, file changes, API
+        change events all go through `reloader.request`)."""
+        assert self.config is not None, "a worker built from a configuration"
+        self.reloader = Reloader(self, provider, interval=self.options.reload_interval)
+        return self.reloader
+
+    def enable_file_reload(self, paths: Sequence[str | os.PathLike[str]]) -> Reloader:
+        """Reload from the rule files `paths` (what `config` was loaded from)."""
+        assert self.config is not None, "a worker built from a configuration"
+        return self.enable_reload(RuleFiles(paths, self.config))
+
+    async def run(self, *, freeze_gc: bool = False) -> None:
         """Run until every source ended or `stop()` drained them. Raises when
-        start-up fails or a source fails (after shutting down the rest)."""
+        start-up fails or a source fails (after shutting down the rest).
+        `freeze_gc`: a process-wide setting, for a process of its own
+        (`main.serve`, benchmarks): freeze what start-up created."""
         metrics_runner = None
         started: list[Source] = []
         dead_letters_open = backlog_open = False
-        watcher = expiry = None
+        expiry = None
         try:
             await self.dead_letters.open()
             dead_letters_open = True
             if self.backlog is not None:  # before the actions: they drain it first
                 await self.backlog.open()
                 backlog_open = True
-                await self.backlog.settle_unconfigured()
+                self.unconfigured_dead_lettered = await self.backlog.settle_unconfigured()
             for runner in self.runners:
                 await runner.open()
                 self._open.append(runner)
@@ -201,9 +197,13 @@ class Worker:
                 started.append(source)
             if self.metrics_listen:
                 host, port = parse_listen(self.metrics_listen)
-                metrics_runner = await self.metrics.serve(host, port, self.metrics_path)
+                m = self.config.metrics if self.config is not None else None
+                metrics_runner = await self.metrics.serve(
+                    host, port, self.metrics_path,
+                    auth=authenticator_from_config(m.auth) if m else None,
+                    ssl_context=server_ssl_context(m.tls) if m else None)
             self.metrics.ready = not self.stopping
-            if self.freeze_gc:
+            if freeze_gc:
                 # Modules, compiled rules, clients: alive for the whole run.
                 # Frozen, they are no longer scanned by every full collection
                 # (which otherwise paused the loop for 100-200 ms: the p90/p99
@@ -211,16 +211,20 @@ class Worker:
                 gc.freeze()
             self._tasks = [asyncio.create_task(self.pipeline.consume(s), name=f"source {s.name}")
                            for s in self.sources]
-            if self.config_paths and self.config is not None and self.reload_interval > 0:
-                watcher = asyncio.create_task(self._watch(), name="config watcher")
+            if self.reloader is not None:
+                self.reloader.start()
             failure = await self._wait_sources()
             if failure is not None:
                 raise failure
+            if self.options.drain_backlog_at_end and not self.stopping:
+                await self.drain_backlog()
         finally:
             self.metrics.ready = False
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
-            for task in [*self._tasks, *self._background, watcher, self._reloader, expiry]:
+            if self.reloader is not None:
+                self.reloader.stop()
+            for task in [*self._tasks, *self._background, expiry]:
                 if task is not None:
                     task.cancel()
             async with self._reload_lock:  # not while a reload opens actions
@@ -251,6 +255,31 @@ class Worker:
                     self.stop()  # one source failing stops the worker, gracefully
         return failure
 
+    def backlog_size(self) -> int:
+        """Records in the backlog now, over all actions."""
+        if self.backlog is None:
+            return 0
+        return sum(self.backlog.size(a)[0] for a in self.backlog.pending_actions())
+
+    async def drain_backlog(self) -> int:
+        """Wait until the backlog is empty, as long as it shrinks: give up
+        after `shutdown_timeout` seconds in which no record left it (the
+        destination is down), or on stop(). Returns the records left."""
+        left = self.backlog_size()
+        if left:
+            log.info("sources done; waiting for the backlog to drain: %d record(s)", left)
+        progress = time.monotonic()
+        while left and not self.stopping:
+            await asyncio.sleep(BACKLOG_POLL)
+            now = self.backlog_size()
+            if now < left:
+                left, progress = now, time.monotonic()
+            elif time.monotonic() - progress > self.shutdown_timeout:
+                log.warning("backlog: %d record(s) not delivered in %gs without progress; they "
+                            "stay in %s", left, self.shutdown_timeout, self.backlog.path)
+                break
+        return left
+
     def stop(self) -> None:
         """Stop intake and drain (safe to call from a signal handler, twice)."""
         if self.stopping:
@@ -275,68 +304,22 @@ class Worker:
     # -- hot reload -------------------------------------------------------------
 
     def request_reload(self, reason: str, *, files: bool = True) -> None:
-        """Reload soon (safe from a signal handler); requests that arrive
-        while a reload runs are merged into one more reload. `files=False`
-        (a change in the API store): keep the last loaded rule files."""
-        if self.stopping:
-            return
-        self._reload_reasons.append(reason)
-        self._reload_files |= files
-        if self._reloader is None or self._reloader.done():
-            self._reloader = asyncio.create_task(self._reload_requested(), name="reload")
-
-    async def _reload_requested(self) -> None:
-        while self._reload_reasons and not self.stopping:
-            reason = ", ".join(dict.fromkeys(self._reload_reasons))
-            self._reload_reasons.clear()
-            files, self._reload_files = self._reload_files, False
-            await self.reload(reason, files=files)
-
-    async def _watch(self) -> None:
-        assert self.config_paths is not None
-        watcher = ConfigWatcher(self.config_paths, interval=self.reload_interval)
-        await watcher.prime()
-        async for changed in watcher.changes():
-            self.request_reload("changed: " + ", ".join(changed))
+        """Reload soon (see Reloader.request); nothing without a reloader."""
+        if self.reloader is not None:
+            self.reloader.request(reason, files=files)
 
     async def reload(self, reason: str = "reload", *, files: bool = True) -> bool:
-        """Load the configuration files again (unless `files=False`), add
-        the API store's projects (when there is a store) and apply the result
-        if it is valid. Returns whether a new configuration was applied; never
-        raises (problems are logged, one line each, and the running rules stay)."""
-        if self.config is None or not (self.config_paths or self.store is not None):
+        """Reload now (see Reloader.reload); returns whether a new
+        configuration was applied."""
+        if self.reloader is None:
             log.warning("reload (%s) ignored: this worker was not started from rule files",
                         reason)
             return False
-        log.info("reloading the configuration (%s)", reason)
-        file_config = self.file_config or self.config
-        try:
-            if files and self.config_paths:
-                file_config = await asyncio.to_thread(load_config, self.config_paths)
-            config = file_config
-            if self.store is not None:
-                from engine.api.effective import effective_config
-
-                config = await effective_config(file_config, self.store)
-        except ConfigError as e:
-            for issue in e.issues:
-                # One line each (a rule's syntax error also draws a caret
-                # under the clause: its first line already names the column).
-                log.error("reload rejected: %s", str(issue).splitlines()[0])
-            log.error("reload rejected: %d problem(s); the running configuration is kept",
-                      len(e.issues))
-            return False
-        except Exception as e:  # e.g. the API store unreachable (load_config raises ConfigError)
-            log.error("reload failed: %s: %s; the running configuration is kept",
-                      type(e).__name__, e)
-            return False
-        applied = await self.apply(config)
-        if self.config is config:  # accepted (applied, or nothing to change)
-            self.file_config = file_config
-        return applied
+        return await self.reloader.reload(reason, files=files)
 
     async def apply(self, config: EngineConfig) -> bool:
-        """Swap in a validated configuration (see the module docstring)."""
+        """Swap in a validated configuration the reloader accepted (see the
+        module docstring). Returns whether anything changed."""
         async with self._reload_lock:
             if self.stopping:
                 return False
@@ -350,19 +333,13 @@ class Worker:
     async def _apply(self, config: EngineConfig) -> bool:
         old = self.config
         assert old is not None
-        for section in RESTART_SECTIONS:
-            if getattr(config, section) != self._running.get(section, getattr(old, section)):
-                log.warning("reload: '%s' differs from the running one and is not applied: "
-                            "changing %s needs a restart", section, section)
         if all(getattr(config, k) == getattr(old, k)
                for k in ("rules", "actions", "worker", "flowcontrol_policies")):
             log.info("reload: rules, actions and worker settings unchanged")
             self.config = config
             return False
         ruleset = await asyncio.to_thread(build_ruleset, config)
-        active = {r.rule_id for r in config.rules if r.active}
-        specs = {a.action_id: _runner_spec(a, config) for a in config.actions
-                 if self._deliver and a.rule_id in active}
+        specs = runner_specs(config, self.options.deliver)
         flow = self.flow  # changed policies: new buckets, for every runner at the swap
         if config.flowcontrol_policies != old.flowcontrol_policies:
             flow = FlowControl(config.flowcontrol_policies)
@@ -373,7 +350,7 @@ class Worker:
             if self._specs.get(action_id) == spec and action_id in current:
                 runners.append(current[action_id])
                 continue
-            runner = _make_runner(spec, self.metrics, self.dead_letters, flow, self.backlog)
+            runner = make_runner(spec, self.metrics, self.dead_letters, flow, self.backlog)
             try:
                 await runner.open()  # before the swap: a sink that cannot open stops the reload
             except BaseException as e:
@@ -386,7 +363,7 @@ class Worker:
                 return False
             opened.append(runner)
             runners.append(runner)
-        routes: dict[str, list[ActionRunner]] = {k: [] for k in sorted(active)}
+        routes: dict[str, list[ActionRunner]] = {k: [] for k in active_rule_ids(config)}
         for r in runners:
             routes[r.rule_id].append(r)
         kept = set(map(id, runners))
@@ -394,6 +371,13 @@ class Worker:
 
         # The swap: nothing awaits between these lines.
         previous = self.pipeline.swap(ruleset, routes)
+        for r in self._open:
+            if id(r) in kept:
+                continue
+            if r.action_id in specs:  # replaced: the new runner drains the action's backlog
+                r.stop_draining()
+            else:
+                r.removed = True
         if flow is not self.flow:
             self.flow = flow
             for r in runners:
@@ -407,58 +391,52 @@ class Worker:
 
         log.info("reload applied (rule set %d): rules %s; actions %s",
                  self.pipeline.generation.number,
-                 _diff({r.rule_id: r for r in old.rules if r.active},
-                       {r.rule_id: r for r in config.rules if r.active}),
-                 _diff(self._specs_of(old), specs))
+                 _diff(active_rules(old), active_rules(config)),
+                 _diff(runner_specs(old, self.options.deliver), specs))
         if retired:
             task = asyncio.create_task(self._retire(previous, retired), name="retire actions")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return True
 
-    def _specs_of(self, config: EngineConfig) -> dict[str, RunnerSpec]:
-        active = {r.rule_id for r in config.rules if r.active}
-        return {a.action_id: _runner_spec(a, config) for a in config.actions
-                if self._deliver and a.rule_id in active}
-
     async def _retire(self, previous: Generation, runners: list[ActionRunner]) -> None:
         """Close actions a reload removed or replaced, once every batch routed
-        by an older rule set is settled (delivered or dead-lettered)."""
+        by an older rule set is settled (delivered, in the backlog or
+        dead-lettered). A removed action with a backlog first delivers it to
+        its destination: the records were routed there, and the rename of
+        an action must not strand them (see docs/RELIABILITY.md)."""
         await self.pipeline.drained(previous)
+        draining = [r for r in runners if r.removed and r.draining and self._left(r)]
+        closing = [r for r in runners if r not in draining]
         async with self._reload_lock:
-            for r in runners:
+            for r in closing:
                 if r in self._open:
                     self._open.remove(r)
                     await r.close()
-        log.info("reload: closed %d replaced or removed action(s): %s", len(runners),
-                 ", ".join(r.action_id for r in runners))
+        if closing:
+            log.info("reload: closed %d replaced or removed action(s): %s", len(closing),
+                     ", ".join(r.action_id for r in closing))
+        await asyncio.gather(*(self._drain_then_close(r) for r in draining))
 
+    def _left(self, runner: ActionRunner) -> int:
+        return self.backlog.size(runner.action_id)[0] if self.backlog is not None else 0
 
-def _make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters,
-                 flow: FlowControl, backlog: Backlog | None) -> ActionRunner:
-    action, batch_size, linger_ms = spec
-    return ActionRunner(action.action_id, action.rule_id, CHANNELS[action.channel](action.detail),
-                        metrics=metrics, dead_letters=dead_letters, batch_size=batch_size,
-                        linger=linger_ms / 1000,
-                        limiter=flow.limiter_for(action.rule_id, action.action_id, action.channel),
-                        backlog=backlog)
-
-
-def _durable_state(config: EngineConfig) -> tuple[DeadLetters, Backlog]:
-    """The dead-letter store and the backlog of a delivering worker. Without
-    `dead_letter:` the dead letters go to a file in `worker.state_dir` rather
-    than nowhere: nothing the engine accepted is dropped silently."""
-    state_dir = config.worker.state_dir
-    os.makedirs(state_dir, exist_ok=True)
-    if config.dead_letter is None:
-        path = os.path.join(state_dir, "dead-letters.jsonl")
-        log.info("dead letters go to %s (no dead_letter configured)", path)
-        dead_letters: DeadLetters = FileDeadLetters(path)
-    else:
-        dead_letters = dead_letters_from_config(config.dead_letter)
-    backlog = Backlog(os.path.join(state_dir, "backlog.db"), dead_letters,
-                      config.backlog_policies)
-    return dead_letters, backlog
+    async def _drain_then_close(self, runner: ActionRunner) -> None:
+        log.warning("action %s was removed by a reload: delivering the %d record(s) of its "
+                    "backlog to its destination before closing it (what a stop leaves there "
+                    "is dead-lettered at the next start)", runner.action_id, self._left(runner))
+        while runner.draining and self._left(runner) and runner in self._open:
+            await asyncio.sleep(RETIRE_POLL)
+        async with self._reload_lock:
+            if runner not in self._open:
+                return  # closed by the shutdown
+            self._open.remove(runner)
+            await runner.close()
+        if runner.draining:
+            log.info("action %s (removed): backlog delivered, action closed", runner.action_id)
+        else:
+            log.info("action %s (removed): closed; the action configured again under this id "
+                     "delivers its backlog", runner.action_id)
 
 
 def _diff(old: dict, new: dict) -> str:

@@ -18,9 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.api.app import create_app
-from engine.api.limits import ApiLimits
 from engine.api.storage import SqliteStore, Store
 from engine.config import ApiConfig
+from engine.config.limits import ApiLimits
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.api.limits import ApiLimits
+from engine.config.limits import ApiLimits
 from tests.api.conftest import HTTP_DETAIL, A
 
 MYSQL = {"mysql_forwarding": {

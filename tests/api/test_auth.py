@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 import orjson
 import pytest
 
-from engine.api.limits import ApiLimits
+from engine.config.limits import ApiLimits
 from tests.api.conftest import AK_A, AK_B, RULE, SK_A, SK_B, TOKEN_A, TOKEN_B, A, B
 
 UNAUTHORIZED = {"error_code": "IOTDA.000002", "error_msg": "Authentication failed."}

@@ -1,7 +1,7 @@
 """API limits come from the config's `api.limits` (then `--limit` overrides)."""
 
-from engine.api.limits import ApiLimits
 from engine.cli import main
+from engine.config.limits import ApiLimits
 
 
 def test_config_limits_then_overrides():

@@ -13,7 +13,6 @@ import pytest
 
 from engine.api import service
 from engine.api.errors import ApiError
-from engine.api.limits import ApiLimits
 from engine.api.storage import (
     ChangeEvent,
     Delete,
@@ -24,6 +23,7 @@ from engine.api.storage import (
     open_store,
 )
 from engine.config import ConfigError, EngineConfig
+from engine.config.limits import ApiLimits
 from tests import services as svc
 from tests.destinations.support import port_open
 

@@ -312,13 +312,13 @@ POLICY_CASES = [
 ENGINE_CASES = [
     (
         "source-exactly-one",
-        "sources:\n  - file: {path: a.ndjson}\n    http: {}\n",
-        2, "sources[0]", "exactly one of: kafka, amqp, http, file, simulator",
+        "sources:\n  - file: {path: a.ndjson}\n    http: {auth: none}\n",
+        2, "sources[0]", "exactly one of: amqp, device_api, file, http, kafka, mqtt, simulator",
     ),
     (
         "source-unknown-kind",
-        "sources:\n  - mqtt: {url: x}\n",
-        2, "sources[0].mqtt", "unknown field",
+        "sources:\n  - nats: {url: x}\n",
+        2, "sources[0].nats", "unknown field",
     ),
     (
         "kafka-bootstrap",

@@ -7,12 +7,12 @@ import pytest
 from engine.config import (
     ConfigError,
     EngineConfig,
-    HttpSource,
-    KafkaSource,
     load_config,
     validate_config_dict,
 )
 from engine.destinations.http import HttpForwarding
+from engine.sources.http import HttpOptions
+from engine.sources.kafka import KafkaOptions
 from tests.config.conftest import EXAMPLES, RULE
 
 
@@ -22,7 +22,7 @@ def test_example_yaml_loads():
     assert [r.rule_id for r in config.rules][:2] == ["battery-low", "device-status"]
     assert {a.channel for a in config.actions} >= {"HTTP_FORWARDING", "AMQP_FORWARDING"}
     assert config.sources[0].kind == "http"
-    assert isinstance(config.sources[0].options, HttpSource)
+    assert isinstance(config.sources[0].options, HttpOptions)
     assert config.dead_letter is not None and config.dead_letter.kind == "file"
     assert config.flowcontrol_policies[0].limit == 5000  # the >1000 extension
 
@@ -75,7 +75,7 @@ def test_kafka_source_options(load):
         """
     )
     kafka = config.sources[0].options
-    assert isinstance(kafka, KafkaSource)
+    assert isinstance(kafka, KafkaOptions)
     assert kafka.bootstrap_servers == ["a:9092", "b:9092"]
     assert (kafka.max_batch, kafka.session_timeout_ms) == (500, 10_000)
 

@@ -14,9 +14,17 @@ import engine
     ("7 / 2", 3.5),
     ("20 / 4", 5),
     ("big * 10", None),        # beyond the float range: MISSING, so the key is skipped
+    ("9223372036854775807 * 9223372036854775807", None),   # integer overflow: MISSING
+    ("imax + 1", None),
+    ("imin - 1", None),
+    ("-imin", None),
+    ("imin / -1", None),
+    ("imax - 1 + 1", 2**63 - 1),
+    ("-imax - 1", -(2**63)),
 ])
 def test_arithmetic(expr, expected):
-    out = engine.compile_rule(f"{expr} AS v", None).apply({"a": 0.0, "big": 1.5e308})
+    out = engine.compile_rule(f"{expr} AS v", None).apply(
+        {"a": 0.0, "big": 1.5e308, "imax": 2**63 - 1, "imin": -(2**63)})
     if expected is None:
         assert "v" not in out
         return

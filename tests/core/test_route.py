@@ -1,12 +1,12 @@
 """RuleSet.route_raw_many: what the runtime routes a batch with."""
 
 import orjson
-from engine._core import MalformedEvent
 
 from engine import RuleSpec, compile_ruleset
+from engine._core import MalformedEvent
 
 EV = (b'{"event_time":"20260101T000000Z","notify_data":{"header":{"product_id":"p1",'
-      b'"device_id":"d-1"},"body":{"n":123456789012345678901234567890}}}')
+      b'"device_id":"d-1"},"body":{"n":1.50,"m":1E3}}}')
 
 
 def test_route_gives_key_time_and_outputs_in_rule_order():
@@ -30,6 +30,13 @@ def test_route_key_from_body_none_for_no_match_and_malformed():
     assert out[0][1:3] == ("d-2", None)  # event_time not a string: no time
     assert out[1] is None
     assert isinstance(out[2], MalformedEvent)
+
+
+def test_route_dead_letters_integers_beyond_64_bits_even_for_a_whole_rule():
+    # The other rules and sinks would change the value: never forwarded.
+    rs = compile_ruleset([RuleSpec("r", "*", None)])
+    (bad,) = rs.route_raw_many([b'{"n":123456789012345678901234567890}'])
+    assert isinstance(bad, MalformedEvent) and "beyond 64 bits" in bad.reason
 
 
 def test_route_non_bytes_input_gets_a_built_output():

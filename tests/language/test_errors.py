@@ -39,7 +39,8 @@ ERRORS = [
     ("a AS a.b", "", "parse", "select", 1, 7, ["'.'"]),
     ("*", " " * 10 + "x" * 2491, "parse", "where", 1, 2501, ["2501", "2500"]),
     # semantic errors
-    ("*", "FOO(1) = 1", "semantic", "where", 1, 1, ["unknown function", "FOO", "CONCAT"]),
+    ("*", "FOO(1) = 1", "semantic", "where", 1, 1, ["unknown function", "FOO"]),
+    ("*", "UPPPER(s) = 1", "semantic", "where", 1, 1, ["unknown function", "did you mean UPPER"]),
     ("*", "x = CONCAT('a')", "semantic", "where", 1, 5, ["CONCAT", "2", "got 1"]),
     ("*", "GET_SERVICE('a', 'b') IS NULL", "semantic", "where", 1, 18, ["fuzzy", "true"]),
     ("*", "a IN (1, 'x')", "semantic", "where", 1, 7, ["mixes"]),

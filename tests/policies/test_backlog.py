@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
+from engine.destinations.base import Record
 from engine.policies.backlog import Backlog, _encode
 from tests.policies.support import Clock, MemoryDeadLetters, policy, records
 
@@ -65,6 +67,27 @@ async def test_reopen_keeps_entries_counters_and_sequence(tmp_path, dead):
         entries = await b.peek("a1", 10)
         assert entries[-1][0] > last
         assert [r.payload["i"] for _, r in entries] == list(range(6))
+    finally:
+        await b.close()
+
+
+
+async def test_whole_notification_keeps_its_bytes_across_a_reopen(tmp_path, dead):
+    # A record forwarded whole carries the input bytes; after a restart the
+    # backlog must give back those bytes (1.50, 1E3, key order), not a re-encoding.
+    raw = b'{"b": 1.50, "a": 1E3, "s": "\\u00e9"}'
+    rec = Record(orjson.loads(raw), "d1", "20260101T000000Z", "r1", "a1", raw)
+    plain = records(1, start=7)[0]
+    path = tmp_path / "b.db"
+    b = await opened(path, dead)
+    await b.append("a1", [rec, plain])
+    await b.close()
+    b = await opened(path, dead)
+    try:
+        (_, got), (_, got_plain) = await b.peek("a1", 10)
+        assert got == rec and got.json_bytes() == raw
+        assert got_plain == plain and got_plain.raw is None
+        assert b.size("a1") == (2, nbytes([rec, plain]))
     finally:
         await b.close()
 

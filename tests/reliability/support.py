@@ -26,7 +26,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.support import assert_balanced, by_label, scrape
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from engine.config import validate_config_dict
-from engine.runtime.sources.file import FileSource
 from engine.runtime.worker import Worker
+from engine.sources.file import FileSource
 from tests.reliability.support import (
     RULE,
     Engine,

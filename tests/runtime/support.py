@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from engine.destinations.base import Failure, Record, Sink, WriteResult
-from engine.runtime.sources import Batch, Source
+from engine.sources import Batch, Source
 
 
 class ListSource(Source):

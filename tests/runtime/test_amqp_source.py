@@ -4,7 +4,7 @@ import uuid
 import aio_pika
 import pytest
 
-from engine.runtime.sources.amqp import AmqpSource
+from engine.sources.amqp import AmqpSource
 from tests.runtime.support import take
 
 pytestmark = pytest.mark.services

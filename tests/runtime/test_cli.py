@@ -7,7 +7,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.e2e import ENGINE, EngineProcess, free_port, wait_ready, write_config
 
 RULE = {"rule_id": "status", "subject": {"resource": "device.status", "event": "update"},
@@ -82,7 +82,8 @@ async def test_run_http_ingest_then_sigterm_drains_and_exits_0(tmp_path):
     http_port, metrics_port = free_port(), free_port()
     out = tmp_path / "out.jsonl"
     config = write_config(tmp_path / "rules.yaml", {
-        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in"}}],
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
         "rules": [RULE], "actions": [file_action(out)]})

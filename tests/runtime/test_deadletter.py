@@ -1,4 +1,6 @@
 import asyncio
+import errno
+import os
 import uuid
 
 import aio_pika
@@ -7,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from engine.config import DeadLetterConfig
+from engine.destinations.base import Failure, Sink, WriteResult
 from engine.runtime.deadletter import (
     AmqpDeadLetters,
     DeadLetters,
@@ -14,6 +17,7 @@ from engine.runtime.deadletter import (
     KafkaDeadLetters,
     dead_letters_from_config,
 )
+from engine.schema import KafkaClient
 
 ENTRIES = [{"reason": "invalid JSON", "source": "http", "payload": "{oops"},
            {"reason": "HTTP 400", "source": "action:a", "rule_id": "r", "action_id": "a",
@@ -37,29 +41,61 @@ async def test_file(tmp_path):
     assert len(docs) == 3
 
 
+async def test_file_retries_leave_no_blank_lines(tmp_path, monkeypatch):
+    """A write that fails (here: fsync, 3 times) and is retried stores each
+    entry once and nothing else: no blank or partial lines per retry."""
+    real_fsync, failures = os.fsync, [3]
+
+    def flaky_fsync(fd):
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    path = tmp_path / "dl.jsonl"
+    dl = dead_letters_from_config(DeadLetterConfig(file=str(path)))
+    await dl.open()
+    await asyncio.wait_for(dl.write(ENTRIES), 10)
+    await dl.write(ENTRIES[:1])
+    await dl.close()
+    assert failures == [0]
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every line ends with a newline
+    docs = [orjson.loads(x) for x in lines[:-1]]  # no blank line in between
+    check(docs[:2])
+    assert len(docs) == 3
+
+
 async def test_write_returns_only_once_stored():
-    class Flaky(DeadLetters):
+    class FlakySink(Sink):
+        """Fails everything twice, then the first entry once more."""
+
         def __init__(self):
-            super().__init__()
+            super().__init__(None)
             self.calls = 0
             self.stored = []
 
-        async def _store(self, docs):
+        async def write(self, records):
             self.calls += 1
             if self.calls < 3:
-                raise OSError("disk full")
-            self.stored += docs
+                return WriteResult.all_failed(len(records), "disk full", True)
+            if self.calls == 3:
+                self.stored += [r.payload for r in records[1:]]
+                return WriteResult({0: Failure("disk full", False)})
+            self.stored += [r.payload for r in records]
+            return WriteResult()
 
-    dl = Flaky()
-    await asyncio.wait_for(dl.write(ENTRIES), 5)
-    assert dl.calls == 3
-    check([orjson.loads(d) for d in dl.stored])
+    sink = FlakySink()
+    await asyncio.wait_for(DeadLetters(sink).write(ENTRIES), 5)
+    assert sink.calls == 4
+    check(sorted(sink.stored, key=lambda d: d["source"] != "http"))  # each once
 
 
 @pytest.mark.services
 async def test_kafka(kafka):
     topic = f"dl-{uuid.uuid4().hex[:8]}"
-    dl = KafkaDeadLetters(topic, bootstrap_servers=kafka)
+    dl = KafkaDeadLetters(topic, KafkaClient([kafka]))
     await dl.open()
     try:
         await dl.write(ENTRIES)

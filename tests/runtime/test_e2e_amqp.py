@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
 from tests.runtime.support import by_label, scrape
 from tests.runtime.test_amqp_source import _delete, _depth, _publish

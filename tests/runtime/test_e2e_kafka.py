@@ -9,7 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.simulator import SimulatorSource
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
 from tests.runtime.test_kafka_source import make_topic, produce
 

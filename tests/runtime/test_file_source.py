@@ -1,4 +1,4 @@
-from engine.runtime.sources.file import FileSource
+from engine.sources.file import FileSource
 
 
 async def test_ndjson_lines_in_batches_blank_lines_skipped(tmp_path):

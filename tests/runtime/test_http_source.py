@@ -3,23 +3,45 @@ import asyncio
 import aiohttp
 import pytest
 
-from engine.runtime.sources.http import BodyError, HttpSource, split_body
+from engine.sources.http import BodyError, HttpSource, read_body, split_body
 
 OBJ = b'{"resource": "device", "event": "delete", "notify_data": {}}'
 
 
 def test_split_body_forms():
     assert split_body(OBJ) == [OBJ]
-    assert split_body(b'[{"a": 1}, {"b": [2]}, 3]') == [b'{"a":1}', b'{"b":[2]}', b"3"]
+    # Array items are the raw bytes as sent (never decoded and re-encoded).
+    assert split_body(b'[{"a": 1}, {"b": [2]}, 3]') == [b'{"a": 1}', b'{"b": [2]}', b"3"]
+    assert split_body(b' [ {"s": "],[\\"{"} ,\n[1] ] \n') == [b'{"s": "],[\\"{"}', b"[1]"]
+    assert split_body(b'[{"n": 123456789012345678901234567890123}]') == [
+        b'{"n": 123456789012345678901234567890123}']
     assert split_body(b'{"a":1}\n\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
     # Undeclared NDJSON with one bad line: the bad line goes on (to be dead-lettered).
     assert split_body(b'{"a":1}\n{oops\n') == [b'{"a":1}', b"{oops"]
+    # An array item that is not JSON is dead-lettered too (structure is fine).
+    assert split_body(b'[{"a":1}, nope]') == [b'{"a":1}', b"nope"]
     # Declared NDJSON is not parsed here at all.
     assert split_body(b"x\ny", "application/x-ndjson") == [b"x", b"y"]
     assert split_body(b"[]") == []
 
 
-@pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"nope\nnever", b"42", b'"str"'])
+def test_bodies_are_taken_in_batches():
+    body = read_body(b"[" + b",".join([b"{}"] * 1001) + b"]")
+    assert body.count == 1001
+    sizes = []
+    while not body.exhausted:
+        sizes.append(len(body.take(500)))
+    assert sizes == [500, 500, 1]
+    lines = read_body(b"{}\n" * 1001)
+    sizes = []
+    while not lines.exhausted:
+        sizes.append(len(lines.take(500)))
+    assert sizes == [500, 500, 1] and lines.count == 1001
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"{not json}", b"nope\nnever", b"42",
+                                  b'"str"', b"[1,]", b"[1 2]", b"[1", b'["a]', b"[1] x",
+                                  b'{"a":1} {"b":2}', b"42\n43"])
 def test_split_body_refuses_unusable_bodies(body):
     with pytest.raises(BodyError):
         split_body(body)
@@ -80,3 +102,36 @@ async def test_unprocessed_batch_times_out_with_503():
             assert "not processed" in (await resp.json())["error"]
     finally:
         await src.close()
+
+
+def test_integers_beyond_64_bits_are_malformed_not_floats():
+    from engine._core import MalformedEvent, decode_event
+
+    for raw in (b'{"a": 123456789012345678901234567890123}', b'{"a": [1, 18446744073709551616]}',
+                b'{"a": {"b": -9223372036854775809}}', b'{"s": "x\\"", "a": 99999999999999999999}'):
+        ev = decode_event(raw)
+        assert type(ev) is MalformedEvent and "beyond 64 bits" in ev.reason, raw
+    for raw in (b'{"a": 18446744073709551615, "b": -9223372036854775808}',
+                b'{"a": "123456789012345678901234567890123"}', b'{"a": 1234567890123456789012.5}',
+                b'{"a": 12345678901234567890123e2, "b": "\\\\", "c": 1}',
+                b'{"k\\"123456789012345678901234": 1}'):
+        assert type(decode_event(raw)) is dict, raw
+
+
+def test_big_integer_check_agrees_with_python_on_random_documents():
+    import json
+    import random
+
+    from engine._core import MalformedEvent, decode_event
+
+    rnd = random.Random(11)
+    for _ in range(2000):
+        ints = [rnd.choice([rnd.randint(-2**70, 2**70), rnd.randint(-2**63, 2**64 - 1),
+                            rnd.randint(-10, 10)]) for _ in range(rnd.randint(1, 4))]
+        doc = {"ints": ints, "s": str(rnd.randint(0, 10**30)), "f": rnd.random() * 10**25}
+        raw = json.dumps(doc).encode()
+        big = any(not -2**63 <= i <= 2**64 - 1 for i in ints)
+        ev = decode_event(raw)
+        assert (type(ev) is MalformedEvent) == big, raw
+        if not big:
+            assert ev["ints"] == ints  # exact, not floats

@@ -1,14 +1,15 @@
-"""The Kafka source's librdkafka settings from a config `kafka:` source, and
+"""The Kafka source's librdkafka settings from a config `kafka:` source (the
+one Kafka settings helper, engine.schema.KafkaClient), and
 its start-up errors (no broker needed)."""
 
 import socket
 
 import pytest
 
-from engine.config.models import KafkaSource as KafkaSourceConfig
 from engine.config.models import SourceEntry
-from engine.runtime.sources.kafka import KafkaSource, KafkaStartError, librdkafka_config
 from engine.runtime.worker import build_source
+from engine.sources.kafka import KafkaOptions as KafkaSourceConfig
+from engine.sources.kafka import KafkaSource, KafkaStartError
 
 
 def conf(**kw) -> KafkaSourceConfig:
@@ -16,16 +17,16 @@ def conf(**kw) -> KafkaSourceConfig:
 
 
 def test_plaintext():
-    assert librdkafka_config(conf()) == {"bootstrap.servers": "a:9092,b:9093",
+    assert conf().client().librdkafka() == {"bootstrap.servers": "a:9092,b:9093",
                                          "client.id": "iot-forwarding-engine",
                                          "security.protocol": "plaintext"}
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_sasl_ssl_with_ca_file(mechanism):
-    c = librdkafka_config(conf(security_protocol="SASL_SSL", sasl_mechanism=mechanism,
+    c = conf(security_protocol="SASL_SSL", sasl_mechanism=mechanism,
                                sasl_username="u", sasl_password="s3cret",
-                               ssl_cafile="/etc/ca.pem", client_id="me"))
+                               ssl_cafile="/etc/ca.pem", client_id="me").client().librdkafka()
     assert c == {"bootstrap.servers": "a:9092,b:9093", "client.id": "me",
                  "security.protocol": "sasl_ssl", "sasl.mechanism": mechanism,
                  "sasl.username": "u", "sasl.password": "s3cret",
@@ -33,7 +34,7 @@ def test_sasl_ssl_with_ca_file(mechanism):
 
 
 def test_ssl_without_ca_file_uses_the_system_cas_and_verifies():
-    c = librdkafka_config(conf(security_protocol="SSL"))
+    c = conf(security_protocol="SSL").client().librdkafka()
     assert c["security.protocol"] == "ssl"
     assert "ssl.ca.location" not in c  # librdkafka's default: the system's CAs
     # Certificate and host-name verification are librdkafka's defaults; not turned off.
@@ -41,9 +42,9 @@ def test_ssl_without_ca_file_uses_the_system_cas_and_verifies():
 
 
 def test_sasl_plaintext_has_no_tls_settings():
-    c = librdkafka_config(conf(security_protocol="SASL_PLAINTEXT",
+    c = conf(security_protocol="SASL_PLAINTEXT",
                                sasl_mechanism="SCRAM-SHA-512", sasl_username="u",
-                               sasl_password="p"))
+                               sasl_password="p").client().librdkafka()
     assert c["security.protocol"] == "sasl_plaintext"
     assert c["sasl.mechanism"] == "SCRAM-SHA-512"
     assert "ssl.ca.location" not in c

@@ -5,7 +5,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from engine.runtime.sources.kafka import KafkaSource
+from engine.sources.kafka import KafkaSource
 from tests.runtime.support import take
 
 pytestmark = pytest.mark.services

@@ -26,7 +26,8 @@ def engine_config(storage: str) -> tuple[dict, dict[str, int]]:
         "api": {"listen": f"127.0.0.1:{ports['api']}", "storage": storage,
                 "projects": {"proj-a": {"tokens": [TOKEN_A],
                                         "access_keys": [{"ak": AK_A, "sk": SK_A}]}}},
-        "sources": [{"http": {"listen": f"127.0.0.1:{ports['http']}", "path": "/in"}}],
+        "sources": [{"http": {"listen": f"127.0.0.1:{ports['http']}", "path": "/in",
+                              "auth": "none"}}],
         "metrics": {"listen": f"127.0.0.1:{ports['metrics']}"},
         "worker": {"linger_ms": 1},
     }

@@ -15,9 +15,9 @@ import aiohttp
 import orjson
 
 from engine.config import load_config
-from engine.runtime.sources import Batch, Source
 from engine.runtime.watch import ConfigWatcher
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
+from engine.sources import Batch, Source
 from tests.runtime.e2e import EngineProcess, Receiver, free_port, wait_ready, write_config
 from tests.runtime.support import assert_balanced, by_label, scrape
 
@@ -80,9 +80,9 @@ async def test_reload_swaps_between_batches_and_drains_replaced_actions(tmp_path
     async with Receiver(delay=0.01) as slow, Receiver() as fast:
         write_config(path, rules("v1", slow.url))
         src = StreamSource(150)
-        worker = Worker.from_config(load_config([path]), sources=[src], serve_metrics=False,
-                                    config_paths=[path])
-        worker.reload_interval = 0  # reloaded by hand here
+        worker = Worker.from_config(load_config([path]), sources=[src], config_paths=[path],
+                                    # reloaded by hand here
+                                    options=WorkerOptions(serve_metrics=False, reload_interval=0))
         run = asyncio.create_task(worker.run())
         while len(slow.bodies) < 40:
             await asyncio.sleep(0.005)
@@ -224,7 +224,7 @@ async def wait_log(engine: EngineProcess, text: str, timeout: float = 10) -> str
 
 
 def top(ingest_port: int, metrics_port: int, **sources) -> dict:
-    return {"sources": [{"http": {"listen": f"127.0.0.1:{ingest_port}", "path": "/in",
+    return {"sources": [{"http": {"listen": f"127.0.0.1:{ingest_port}", "path": "/in", "auth": "none",
                                   **sources}}],
             "metrics": {"listen": f"127.0.0.1:{metrics_port}"}}
 
@@ -280,11 +280,17 @@ async def test_engine_run_reloads_on_sighup(tmp_path):
             await wait_ready(metrics, engine)
             async with Posters(f"http://127.0.0.1:{ingest}/in") as posters:
                 await posters.until(200)
-                # The new rule, and a source change (not applied: needs a restart).
+                # The new rule, and a source change: a restart would be
+                # needed, so nothing of it is applied.
                 write_config(path, rules("v2", b.url, **top(ingest, metrics, max_inflight=7)))
                 await asyncio.sleep(1.5)
                 await posters.until(200)
                 assert not b.bodies and "reload" not in engine.log()
+                engine.proc.send_signal(signal.SIGHUP)
+                await wait_log(engine, "reload refused: the new configuration changes sources")
+                await posters.until(200)
+                assert not b.bodies
+                write_config(path, rules("v2", b.url, **top(ingest, metrics)))
                 engine.proc.send_signal(signal.SIGHUP)
                 log = await wait_log(engine, "reload applied (rule set 2)")
                 await posters.until(200)
@@ -292,6 +298,6 @@ async def test_engine_run_reloads_on_sighup(tmp_path):
             code, log = engine.stop()
     assert code == 0, log
     assert "reloading the configuration (SIGHUP)" in log
-    assert "'sources' differs from the running one and is not applied: changing sources " \
-           "needs a restart" in log
+    assert "reload refused: the new configuration changes sources, which only a restart " \
+           "applies; nothing was applied" in log
     check_exactly_once(posters.sent, a.bodies, b.bodies)

@@ -1,5 +1,5 @@
 """A reload applies changed flow-control policies to running actions;
-changed backlog policies are reported as needing a restart."""
+a reload that changes backlog policies is refused (they need a restart)."""
 
 from __future__ import annotations
 
@@ -19,19 +19,22 @@ def config(tmp_path, **sections):
 
 async def test_flow_control_change_applies_at_the_swap(tmp_path, caplog):
     worker = Worker.from_config(config(tmp_path), sources=[], serve_metrics=False)
+    reloader = worker.enable_file_reload([])
     [runner] = worker.runners
     assert runner.limiter.policy_ids == []
     await runner.open()
     try:
-        limited = config(tmp_path, flowcontrol_policies=[{"policy_id": "f1", "scope": "RULE",
-                                                          "scope_value": "r1", "limit": 5}],
-                         backlog_policies=[{"policy_id": "b1", "backlog_size": 0}])
+        flow = [{"policy_id": "f1", "scope": "RULE", "scope_value": "r1", "limit": 5}]
         with caplog.at_level(logging.WARNING):
-            assert await worker.apply(limited) is True
+            assert await reloader.apply(config(
+                tmp_path, flowcontrol_policies=flow,
+                backlog_policies=[{"policy_id": "b1", "backlog_size": 0}])) is False
+        assert "changes backlog_policies, which only a restart applies" in caplog.text
+        assert runner.limiter.policy_ids == []  # nothing of it applied
+        assert await reloader.apply(config(tmp_path, flowcontrol_policies=flow)) is True
         assert worker.runners == [runner]  # the same action keeps running
         assert runner.limiter.policy_ids == ["f1"]
-        assert "'backlog_policies' differs from the running one" in caplog.text
-        assert await worker.apply(config(tmp_path)) is True
+        assert await reloader.apply(config(tmp_path)) is True
         assert runner.limiter.policy_ids == []
     finally:
         await runner.close()

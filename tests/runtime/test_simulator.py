@@ -3,8 +3,8 @@ import time
 
 import orjson
 
-from engine.runtime.simulator import KINDS, Fleet
-from engine.runtime.sources.simulator import SimulatorSource
+from engine.sources.fleet import KINDS, Fleet
+from engine.sources.simulator import SimulatorSource
 
 COMPACT = re.compile(r"^\d{8}T\d{6}Z$")
 MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -1,0 +1,164 @@
+"""HTTP ingest under a malformed-body flood (issue 11, item 10).
+
+`test_read_body`: what the source spends on one body before the pipeline,
+for a good 100-event array (~64 KB) and for bad bodies of the same size
+(cut off, 100 broken NDJSON lines, trailing garbage): a bad body must cost
+no more than a good one.
+
+`test_good_stream_under_flood`: `engine run` with an HTTP source and a
+selective rule; a client posts 100-event arrays (4 in flight) for
+`SECONDS`, alone and then while a second process floods the same source
+(4 in flight) with, in turn: malformed bodies (400), valid bodies of the
+same size that match nothing (the control: what any request costs), and
+valid arrays of 100 non-objects (each dead-lettered). Good events/s and
+the ratio to the clean run go into extra_info and are printed.
+
+    .venv/bin/python -m pytest benchmarks/bench_http_ingest.py --benchmark-only \\
+        --benchmark-columns=min,median,rounds -s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine.sources.http import BodyError, split_body
+from engine.sources.simulator import SimulatorSource
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ITEMS = SimulatorSource(rate=1e6, devices=300, seed=3, start=1.7e9).make(100)
+GOOD = b"[" + b",".join(ITEMS) + b"]"
+BAD = {
+    "cut off": GOOD[:-200],
+    "100 broken lines": b"\n".join(i[:-1] for i in ITEMS),
+    "trailing garbage": GOOD + b" x",
+}
+FLOODS = {
+    "malformed (400)": b'{"resource": "device.property", "event": "report", "notify_data": {' * 8,
+    "valid, no match (control)": b'{"resource": "device", "event": "delete", "notify_data": '
+                                 b'{"x": "' + b"a" * 480 + b'"}}',
+    "100 non-objects (dead-lettered)": b"[" + b",".join([b"1"] * 100) + b"]",
+}
+
+
+def _read(body: bytes) -> None:
+    try:
+        split_body(body)
+    except BodyError:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["good", *BAD])
+def test_read_body(benchmark, kind):
+    benchmark.group = "http ingest: reading one ~64 KB body"
+    benchmark(_read, GOOD if kind == "good" else BAD[kind])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _good_stream(url: str, seconds: float, concurrency: int = 4) -> float:
+    sent = 0
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as s:
+        async def client() -> None:
+            nonlocal sent
+            while time.monotonic() < end:
+                async with s.post(url, data=GOOD,
+                                  headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                sent += len(ITEMS)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return sent / seconds
+
+
+async def _flood(url: str, body: bytes, seconds: float, concurrency: int = 4) -> float:
+    """Requests/s the flood got answered."""
+    sent = 0
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as s:
+        async def client() -> None:
+            nonlocal sent
+            while time.monotonic() < end:
+                async with s.post(url, data=body) as r:
+                    await r.read()
+                sent += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return sent / seconds
+
+
+def _engine(tmp: Path) -> tuple[subprocess.Popen, str]:
+    ingest, metrics = _free_port(), _free_port()
+    (tmp / "engine.yaml").write_text(f"""
+sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none}}}}]
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+worker: {{state_dir: {tmp}/state}}
+rules:
+  - rule_id: low
+    subject: {{resource: device.property, event: report}}
+    select: "notify_data.header.device_id AS d"
+    where: "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') < 10"
+actions:
+  - action_id: out
+    rule_id: low
+    channel: FILE_FORWARDING
+    channel_detail: {{file_forwarding: {{path: {tmp}/out.jsonl}}}}
+""")
+    with open(tmp / "engine.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(tmp / "engine.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "engine not ready"
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{ingest}/in"
+
+
+def test_good_stream_under_flood(benchmark, tmp_path):
+    benchmark.group = "http ingest: good events/s under a flood"
+    proc, url = _engine(tmp_path)
+    figures: dict[str, float] = {}
+
+    def run() -> None:
+        figures["clean"] = asyncio.run(_good_stream(url, SECONDS))
+        for name in FLOODS:
+            flooder = subprocess.Popen([sys.executable, __file__, url, name, str(SECONDS + 1)],
+                                       stdout=subprocess.PIPE)
+            time.sleep(0.5)  # the flood is running before the good stream starts
+            figures[name] = asyncio.run(_good_stream(url, SECONDS))
+            out, _ = flooder.communicate(timeout=60)
+            figures[name + " req/s"] = float(out)
+
+    try:
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    clean = figures["clean"]
+    benchmark.extra_info.update({k: round(v) for k, v in figures.items()})
+    print(f"\ngood events/s: clean {clean:,.0f}; " + "; ".join(
+        f"+ flood of {k} at {figures[k + ' req/s']:,.0f} req/s: {figures[k]:,.0f} "
+        f"({figures[k] / clean:.2f}x)" for k in FLOODS))
+
+
+if __name__ == "__main__":  # the flooding process
+    print(asyncio.run(_flood(sys.argv[1], FLOODS[sys.argv[2]], float(sys.argv[3]))))

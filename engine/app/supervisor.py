@@ -1,0 +1,170 @@
+"""`engine run --workers N`: N worker processes from one rule file.
+
+One process runs one core's worth of the data path (the event loop and
+the rule core hold the GIL), so the supervisor starts N copies of
+`engine run` for the same files, each told its index in the environment
+(`ENGINE_WORKER_INDEX`), and:
+
+* restarts a worker that exits while the supervisor is running (after 1 s,
+  doubling up to 30 s while it keeps dying within a minute of its start);
+* on SIGTERM/SIGINT, passes SIGTERM to every worker (each drains and acks
+  as a single `engine run` does), waits for them, and kills what is still
+  running after `worker.shutdown_timeout` + 10 s; should the supervisor
+  itself be killed, the workers get SIGTERM from the kernel (Linux).
+
+How the N workers share the work: each worker consumes as one member of
+the Kafka source's consumer group (partitions are spread over the
+workers); the HTTP source binds its port with SO_REUSEPORT, so the kernel
+spreads connections over the workers; an MQTT source with a `shared_group`
+subscribes as one member of the broker's shared subscription. Per worker, `for_worker` gives a
+state directory `<worker.state_dir>/worker-<i>` (the backlog is locked per
+directory) and the metrics endpoint the configured port + i (port 0 stays
+0: any free port), composed on top of `--metrics-listen`/`--state-dir`.
+Other sources are not divided (MQTT without `shared_group`: every worker
+would receive every message; device_api: its device registry and
+connections live in one process), so the supervisor refuses them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV_INDEX = "ENGINE_WORKER_INDEX"
+SHARED_SOURCES = ("kafka", "http", "mqtt")  # sources N workers can divide between them
+_RESTART_MIN, _RESTART_MAX, _STABLE_S = 1.0, 30.0, 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_index() -> int | None:
+    """This process's index when a supervisor started it, else None."""
+    v = os.environ.get(ENV_INDEX)
+    return int(v) if v is not None else None
+
+
+def check_sources(config: Any) -> str | None:
+    """Why the configured sources cannot be divided between workers, or None."""
+    for entry in config.sources:
+        kind = entry.kind
+        if kind == "mqtt" and entry.options.shared_group is None:
+            return ("source 'mqtt' without shared_group cannot be shared by several workers "
+                    "(each would get every message); set mqtt.shared_group")
+        if kind not in SHARED_SOURCES:
+            return (f"source {kind!r} cannot be shared by several workers; --workers "
+                    f"supports {', '.join(SHARED_SOURCES)} (mqtt with shared_group)")
+    return None
+
+
+def for_worker(config: Any, index: int) -> Any:
+    """The configuration of worker `index`: its own state directory and
+    metrics port (the configured port + index; 0 stays 0)."""
+    update: dict[str, Any] = {"worker": config.worker.model_copy(update={
+        "state_dir": os.path.join(config.worker.state_dir, f"worker-{index}")})}
+    if config.metrics is not None:
+        host, _, port = config.metrics.listen.rpartition(":")
+        if int(port):
+            update["metrics"] = config.metrics.model_copy(
+                update={"listen": f"{host}:{int(port) + index}"})
+    return config.model_copy(update=update)
+
+
+def share_ports(sources: Sequence[Any]) -> None:
+    """Let the HTTP sources of several workers bind the same port."""
+    for s in sources:
+        if hasattr(s, "reuse_port"):
+            s.reuse_port = True
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: SIGTERM when the supervisor dies (even of
+    SIGKILL), so no worker is left running unsupervised (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: workers outlive a killed supervisor
+        pass
+
+
+class Supervisor:
+    def __init__(self, argv: Sequence[str], n: int, *, shutdown_timeout: float = 30.0) -> None:
+        """`argv`: the `engine run` command line of one worker."""
+        self.argv = list(argv)
+        self.n = n
+        self.shutdown_timeout = shutdown_timeout
+        self.procs: list[subprocess.Popen | None] = [None] * n
+        self._started = [0.0] * n
+        self._delay = [_RESTART_MIN] * n
+        self._due = [0.0] * n  # when a dead worker is restarted
+        self._stopping = False
+
+    def _start(self, i: int) -> None:
+        env = {**os.environ, ENV_INDEX: str(i)}
+        p = self.procs[i] = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        self._started[i] = time.monotonic()
+        log.info("worker %d started (pid %d)", i, p.pid)
+
+    def _stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        """Start the workers and supervise them until SIGTERM/SIGINT; the
+        exit code is 0 when every worker stopped cleanly."""
+        old = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for i in range(self.n):
+                self._start(i)
+            while not self._stopping:
+                self._watch()
+                time.sleep(0.2)
+            return self._shutdown()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for i, p in enumerate(self.procs):
+            if p is None:
+                if now >= self._due[i]:
+                    self._start(i)
+                continue
+            code = p.poll()
+            if code is None:
+                continue
+            ran = now - self._started[i]
+            self._delay[i] = (_RESTART_MIN if ran > _STABLE_S
+                              else min(self._delay[i] * 2, _RESTART_MAX))
+            self._due[i] = now + self._delay[i]
+            self.procs[i] = None
+            log.error("worker %d (pid %d) exited with %s after %.1f s; restarting in %g s",
+                      i, p.pid, code, ran, self._delay[i])
+
+    def _shutdown(self) -> int:
+        running = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in running:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_timeout + 10
+        ok = True
+        for p in running:
+            try:
+                ok &= p.wait(max(0.0, deadline - time.monotonic())) == 0
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in time; killing it", p.pid)
+                p.kill()
+                p.wait()
+                ok = False
+        return 0 if ok else 1
+
+
+def supervise(files: Sequence[str], extra_args: Sequence[str], n: int,
+              shutdown_timeout: float) -> int:
+    argv = [sys.executable, "-m", "engine", "run", *extra_args, "--", *files]
+    return Supervisor(argv, n, shutdown_timeout=shutdown_timeout).run()

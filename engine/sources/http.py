@@ -1,0 +1,342 @@
+"""HTTP ingest: POST notifications, answered once they are processed.
+
+A body is one JSON notification, a JSON array of them, or NDJSON (declared by
+`Content-Type: application/x-ndjson`, or recognised when its first line is a
+complete JSON object or array and more lines follow). The answer comes only
+after the pipeline acked every item (each match delivered or handed off), so
+a 200 means what it says: a client that gets anything else may resend
+(at-least-once).
+
+  200 {"accepted": n}       processed (malformed items are dead-lettered, not refused)
+  400 {"error": reason}     the whole body is unusable
+  401 (no body)             credentials missing or wrong (`auth`); nothing was read
+  413 {"error": ...}        the body is larger than max_body_bytes
+  429 {"error": ...}        too many requests in flight: back off (Retry-After)
+  503 {"error": ...}        shutting down, or not processed within `timeout`
+
+Memory per request stays proportional to the body: an array is split into
+raw byte slices (never decoded as a whole, never re-encoded, so every value
+arrives as sent) and, like NDJSON, handed to the pipeline in batches of at
+most `batch_size` items, each made only when the pipeline takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import Field
+
+from engine import _core
+from engine.schema import Listen, ListenerTls, RequiredAuth
+from engine.sources.base import Batch, Source, SourceContext, SourceOptions
+from engine.sources.listen import start_site
+from engine.sources.listener_auth import (
+    Authenticator,
+    authenticator_from_config,
+    server_ssl_context,
+)
+from engine.sources.registry import register
+
+log = logging.getLogger(__name__)
+
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
+                "application/x-jsonlines"}
+_WS = b" \t\r\n"
+
+
+class BodyError(ValueError):
+    """The request body as a whole is not usable (answered 400)."""
+
+
+class Body:
+    """One request body and how far it has been handed on."""
+
+    __slots__ = ("data", "kind", "pos", "count")
+
+    def __init__(self, data: bytes, kind: str, pos: int, count: int) -> None:
+        self.data, self.kind, self.pos, self.count = data, kind, pos, count
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos < 0
+
+    def take(self, max_items: int) -> list[bytes]:
+        """The next items (at most `max_items`), as raw JSON bytes."""
+        if self.kind == "one":
+            self.pos = -1
+            return [self.data]
+        if self.kind == "array":
+            items, self.pos = _core.json_array_items(self.data, self.pos, max_items)
+            return items
+        items, self.pos = _lines(self.data, self.pos, max_items)
+        self.count += len(items)
+        return items
+
+
+def read_body(data: bytes, content_type: str = "application/json") -> Body:
+    """Check what a body holds, without decoding its items (the rule set
+    does that and dead-letters bad ones); only a body that cannot be read
+    at all is refused (BodyError)."""
+    start = _skip_ws(data, 0)
+    if start < 0:
+        raise BodyError("empty body")
+    if content_type in NDJSON_TYPES:
+        return Body(data, "lines", 0, 0)
+    first = data[start]
+    end = _core.json_value_end(data, start)
+    if end < 0:
+        raise BodyError("body is neither JSON nor NDJSON: a string or bracket opened at byte "
+                        f"{start} is not closed")
+    after = _skip_ws(data, end)
+    if after >= 0:  # more follows the first value
+        if first in b"{[" and b"\n" in data[end:after]:
+            return Body(data, "lines", 0, 0)
+        raise BodyError(f"body is neither JSON nor NDJSON: data after the JSON value at byte "
+                        f"{after}")
+    if first == 0x7B:  # '{': one notification, checked as a whole (400 if not JSON)
+        if not _core.is_json_object(data):  # allocation-free; escapes need the decoder
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError as e:
+                raise BodyError(f"body is neither JSON nor NDJSON: {e}") from None
+        return Body(data, "one", 0, 1)
+    if first == 0x5B:  # '['
+        try:
+            count, _ = _core.json_array_items(data, start + 1, -1)
+        except ValueError as e:
+            raise BodyError(f"body is not a usable JSON array: {e}") from None
+        return Body(data, "array", start + 1, count)
+    raise BodyError(f"expected a JSON object, an array or NDJSON, got {_scalar(first)}")
+
+
+def split_body(data: bytes, content_type: str = "application/json") -> list[bytes]:
+    """Every item of a body at once (tests, small bodies)."""
+    body = read_body(data, content_type)
+    items: list[bytes] = []
+    while not body.exhausted:
+        items.extend(body.take(10_000))
+    return items
+
+
+def _skip_ws(data: bytes, pos: int) -> int:
+    n = len(data)
+    while pos < n and data[pos] in _WS:
+        pos += 1
+    return pos if pos < n else -1
+
+
+def _lines(data: bytes, pos: int, max_items: int) -> tuple[list[bytes], int]:
+    out: list[bytes] = []
+    n = len(data)
+    while pos < n and len(out) < max_items:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            nl = n
+        line = data[pos:nl].strip()
+        if line:
+            out.append(line)
+        pos = nl + 1
+    return out, (pos if pos < n else -1)
+
+
+def _scalar(first: int) -> str:
+    if first == 0x22:
+        return "a string"
+    if first in b"tf":
+        return "a boolean"
+    if first == 0x6E:
+        return "null"
+    return "a number"
+
+
+def _json(status: int, obj: dict, **headers: str) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json",
+                        headers=headers or None)
+
+
+class _Request:
+    """A request between its receipt and its answer."""
+
+    __slots__ = ("body", "done", "received_at", "given_up")
+
+    def __init__(self, body: Body, done: asyncio.Future[bool], received_at: float) -> None:
+        self.body, self.done, self.received_at = body, done, received_at
+        self.given_up = False  # answered already (timeout, shutdown): make no more batches
+
+    def finish(self, processed: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(processed)
+
+
+
+class HttpOptions(SourceOptions):
+    """Receive notifications pushed by HTTP POST (IoTDA HTTP push format)."""
+
+    listen: Listen = "127.0.0.1:8088"
+    path: str = Field(default="/v1/notifications", pattern=r"^/")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_inflight: int = Field(default=1000, ge=1, le=100_000)
+    """Requests being processed at once (back-pressure above that)."""
+    auth: RequiredAuth = Field(default=None, validate_default=True)
+    """Required: credentials, or `none` to accept anyone who can connect."""
+    tls: ListenerTls | None = None
+
+
+@register
+class HttpSource(Source):
+    kind = "http"
+    Options = HttpOptions
+
+    def __init__(self, *, listen: str = "127.0.0.1:8080", path: str = "/notifications",
+                 max_inflight: int = 64, timeout: float = 30.0, max_body: int = 16 << 20,
+                 batch_size: int = 500, auth: Authenticator | None = None,
+                 ssl_context=None, metrics=None, name: str | None = None) -> None:
+        """`auth` None: anyone may send. `metrics` (a Metrics): counts refused
+        requests in engine_listener_unauthorized_total."""
+        super().__init__(name)
+        host, _, port = listen.rpartition(":")
+        self.host, self.port = (host or "127.0.0.1").strip("[]"), int(port)
+        self.path = path
+        self.max_inflight = max_inflight
+        self.timeout = timeout
+        self.max_body = max_body
+        self.batch_size = batch_size
+        self.auth = auth
+        self.ssl_context = ssl_context
+        self.metrics = metrics
+        self.unauthorized = 0
+        # Unbounded, but never holds more than max_inflight requests.
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._pending: set[_Request] = set()
+        self._inflight = 0
+        self._stopping = False
+        self._runner: web.AppRunner | None = None
+        self.reuse_port = False  # several workers on one port (engine run --workers)
+        # Refused requests by HTTP status (engine_source_rejected_total); every
+        # reason is there from the start, so a dashboard sees 0 rather than nothing.
+        self.rejected = {"400": 0, "401": 0, "413": 0, "429": 0, "503": 0}
+
+    @classmethod
+    def from_options(cls, options: HttpOptions, *, batch_size: int,
+                     metrics: Any = None, context: SourceContext | None = None) -> HttpSource:
+        return cls(listen=options.listen, path=options.path, max_inflight=options.max_inflight,
+                   max_body=options.max_body_bytes, batch_size=batch_size,
+                   auth=authenticator_from_config(options.auth),
+                   ssl_context=server_ssl_context(options.tls), metrics=metrics)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self.path}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_post(self.path, self._handle)
+        # Requests still pending at close are answered by close() itself:
+        # the runner need not wait for them.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
+                           reuse_port=True if self.reuse_port else None)
+        await start_site(site, f"HTTP source {self.name} (listen)", self.host, self.port)
+        if self.port == 0:  # an ephemeral port was asked for: report the real one
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("HTTP source %s listening on %s (%s)", self.name, self.url,
+                 self.auth.scheme + " authentication" if self.auth is not None
+                 else "no authentication: auth: none")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._queue.put_nowait(None)
+
+    async def close(self) -> None:
+        # Whatever was not acked by now will not be: answer 503 at once (the
+        # client resends; what was delivered meanwhile becomes a duplicate)
+        # instead of keeping the process alive until the request's timeout.
+        for req in list(self._pending):
+            req.given_up = True
+            req.finish(False)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        while (req := await self._queue.get()) is not None:
+            body = req.body
+            while not body.exhausted and not req.given_up:
+                items = body.take(self.batch_size)
+                # Acks come in order: the last batch's ack means all are processed.
+                ack = _acker(req) if body.exhausted else _no_ack
+                yield Batch(items, ack, req.received_at)
+
+    def _refuse(self) -> web.Response:
+        self.unauthorized += 1
+        self.rejected["401"] += 1
+        if self.metrics is not None:
+            self.metrics.unauthorized.labels(self.name).inc()
+        assert self.auth is not None
+        return web.Response(status=401, headers={"WWW-Authenticate": self.auth.scheme})
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.auth is not None and not self.auth.allows(request.headers):
+            return self._refuse()  # before reading anything of the body
+        response = await self._answer(request)
+        if response.status in (400, 413, 429, 503):
+            self.rejected[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        if self._stopping:
+            return _json(503, {"error": "shutting down"}, **{"Retry-After": "5"})
+        if self._inflight >= self.max_inflight:
+            return _json(429, {"error": f"{self._inflight} requests in flight"},
+                         **{"Retry-After": "1"})
+        self._inflight += 1
+        try:
+            received_at = time.monotonic()
+            try:
+                data = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
+            try:
+                body = read_body(data, request.content_type)
+            except BodyError as e:
+                return _json(400, {"error": str(e)})
+            if body.kind == "array" and body.count == 0:
+                return _json(200, {"accepted": 0})
+            req = _Request(body, asyncio.get_running_loop().create_future(), received_at)
+            self._pending.add(req)
+            try:
+                self._queue.put_nowait(req)
+                processed = await asyncio.wait_for(asyncio.shield(req.done), self.timeout)
+            except TimeoutError:
+                # Still in the pipeline and may yet be delivered; the client
+                # resends on its own schedule (duplicates are at-least-once).
+                req.given_up = True
+                return _json(503, {"error": f"not processed within {self.timeout:g}s"},
+                             **{"Retry-After": "5"})
+            finally:
+                self._pending.discard(req)
+            if not processed:
+                return _json(503, {"error": "shutting down before the request was processed; "
+                                            "send it again"}, **{"Retry-After": "5"})
+            return _json(200, {"accepted": body.count})
+        finally:
+            self._inflight -= 1
+
+
+async def _no_ack() -> None:
+    return None
+
+
+def _acker(req: _Request):
+    async def ack() -> None:
+        req.finish(True)
+
+    return ack

@@ -1,0 +1,131 @@
+"""`engine run --workers N`: N worker processes under one supervisor."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from engine.app import supervisor
+from engine.config import validate_config_dict
+from engine.sources.simulator import SimulatorSource
+from tests.runtime.e2e import ENGINE, EngineProcess, free_port, wait_ready, write_config
+from tests.runtime.test_cli import RULE, expected_status, file_action
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 free too (worker i serves metrics on p + i)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two consecutive free ports")
+
+
+def children(pid: int) -> list[int]:
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def received(s: aiohttp.ClientSession, port: int) -> float:
+    async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("engine_source_received_total{"))
+
+
+async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
+    http_port, metrics = free_port(), two_free_ports()
+    out = tmp_path / "out.jsonl"
+    # The file's metrics port and state dir are overridden on the command
+    # line; each worker takes its own port and directory from those.
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
+        "metrics": {"listen": "127.0.0.1:1"}, "worker": {"state_dir": "unused"},
+        "rules": [RULE], "actions": [file_action(out)]})
+    items = SimulatorSource(rate=100, seed=4, start=1.7e9).make(3000)
+    with EngineProcess(config, "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics}",
+                       "--state-dir", str(tmp_path / "st"),
+                       stderr_file=tmp_path / "err.log") as engine:
+        await wait_ready(metrics, engine)
+        await wait_ready(metrics + 1, engine)
+        url = f"http://127.0.0.1:{http_port}/in"
+        # A new connection per request: the kernel spreads them over the workers.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for i in range(0, 3000, 150):
+                async with s.post(url, data=b"\n".join(items[i:i + 150]),
+                                  headers={"Content-Type": "application/x-ndjson"}) as r:
+                    assert (r.status, await r.json()) == (200, {"accepted": 150})
+            counts = [await received(s, metrics + i) for i in range(2)]
+        assert sum(counts) == 3000 and min(counts) > 0, counts
+        assert sorted(out.read_bytes().splitlines()) == sorted(
+            orjson.dumps(x) for x in expected_status(items))
+        assert {p.name for p in (tmp_path / "st").iterdir()} == {"worker-0", "worker-1"}
+        assert not (tmp_path / "unused").exists()
+
+        # A worker that dies is started again.
+        pids = children(engine.proc.pid)
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = children(engine.proc.pid)
+            if len(now) == 2 and pids[0] not in now:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"worker not restarted: {children(engine.proc.pid)}")
+        await wait_ready(metrics, engine)
+        await wait_ready(metrics + 1, engine)
+        assert "restarting" in engine.log()
+
+        # SIGTERM stops every worker; the supervisor exits 0.
+        survivors = children(engine.proc.pid)
+        code, err = engine.stop()
+    assert code == 0, err
+    for pid in survivors:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text()
+
+
+def test_workers_refuse_sources_they_cannot_divide(tmp_path):
+    cases = {
+        "mqtt without shared_group": ({"mqtt": {"topics": ["a/#"]}},
+                                      "set mqtt.shared_group"),
+        "device_api": ({"device_api": {"listen": "127.0.0.1:0"}},
+                       "source 'device_api' cannot be shared"),
+        "file": ({"file": {"path": str(tmp_path / "in.ndjson")}}, "source 'file' cannot"),
+    }
+    for name, (source, why) in cases.items():
+        config = write_config(tmp_path / "rules.yaml", {
+            "sources": [source], "rules": [RULE], "actions": [file_action(tmp_path / "o")]})
+        r = subprocess.run([*ENGINE, "run", str(config), "--workers", "2"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (name, r.stderr)
+        assert why in r.stderr, (name, r.stderr)
+
+
+def test_mqtt_with_shared_group_can_be_divided():
+    config = validate_config_dict({
+        "sources": [{"mqtt": {"topics": ["a/#"], "shared_group": "g"}},
+                    {"kafka": {"topics": ["t"], "bootstrap_servers": "127.0.0.1:9092"}}, {"http": {"auth": "none"}}],
+        "rules": [RULE], "actions": [file_action("/dev/null")]})
+    assert supervisor.check_sources(config) is None
+
+
+def test_each_worker_gets_its_own_port_and_state_dir_after_the_overrides():
+    config = validate_config_dict({
+        "sources": [{"http": {"auth": "none"}}], "metrics": {"listen": "127.0.0.1:9000"},
+        "rules": [RULE], "actions": [file_action("/dev/null")]})
+    w = supervisor.for_worker(config, 3)
+    assert w.metrics.listen == "127.0.0.1:9003"
+    assert w.worker.state_dir == os.path.join(config.worker.state_dir, "worker-3")
