@@ -97,6 +97,18 @@ AmqpUrl = Annotated[SecretStr, AfterValidator(check_amqp_url)]
 the AMQP destination, source and dead-letter store."""
 
 
+def check_mqtt_url(value: SecretStr) -> SecretStr:
+    """An mqtt:// or mqtts:// URL with a host (errors never echo it)."""
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise PydanticCustomError("mqtt_url", "must be an mqtt:// or mqtts:// URL with a host")
+    return value
+
+
+MqttUrl = Annotated[SecretStr, AfterValidator(check_mqtt_url)]
+"""The URL of an MQTT broker; shared by the MQTT source and MQTT_FORWARDING."""
+
+
 # ------------------------------------------------------------------ listeners
 
 _SIGNATURE_TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,6 +30,7 @@ from engine.api.auth import Authenticator, Principal
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
 from engine.api.ratelimit import RateLimiter
+from engine.api.route import Handler, Route
 from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
 from engine.api.storage import Store, open_store
 from engine.config import ApiConfig, EngineConfig
@@ -49,9 +49,6 @@ METRICS_PROVIDER = web.AppKey("metrics_provider", object)  # a MetricsProvider o
 
 BASE = "/v5/iot/{project_id}/routing-rule"
 ALIYUN_PATH = "/"  # Alibaba's RPC API (engine.api.aliyun), where its SDK sends every action
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 # ------------------------------------------------------------------ request bodies of the extensions
 
@@ -210,17 +207,6 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------ the route table
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    operation: str  # create, list, show, update, delete, test_rule, test, metrics, openapi
-    kind: Kind | None = None
-    body: type[BaseModel] | None = None  # request body of the extension endpoints
 
 
 def _resource_routes(kind: Kind, path: str, title: str) -> list[Route]:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from engine.api import pagination, params
+from engine.api.route import Route
 from engine.api.service import KIND, Kind
 from engine.config import channels
-
-if TYPE_CHECKING:
-    from engine.api.app import Route
 
 REF = "#/components/schemas/{model}"
 

@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr, field_validator
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import _Model
 from engine.destinations.registry import register
+from engine.schema import MqttUrl
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class MqttForwarding(_Model):
     topic: str = Field(min_length=1, max_length=1024)
     """Topic template: `${device_id}`, `${rule_id}`, `${action_id}` or a
     top-level field of the rule's output."""
-    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    url: MqttUrl = SecretStr("mqtt://127.0.0.1:1883")
     """mqtt://[user:password@]host[:port] or mqtts://…; a secret (password)."""
     qos: Literal[0, 1] = 1
     retain: bool = False
@@ -57,14 +58,6 @@ class MqttForwarding(_Model):
     key_file: str | None = None
     timeout_s: float = Field(default=15.0, gt=0, le=600)
     """Connect timeout and longest wait for a PUBACK."""
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: SecretStr) -> SecretStr:
-        parts = urlsplit(v.get_secret_value())
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must be an mqtt:// or mqtts:// URL with a host")
-        return v
 
     @field_validator("topic")
     @classmethod

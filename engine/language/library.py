@@ -958,7 +958,7 @@ def _time_ms(s) -> Any:
 
 @fn("rfc3339_to_unix_ts", "time", (1, 2), aliases=("date_to_unix_ts",),
     signature="rfc3339_to_unix_ts(text [, unit])", doc="Unix time (int, seconds by default, "
-    "rounded down) of `2015-12-12T12:12:12[.fff](Z|±hh:mm)` or IoTDA's `20151212T121212Z`; "
+    "rounded down) of `2015-12-12T12:12:12[.fff]Z` (or `±hh:mm` for `Z`) or IoTDA's `20151212T121212Z`; "
     "MISSING for other text", examples=(E("rfc3339_to_unix_ts('20151212T121212Z')", 1449922332),
                                         E("rfc3339_to_unix_ts('2015-12-12T12:12:12.5Z', 'ms')",
                                           1449922332500)))

@@ -154,6 +154,7 @@ class ActionRunner:
                 restored = self.backlog.size(self.action_id)[0]
                 if restored:
                     self._restored.inc(restored)
+                    self.restored = restored
                     log.info("%d record(s) in the backlog from an earlier run; draining them "
                              "first", restored, extra=self._log)
             self.sync_backlog()

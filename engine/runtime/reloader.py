@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from engine.config import ConfigError, EngineConfig, load_config
+from engine.runtime.metrics import Metrics
 from engine.runtime.watch import ConfigWatcher, digests
-
-if TYPE_CHECKING:
-    from engine.runtime.worker import Worker
 
 log = logging.getLogger("engine.runtime.worker")  # the reload lines keep their logger
 
@@ -51,6 +49,17 @@ def restart_only(config: EngineConfig, section: str) -> object:
 
 class ReloadRefused(Exception):
     """A configuration a reload must not apply; the message says why."""
+
+
+class Reloadable(Protocol):
+    """What the reloader needs of a worker (`engine.runtime.worker.Worker`)."""
+
+    config: EngineConfig | None
+    config_overrides: Callable[[EngineConfig], EngineConfig] | None
+    metrics: Metrics
+    stopping: bool
+
+    async def apply(self, config: EngineConfig) -> bool: ...
 
 
 class ConfigProvider(Protocol):
@@ -104,7 +113,7 @@ class RuleFiles:
 
 
 class Reloader:
-    def __init__(self, worker: Worker, provider: ConfigProvider, *,
+    def __init__(self, worker: Reloadable, provider: ConfigProvider, *,
                  interval: float = 1.0) -> None:
         self.worker = worker
         self.provider = provider

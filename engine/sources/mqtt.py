@@ -47,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, field_validator
 
+from engine.schema import MqttUrl
 from engine.sources.base import Batch, DeadLetterWriter, Source, SourceContext, SourceOptions
 from engine.sources.device_registry import Registry
 from engine.sources.registry import register
@@ -73,7 +74,7 @@ CONNECT_TIMEOUT = 15.0
 class MqttOptions(SourceOptions):
     """`sources: [{mqtt: {...}}]`: subscribe to device topics on an MQTT broker."""
 
-    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    url: MqttUrl = SecretStr("mqtt://127.0.0.1:1883")
     """mqtt://[user:password@]host[:port] or mqtts://… (TLS). A secret (it
     may hold the password)."""
     topics: list[str] | None = Field(default=None, min_length=1)
@@ -110,14 +111,6 @@ class MqttOptions(SourceOptions):
     tls_insecure: bool = False
     """mqtts: skip host name verification (test brokers only)."""
     max_batch: int = Field(default=500, ge=1, le=100_000)
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: SecretStr) -> SecretStr:
-        parts = urlsplit(v.get_secret_value())
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("must be an mqtt:// or mqtts:// URL with a host")
-        return v
 
     @field_validator("topics")
     @classmethod

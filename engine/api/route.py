@@ -1,0 +1,25 @@
+"""A route of the management API: method, path, handler and what the
+OpenAPI document says of it (`app.ROUTES` lists them; `openapi` reads them)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from engine.api.service import Kind
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    operation: str  # create, list, show, update, delete, test_rule, test, metrics, openapi
+    kind: Kind | None = None
+    body: type[BaseModel] | None = None  # request body of the extension endpoints
