@@ -1,0 +1,145 @@
+# Part of engine/_core.pyx (included there; one extension module): SELECT projection, column extraction for the SQL/InfluxDB sinks, and Record.
+
+# ---------------------------------------------------------------- SELECT
+
+@cython.no_gc
+cdef class Projection:
+    """Builds the output object of a SELECT (8.5)."""
+    cdef bint star
+    cdef readonly bint whole  # `SELECT *` alone (or no SELECT): the output is the input
+    cdef tuple keys
+    cdef tuple exprs
+
+    def __init__(self, bint star, keys, exprs):
+        self.star = star
+        self.keys = tuple(keys)
+        self.exprs = tuple(exprs)
+        self.whole = star and not self.keys
+
+    cdef dict build(self, object ev, bint copy=True):
+        """`copy`: copy containers taken from the event, so the output never
+        aliases a caller's event. Events the core decoded itself (the raw
+        forms) belong to nobody else and are not copied."""
+        cdef dict out
+        cdef Py_ssize_t i
+        if self.star and PyDict_Check(ev):
+            if copy:
+                out = {k: deep_copy(v) for k, v in (<dict>ev).items()}
+            else:
+                out = (<dict>ev).copy()
+        else:
+            out = {}
+        for i in range(len(self.keys)):
+            v = (<Expr>self.exprs[i]).value(ev)
+            if v is _MISSING:
+                continue
+            if copy and (PyDict_Check(v) or PyList_Check(v)):
+                v = deep_copy(v)
+            out[self.keys[i]] = v
+        return out
+
+
+# ---------------------------------------------------------------- column mappings
+
+@cython.no_gc
+cdef class Columns:
+    """Values of a destination's column mappings for many rule outputs at once.
+
+    Each column has a json_key: the output's literal top-level key of that
+    name if present (an unaliased `SELECT a.b` emits the key "a.b"), else
+    the path walked into the output. Missing values are None (SQL NULL).
+    With `json_containers`, objects and arrays become JSON text."""
+    cdef tuple literal_keys
+    cdef tuple paths
+    cdef Py_ssize_t n
+
+    def __init__(self, literal_keys, steps_list):
+        self.literal_keys = tuple(literal_keys)
+        self.paths = tuple(Path(st) if len(st) <= 16 else LongPath(st) for st in steps_list)
+        self.n = len(self.literal_keys)
+
+    def rows(self, list payloads, bint json_containers=False):
+        cdef list out = []
+        cdef list row
+        cdef PyObject* ptr
+        cdef Py_ssize_t i
+        for p in payloads:
+            row = []
+            for i in range(self.n):
+                v = _MISSING
+                if PyDict_Check(p):
+                    ptr = PyDict_GetItem(p, self.literal_keys[i])
+                    if ptr != NULL:
+                        v = <object>ptr
+                if v is _MISSING:
+                    v = (<Expr>self.paths[i]).value(p)
+                if v is _MISSING:
+                    v = None
+                elif json_containers and (PyDict_Check(v) or PyList_Check(v)):
+                    v = orjson.dumps(v).decode()
+                row.append(v)
+            out.append(tuple(row))
+        return out
+
+
+# ---------------------------------------------------------------- records
+
+@cython.final
+@cython.freelist(1024)
+cdef class Record:
+    """One rule output on its way to one action (the sink contract's item;
+    see engine.destinations.base). A C class because the runtime makes one
+    per output and action: building it is a fraction of a dataclass's cost.
+
+    `raw`, when set, is the exact JSON text of `payload`: the notification
+    as it arrived, for a rule that forwards it whole (`SELECT *`). Sinks that
+    send JSON send `json_bytes()`, so such outputs keep the input's numbers
+    as written, key order and escapes, and are not re-encoded; sinks
+    that need values (SQL columns, InfluxDB) read `payload`. Sinks never
+    modify `payload`: one decoded notification may be shared by several
+    records."""
+    cdef public object payload     # the rule's output (a JSON object)
+    cdef public object key         # device id: ordering / partitioning key, or None
+    cdef public object event_time  # notification event_time, e.g. 20151212T121212Z, or None
+    cdef public object rule_id
+    cdef public object action_id
+    cdef public object raw         # the exact JSON of payload (bytes), when known
+
+    def __init__(self, payload, key=None, event_time=None, rule_id=None, action_id=None,
+                 raw=None):
+        self.payload = payload
+        self.key = key
+        self.event_time = event_time
+        self.rule_id = rule_id
+        self.action_id = action_id
+        self.raw = raw
+
+    def json_bytes(self):
+        """The output as JSON: `raw` if known, else `payload` encoded."""
+        if self.raw is not None:
+            return self.raw
+        return orjson.dumps(self.payload)
+
+    def json_value(self):
+        """The output to embed in a larger document encoded with orjson
+        (an envelope, a backlog entry): `raw` as is, else `payload`."""
+        if self.raw is not None:
+            return orjson.Fragment(self.raw)
+        return self.payload
+
+    def _fields(self):
+        return (self.payload, self.key, self.event_time, self.rule_id, self.action_id, self.raw)
+
+    def __eq__(self, other):
+        if type(other) is not Record:
+            return NotImplemented
+        return self._fields() == (<Record>other)._fields()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return ("Record(payload=%r, key=%r, event_time=%r, rule_id=%r, action_id=%r, raw=%r)"
+                % self._fields())
+
+    def __reduce__(self):
+        return (Record, self._fields())
