@@ -52,7 +52,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field
 
-from engine.schema import Listen, ListenerTls
+from engine.schema import Listen, ListenerTls, parse_listen
 from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.device_registry import Registry
 from engine.sources.listen import start_site
@@ -118,8 +118,8 @@ class DeviceApiSource(Source):
                  ssl_context: ssl.SSLContext | None = None, max_inflight: int = 1000,
                  name: str | None = None) -> None:
         super().__init__(name)
-        host, _, port = listen.rpartition(":")
-        self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
+        host, self.port = parse_listen(listen)
+        self.host = host or "127.0.0.1"
         self.registry = registry = registry or Registry()
         self.uplink = Uplink(registry)
         self.token_ttl = token_ttl

@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import Field
 
 from engine import _core
-from engine.schema import Listen, ListenerTls, RequiredAuth
+from engine.schema import Listen, ListenerTls, RequiredAuth, parse_listen
 from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.listen import start_site
 from engine.sources.listener_auth import (
@@ -200,8 +200,8 @@ class HttpSource(Source):
         """`auth` None: anyone may send. `metrics` (a Metrics): counts refused
         requests in engine_listener_unauthorized_total."""
         super().__init__(name)
-        host, _, port = listen.rpartition(":")
-        self.host, self.port = (host or "127.0.0.1").strip("[]"), int(port)
+        host, self.port = parse_listen(listen)
+        self.host = host or "127.0.0.1"
         self.path = path
         self.max_inflight = max_inflight
         self.timeout = timeout
