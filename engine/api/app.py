@@ -25,12 +25,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import LineTooLong
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.api import aliyun, errors, openapi, params, service
+from engine.api import aliyun, devices, errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
 from engine.api.ratelimit import RateLimiter
-from engine.api.route import Handler, Route
+from engine.api.route import STORE, Handler, Route
 from engine.api.service import ACTIONS, BACKLOG, FLOWCONTROL, RULES, Kind
 from engine.api.storage import Store, open_store
 from engine.config import ApiConfig, EngineConfig
@@ -41,7 +41,6 @@ from engine.language.tester import test_rule
 
 log = logging.getLogger(__name__)
 
-STORE = web.AppKey("store", Store)
 AUTH = web.AppKey("auth", Authenticator)
 LIMITS = web.AppKey("limits", ApiLimits)
 LIMITER = web.AppKey("limiter", RateLimiter)
@@ -232,6 +231,7 @@ ROUTES: list[Route] = [
           "Evaluate a SELECT/WHERE on a sample notification (extension)", "test", None, TestBody),
     Route("GET", f"{BASE}/rules/{{rule_id}}/metrics", rule_metrics,
           "Counters of a rule and its actions from the worker (extension)", "metrics", RULES),
+    *devices.ROUTES,
     Route("GET", "/openapi.json", openapi_document, "This API as OpenAPI 3.1", "openapi"),
 ]
 

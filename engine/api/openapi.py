@@ -133,6 +133,16 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     return out
 
 
+def _registry_ok(operation: str) -> tuple[str, dict[str, Any] | None]:
+    # The product and device routes (engine.api.devices): IoTDA's bodies,
+    # described by the seed rather than by a model of this engine.
+    if operation.startswith("create"):
+        return "201", {"type": "object"}
+    if operation.startswith("delete"):
+        return "204", None
+    return "200", {"type": "object"}
+
+
 def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
@@ -159,7 +169,7 @@ def _operation(route: Route) -> dict[str, Any]:
         "show": ("200", _ref(name)), "update": ("200", _ref(name)), "delete": ("204", None),
         "test_rule": ("200", _ref("TestResult")), "test": ("200", _ref("TestResult")),
         "metrics": ("200", _ref("RuleMetrics")), "openapi": ("200", {"type": "object"}),
-    }[route.operation]
+    }.get(route.operation) or _registry_ok(route.operation)
     responses: dict[str, Any] = {ok[0]: {"description": "OK", **(_json(ok[1]) if ok[1] else {})}}
     for status, text in _ERRORS.items():
         responses[status] = {"description": text, **_json(_ref("Error"))}

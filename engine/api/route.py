@@ -10,8 +10,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from engine.api.service import Kind
+from engine.api.storage import Store
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STORE = web.AppKey("store", Store)  # the application's API store (create_app sets it)
 
 
 @dataclass(frozen=True)

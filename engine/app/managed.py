@@ -8,7 +8,9 @@ another host's, via LISTEN/NOTIFY) requests a reload, which rebuilds the
 configuration (`StoreConfig`, the reloader's config provider: the rule files
 plus the store) and swaps it in exactly like a rule-file reload
 (`Reloader.reload`/`Worker.apply`). The worker's counters answer
-`GET .../rules/{rule_id}/metrics`.
+`GET .../rules/{rule_id}/metrics`. The store's products and devices are the
+worker's device registry, and the notifications their changes produce reach
+the rules through one more source (`engine.api.outbox.RegistryEvents`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from aiohttp import web
 from engine.api.app import ApiRunner, create_app
 from engine.api.effective import SEP, effective_config, qualify
 from engine.api.metrics import ActionCounters, RuleCounters
-from engine.api.storage import ChangeEvent, Store, open_store
+from engine.api.outbox import RegistryEvents
+from engine.api.storage import EVENTS, ChangeEvent, Store, open_store
 from engine.app.main import serve
 from engine.config import EngineConfig
 from engine.config.limits import ApiLimits
@@ -98,6 +101,8 @@ async def run_with_api(config: EngineConfig,
         early: list[ChangeEvent] = []
 
         def on_change(event: ChangeEvent) -> None:
+            if event.kind == EVENTS:
+                return  # the registry's notifications: RegistryEvents reads them
             if worker is None:
                 early.append(event)  # before the worker exists: reload once it does
             else:
@@ -109,7 +114,8 @@ async def run_with_api(config: EngineConfig,
         try:
             files = RuleFiles(config_paths or (), config)
             worker = Worker.from_config(await effective_config(config, store),
-                                        provider=StoreConfig(files, store))
+                                        provider=StoreConfig(files, store),
+                                        extra_sources=[RegistryEvents(store)])
             runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),
                                                metrics=WorkerMetrics(worker)))
             await runner.setup()

@@ -29,10 +29,10 @@ def build_source(entry: SourceEntry, *, batch_size: int = 500,
 
 def source_context(config: EngineConfig, dead_letters: DeadLetters) -> SourceContext:
     """What the sources of `config` are lent: the device registry (one,
-    shared) and the worker's dead-letter store (for input a source rejects
-    itself, e.g. an MQTT message from an unknown device)."""
-    registry = Registry(config.registry) if config.registry is not None else None
-    return SourceContext(registry=registry, dead_letters=dead_letters)
+    shared, changed in place by a reload: `Registry.replace`) and the
+    worker's dead-letter store (for input a source rejects itself, e.g. an
+    MQTT message from an unknown device)."""
+    return SourceContext(registry=Registry(config.registry), dead_letters=dead_letters)
 
 
 def active_rules(config: EngineConfig) -> dict[str, Rule]:

@@ -31,8 +31,9 @@ from engine.runtime.watch import ConfigWatcher, digests
 log = logging.getLogger("engine.runtime.worker")  # the reload lines keep their logger
 
 # Sections a reload cannot apply: a reload that changes one is refused.
+# (`registry` reloads: the sources' registry is changed in place, Worker.apply.)
 RESTART_SECTIONS = ("sources", "metrics", "dead_letter", "backlog_policies", "api",
-                    "registry", "worker.state_dir")
+                    "worker.state_dir")
 RELOAD_READ_TRIES = 10
 
 

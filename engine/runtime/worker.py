@@ -50,6 +50,7 @@ from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.reloader import ConfigProvider, Reloader, RuleFiles, reload_poll
 from engine.sources import Source
+from engine.sources.device_registry import Registry
 from engine.sources.listener_auth import authenticator_from_config, server_ssl_context
 
 __all__ = ["Worker", "WorkerOptions", "build_ruleset", "build_source"]
@@ -101,6 +102,7 @@ class Worker:
         self.backlog = backlog
         self.flow = flow or FlowControl()
         self.config = config                      # the running configuration
+        self.registry: Registry | None = None     # the sources' device registry (from_config)
         self.reloader: Reloader | None = None     # see enable_reload
         self.reloads = 0                          # applied reloads
         self.stopping = False
@@ -124,8 +126,10 @@ class Worker:
                     serve_metrics: bool = True,
                     config_paths: Sequence[str | os.PathLike[str]] | None = None,
                     options: WorkerOptions | None = None,
-                    provider: ConfigProvider | None = None) -> Worker:
-        """`sources` replaces the configured ones. `options` (or, short,
+                    provider: ConfigProvider | None = None,
+                    extra_sources: Sequence[Source] = ()) -> Worker:
+        """`sources` replaces the configured ones; `extra_sources` run
+        besides them (e.g. the API store's registry notifications). `options` (or, short,
         `actions=False`: evaluate and count without delivering, a dry run;
         `serve_metrics=False`). Reload: `config_paths`, the files `config`
         was loaded from, watched and reloaded while running; or any
@@ -138,11 +142,12 @@ class Worker:
         specs = runner_specs(config, options.deliver)
         runners = [make_runner(spec, metrics, dead_letters, flow, backlog)
                    for spec in specs.values()]
+        context = source_context(config, dead_letters)
         if sources is None:
-            context = source_context(config, dead_letters)
             sources = [build_source(e, batch_size=config.worker.batch_size, metrics=metrics,
                                     context=context)
                        for e in config.sources]
+        sources = [*sources, *extra_sources]
         m = config.metrics if options.serve_metrics else None
         worker = cls(build_ruleset(config), runners, sources, metrics=metrics,
                      dead_letters=dead_letters, metrics_listen=m.listen if m else None,
@@ -150,6 +155,7 @@ class Worker:
                      shutdown_timeout=config.worker.shutdown_timeout,
                      rule_keys=active_rule_ids(config), options=options, config=config,
                      backlog=backlog, flow=flow)
+        worker.registry = context.registry
         if backlog is not None:
             metrics.watch_backlog(backlog)
         if provider is None and config_paths is not None:
@@ -333,6 +339,10 @@ class Worker:
     async def _apply(self, config: EngineConfig) -> bool:
         old = self.config
         assert old is not None
+        if config.registry != old.registry and self.registry is not None:
+            self.registry.replace(config.registry)
+            log.info("reload: device registry replaced (%d product(s), %d device(s))",
+                     len(self.registry.products), len(self.registry.devices))
         if all(getattr(config, k) == getattr(old, k)
                for k in ("rules", "actions", "worker", "flowcontrol_policies")):
             log.info("reload: rules, actions and worker settings unchanged")

@@ -119,12 +119,16 @@ class Registry:
     header IoTDA would send (computed once, at load)."""
 
     def __init__(self, config: RegistryConfig | None = None) -> None:
+        self.replace(config)
+
+    def replace(self, config: RegistryConfig | None) -> None:
+        """Take `config`'s records (a reload, an API change). The sources
+        hold this object, so it is changed in place: every lookup after
+        this call sees the new records, none sees half of them (the
+        attributes are swapped without an await in between)."""
         config = config or RegistryConfig()
-        self.accept_unknown = config.unknown_devices == "accept"
         products = {p.product_id: p for p in config.products}
-        self.products = products
-        self.devices = {d.device_id: d for d in config.devices}
-        self._headers: dict[str, dict[str, Any]] = {}
+        headers: dict[str, dict[str, Any]] = {}
         for d in config.devices:
             app_id = d.app_id or products[d.product_id].app_id
             header: dict[str, Any] = {"device_id": d.device_id, "product_id": d.product_id}
@@ -135,7 +139,11 @@ class Registry:
             header["gateway_id"] = d.gateway_id or d.device_id
             if d.tags:
                 header["tags"] = [t.model_dump(exclude_none=True) for t in d.tags]
-            self._headers[d.device_id] = header
+            headers[d.device_id] = header
+        self.accept_unknown = config.unknown_devices == "accept"
+        self.products = products
+        self.devices = {d.device_id: d for d in config.devices}
+        self._headers = headers
 
     def header(self, device_id: str) -> dict[str, Any] | str:
         """The notification header of `device_id` (a fresh dict), or the
