@@ -138,6 +138,9 @@ class RuleSet:
     def route_raw_many(self, datas: list[bytes]) -> list[
         tuple[dict[str, JSON], str | None, str | None, list[tuple[Any, Any]]]
         | MalformedEvent | None]: ...
+    subjects: dict[Any, tuple[str | None, str | None]]  # rule key -> (resource, event)
+    # decoded events per (resource, event) since the last call (route_raw_many counts them)
+    def take_kinds(self) -> dict[tuple[Any, Any], int]: ...
 
 class Record:
     """One rule output on its way to one action (engine.destinations.base)."""

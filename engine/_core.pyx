@@ -160,6 +160,12 @@ cdef class RuleSet:
     cdef dict buckets       # index value -> tuple of rule positions (ascending)
     cdef tuple always       # positions of rules without an index entry
     cdef tuple prefilters   # per-rule Prefilter; None if decoding cannot be skipped
+    # (resource, event) -> events of that kind decoded by route_raw_many since
+    # the last take_kinds(): with each rule's subject, the runtime tells a
+    # subject mismatch from a WHERE that was not TRUE (the metrics).
+    cdef dict kinds
+    # key -> (resource, event) of each rule (compile_ruleset sets it).
+    cdef public dict subjects
 
     def __init__(self, rules, keys, index_path, buckets, always, prefilters):
         self.rules = tuple(rules)
@@ -168,6 +174,14 @@ cdef class RuleSet:
         self.buckets = {k: tuple(v) for k, v in buckets.items()}
         self.always = tuple(always)
         self.prefilters = None if prefilters is None else tuple(prefilters)
+        self.kinds = {}
+        self.subjects = {}
+
+    def take_kinds(self):
+        """The decoded events per (resource, event) since the last call."""
+        out = self.kinds
+        self.kinds = {}
+        return out
 
     def __len__(self):
         return len(self.rules)
@@ -269,6 +283,11 @@ cdef class RuleSet:
             return None
         if type(ev) is MalformedEvent:
             return ev
+        cdef PyObject* r = PyDict_GetItem(<dict>ev, "resource")
+        cdef PyObject* e = PyDict_GetItem(<dict>ev, "event")
+        kind = (<object>r if r != NULL else None, <object>e if e != NULL else None)
+        cdef PyObject* n = PyDict_GetItem(self.kinds, kind)
+        self.kinds[kind] = (<object>n + 1) if n != NULL else 1
         cdef list matches = self._evaluate(ev, False, data if type(data) is bytes else None)
         if not matches:
             return None

@@ -87,12 +87,14 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
         else:
             always.append(pos)
     use_pf = 0 < len(specs) <= MAX_PREFILTER_RULES and all(prefilters)
-    return _core.RuleSet(
+    ruleset = _core.RuleSet(
         rules, [s.key for s in specs],
         _core.Path(index_steps) if index_steps is not None else None,
         buckets, always,
         [_core.Prefilter(p) for p in prefilters] if use_pf else None,
     )
+    ruleset.subjects = {s.key: (s.resource, s.event) for s in specs}
+    return ruleset
 
 
 def _choose_index(conjuncts: list[dict[tuple, str]]) -> tuple | None:

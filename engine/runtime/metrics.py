@@ -19,6 +19,7 @@ import logging
 import platform
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -267,6 +268,13 @@ class RuleStats:
     `not_matched = well_formed - matched` per rule: the hot path only counts
     the matches of a batch (cost proportional to matches, not to rules x
     batches), however many thousand rules there are.
+
+    `not_matched` splits at scrape time, from the decoded events per kind
+    (`kinds`, counted by the core) and each rule's subject: `subject_skipped`
+    (decoded, of another kind), `where_false` (decoded, of the rule's kind,
+    WHERE or app scope not TRUE) and, for the worker, `prefiltered` (never
+    decoded: the raw-bytes pre-filter proved no rule could match), so
+    `not_matched = subject_skipped + where_false + prefiltered` per rule.
     """
 
     def __init__(self) -> None:
@@ -274,10 +282,20 @@ class RuleStats:
         self.matched: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.pruned: set[str] = set()  # removed by a reload: no longer exported
+        self.kinds: dict[tuple[Any, Any], int] = {}   # decoded events per (resource, event)
+        self.subjects: dict[str, tuple[Any, Any]] = {}
 
-    def set_rules(self, keys: list[str], *, prune: bool = False) -> None:
+    def count_kinds(self, kinds: dict[tuple[Any, Any], int]) -> None:
+        for kind, n in kinds.items():
+            self.kinds[kind] = self.kinds.get(kind, 0) + n
+
+    def set_rules(self, keys: list[str], *, prune: bool = False,
+                  subjects: dict[str, tuple[Any, Any]] | None = None) -> None:
         """Export these rules (new ones from 0; existing ones keep counting).
-        `prune`: stop exporting rules not in `keys` (removed by a reload)."""
+        `prune`: stop exporting rules not in `keys` (removed by a reload).
+        `subjects`: each rule's (resource, event)."""
+        if subjects is not None:
+            self.subjects.update(subjects)
         if prune:
             keep = set(keys)
             for k in [k for k in self.matched if k not in keep]:
@@ -297,8 +315,24 @@ class RuleStats:
         failed = CounterMetricFamily("engine_rule_failed",
                                      "Rule outputs an action could not deliver (dead-lettered)",
                                      labels=["rule"])
+        skipped = CounterMetricFamily(
+            "engine_rule_subject_skipped", "Decoded events of another kind than the rule's "
+            "subject (part of not_matched)", labels=["rule"])
+        where_false = CounterMetricFamily(
+            "engine_rule_where_false", "Decoded events of the rule's subject whose WHERE (or "
+            "app scope) was not TRUE (part of not_matched)", labels=["rule"])
+        kinds = dict(self.kinds)
+        decoded = sum(kinds.values())
+        prefiltered = CounterMetricFamily(
+            "engine_events_prefiltered", "Well-formed events never decoded: the pre-filter "
+            "proved no rule could match them (part of every rule's not_matched)")
+        prefiltered.add_metric([], max(self.well_formed - decoded, 0))
         for rule, n in list(self.matched.items()):
             matched.add_metric([rule], n)
             not_matched.add_metric([rule], self.well_formed - n)
             failed.add_metric([rule], self.failed.get(rule, 0))
-        return [matched, not_matched, failed]
+            subject = self.subjects.get(rule)
+            of_kind = kinds.get(subject, 0) if subject is not None else decoded
+            skipped.add_metric([rule], decoded - of_kind)
+            where_false.add_metric([rule], max(of_kind - n, 0))
+        return [matched, not_matched, failed, skipped, where_false, prefiltered]

@@ -109,7 +109,8 @@ class Pipeline:
         self.metrics = metrics
         self.dead_letters = dead_letters
         self.max_pending = max_pending
-        metrics.rules.set_rules(list(self.generation.routes))
+        metrics.rules.set_rules(list(self.generation.routes),
+                                subjects=getattr(self.generation.ruleset, "subjects", None))
 
     @property
     def ruleset(self) -> Any:
@@ -126,7 +127,8 @@ class Pipeline:
         self.generation = Generation(old.number + 1, ruleset, routes)
         self._older = [g for g in self._older if g.active or g.unsettled]
         self._older.append(old)
-        self.metrics.rules.set_rules(list(self.generation.routes), prune=True)
+        self.metrics.rules.set_rules(list(self.generation.routes), prune=True,
+                                     subjects=getattr(self.generation.ruleset, "subjects", None))
         return old
 
     async def drained(self, upto: Generation) -> None:
@@ -177,6 +179,7 @@ class Pipeline:
         # One call: decode (unless the pre-filter rules it out), evaluate,
         # and the record key and time of each matched event.
         results = gen.ruleset.route_raw_many(items)
+        self.metrics.rules.count_kinds(gen.ruleset.take_kinds())
         routes = gen.routes
         per_action: dict[ActionRunner, list[Record]] = {}
         matched: dict[str, int] = {}

@@ -195,3 +195,55 @@ async def test_kafka_consumer_lag_per_partition(kafka):
         if taker is not None:
             await asyncio.gather(taker, return_exceptions=True)
         await source.close()
+
+
+@pytest.mark.parametrize("catch_all", [False, True], ids=["prefiltered", "all-decoded"])
+async def test_not_matched_splits_into_subject_skipped_where_false_and_prefiltered(
+        tmp_path, catch_all):
+    """Two rules over a stream of status updates and messages: a rule on
+    another kind counts the events as subject-skipped, a rule of that kind
+    whose WHERE is false as where-false, events no rule can match as
+    prefiltered; the parts add up to not_matched. A rule on every status
+    update (`catch_all`) lets no event be pre-filtered: all are decoded."""
+    extra = [{"rule_id": "statuses", "subject": {"resource": "device.status",
+                                                  "event": "update"}}] if catch_all else []
+    rules = [r["rule_id"] for r in extra] + ["online", "messages"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({
+        "rules": extra + [
+            {"rule_id": "online", "select": "*", "where": "notify_data.body.status = 'ONLINE'",
+             "subject": {"resource": "device.status", "event": "update"}},
+            {"rule_id": "messages", "subject": {"resource": "device.message",
+                                                "event": "report"}}],
+        "actions": [{"action_id": f"to-{r}", "rule_id": r, "channel": "FILE_FORWARDING",
+                     "channel_detail": {"file_forwarding": {"path": str(tmp_path / f"{r}.jsonl")}}}
+                    for r in rules],
+        "worker": {"state_dir": str(tmp_path / "state"), "linger_ms": 0}}))
+    fleet = Fleet(seed=7, devices=10, kinds=[("device.status", "update"),
+                                               ("device.message", "report")])
+    events = [fleet.notification(1.7e9 + i) for i in range(300)]
+    statuses = sum(e["resource"] == "device.status" for e in events)
+    online = sum(e["resource"] == "device.status"
+                 and e["notify_data"]["body"]["status"] == "ONLINE" for e in events)
+    assert 0 < online < statuses < 300
+    source = ListSource([[json.dumps(e).encode() for e in events]], name="list")
+    worker = Worker.from_config(load_config([path]), sources=[source])
+    await asyncio.wait_for(worker.run(), 60)
+    found = samples(worker.metrics)
+
+    def rule(counter: str, r: str) -> float:
+        return found[(f"engine_rule_{counter}_total", (("rule", r),))]
+
+    # The OFFLINE updates can match neither rule: the raw-bytes pre-filter
+    # drops them undecoded, so they count as prefiltered for both.
+    prefiltered = found[("engine_events_prefiltered_total", ())]
+    assert prefiltered == (0 if catch_all else statuses - online)
+    assert rule("matched", "online") == online
+    assert rule("subject_skipped", "online") == 300 - statuses
+    assert rule("where_false", "online") == statuses - online - prefiltered
+    assert rule("matched", "messages") == 300 - statuses
+    assert rule("subject_skipped", "messages") == statuses - prefiltered
+    assert rule("where_false", "messages") == 0
+    for r in rules:
+        assert rule("not_matched", r) == (rule("subject_skipped", r) + rule("where_false", r)
+                                          + prefiltered)
