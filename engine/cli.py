@@ -18,6 +18,11 @@ EXIT_ERROR = 2
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import difflib
+
+    from engine import _core
+    from engine.language.explain import explain_where
+    from engine.language.lint import lint
     from engine.language.tester import render_json, test_rule
 
     try:
@@ -29,17 +34,45 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"engine eval: cannot read event: {e}", file=sys.stderr)
         return EXIT_ERROR
-    result = test_rule(args.select, args.where, data)
+    select, where, subject = args.select, args.where, None
+    if args.rules or args.rule:
+        if not (args.rules and args.rule) or select is not None or where is not None:
+            print("engine eval: --rules FILE and --rule ID go together, instead of "
+                  "--select/--where", file=sys.stderr)
+            return EXIT_ERROR
+        config = _load_for("eval", args.rules)
+        if config is None:
+            return EXIT_ERROR
+        rule = next((r for r in config.rules if r.rule_id == args.rule), None)
+        if rule is None:
+            known = [r.rule_id for r in config.rules]
+            hint = difflib.get_close_matches(args.rule, known, n=1)
+            print(f"engine eval: no rule {args.rule!r} in {', '.join(args.rules)}"
+                  + (f" (did you mean {hint[0]!r}?)" if hint else ""), file=sys.stderr)
+            return EXIT_ERROR
+        select, where = rule.select, rule.where
+        subject = (rule.subject.resource, rule.subject.event)
+    result = test_rule(select, where, data)
     if result.error is not None:
         print(result.error, file=sys.stderr)
         return EXIT_ERROR
     if result.event_error is not None:
         print(f"engine eval: {args.event}: {result.event_error}", file=sys.stderr)
         return EXIT_ERROR
-    if not result.matched:
+    for warning in lint(select, where, subject):
+        print(f"warning: {warning}", file=sys.stderr)
+    trace = None
+    if args.explain or subject is not None:
+        event = _core.decode_event(data)  # a JSON object: test_rule checked it
+        trace = explain_where(where, event if isinstance(event, dict) else {}, subject)
+    if not result.matched or (trace is not None and trace.subject is not None):
         print("no match")
+        if args.explain and trace is not None:
+            print(trace.render())
         return EXIT_NO_MATCH
     print(render_json(result.output))
+    if args.explain and trace is not None:
+        print(trace.render(), file=sys.stderr)
     return EXIT_OK
 
 
@@ -300,6 +333,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         count = len(err.issues)
         print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
         return EXIT_ERROR
+    from engine.language.lint import lint
+
+    for rule in config.rules:
+        subject = (rule.subject.resource, rule.subject.event)
+        for warning in lint(rule.select, rule.where, subject):
+            print(f"warning: rule {rule.rule_id}: {warning}", file=sys.stderr)
     active = sum(rule.active for rule in config.rules)
     print(
         f"OK: {len(config.rules)} rules ({active} active), {len(config.actions)} actions, "
@@ -498,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate one rule on one event (the rule debugger)")
     p.add_argument("--select", default=None, help="SELECT text (default: *)")
     p.add_argument("--where", default=None, help="WHERE text (default: always true)")
+    p.add_argument("--rules", nargs="+", metavar="FILE", default=None,
+                   help="rule files to take the rule from (with --rule; its subject counts)")
+    p.add_argument("--rule", metavar="ID", default=None, help="the rule's rule_id (with --rules)")
+    p.add_argument("--explain", action="store_true",
+                   help="print why: the value and type of every path, call and condition of "
+                   "WHERE on the event, and which one made it FALSE or UNKNOWN")
     p.add_argument("event", metavar="EVENT.json", help="event file, or - for stdin")
     p.set_defaults(func=_cmd_eval)
 

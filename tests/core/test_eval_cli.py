@@ -39,3 +39,28 @@ def test_bad_event_exits_2_with_reason():
     p = run("--where", "a = 1", "-", stdin="[1, 2]")
     assert p.returncode == 2
     assert "must be a JSON object" in p.stderr
+
+
+def test_explain_names_the_failing_condition(tmp_path):
+    p = run("--explain", "--where", "notify_data.body.content.t > 50 AND "
+            "notify_data.header.device_id = 'd1'", "-", stdin=json.dumps(EVENT))
+    assert p.returncode == 1
+    assert "WHERE is FALSE: notify_data.body.content.t > 50 is FALSE" in p.stdout
+    assert "notify_data.body.content.t = 40 (integer)" in p.stdout
+    assert "notify_data.header.device_id = 'd1'  -> TRUE" in p.stdout
+
+
+def test_a_rule_from_a_file_with_its_subject_and_lint(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text('rules:\n  - {rule_id: hot, subject: {resource: device.status, event: '
+                     'update}, where: "notify_data.body.status = \\"ONLINE\\""}\n')
+    p = run("--rules", str(rules), "--rule", "hot", "--explain", "-", stdin=json.dumps(EVENT))
+    assert p.returncode == 1
+    assert "subject mismatch: the rule is for device.status/update" in p.stdout
+    assert "single quotes ('ONLINE')" in p.stderr
+    p = run("--rules", str(rules), "--rule", "hott", "-", stdin=json.dumps(EVENT))
+    assert p.returncode == 2 and "did you mean 'hot'?" in p.stderr
+    check = subprocess.run([sys.executable, "-m", "engine", "check", str(rules)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0
+    assert "warning: rule hot: where:" in check.stderr
