@@ -684,6 +684,20 @@ ensure_promtool() {
     rm -rf "$tmp"
 }
 
+# Chromium (Debian's package) for the console's browser test (Playwright
+# drives it; Playwright's own browser downloads are not used).
+ensure_chromium() {
+    local logf="$LOG_DIR/tools.log"
+    command -v chromium >/dev/null && return 0
+    if [[ ! -e $RUN_DIR/apt-updated ]]; then
+        apt-get update >>"$APT_LOG" 2>&1 || { err "apt-get update failed (log: $APT_LOG)"; return 1; }
+        touch "$RUN_DIR/apt-updated"
+    fi
+    say "tools: chromium from Debian's packages (log: $logf)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >>"$logf" 2>&1 \
+        || { err "tools: could not install chromium (log: $logf)"; return 1; }
+}
+
 # ---------------------------------------------------------------- commands
 
 svc_up() {
@@ -710,6 +724,7 @@ cmd_up() {
     done
     mkdir -p "$SERVICES_DIR/tools"
     ensure_promtool || failed+=(promtool)
+    ensure_chromium || failed+=(chromium)
     if ((${#failed[@]})); then
         err "not ready: ${failed[*]} (logs in $LOG_DIR)"
         return 1

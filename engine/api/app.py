@@ -25,7 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import LineTooLong
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.api import aliyun, devices, errors, openapi, params, service
+from engine.api import aliyun, console, devices, errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
@@ -37,7 +37,10 @@ from engine.config import ApiConfig, EngineConfig
 from engine.config.errors import pydantic_message
 from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
+from engine.language.explain import explain_where
+from engine.language.lint import lint
 from engine.language.tester import test_rule
+from engine.schema import RuleSubject
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class RuleTestBody(_Body):
     """Evaluate a stored rule on a sample notification."""
 
     event: dict[str, Any]
+    explain: bool = False
+    """Also answer `explain`: why the rule did or did not match (its subject first)."""
 
 
 class TestBody(_Body):
@@ -68,6 +73,10 @@ class TestBody(_Body):
     select: str | None = Field(default=None, max_length=2500)
     where: str | None = Field(default=None, max_length=2500)
     event: dict[str, Any]
+    explain: bool = False
+    """Also answer `explain`: the value of every path, call and condition of WHERE."""
+    subject: RuleSubject | None = None
+    """The rule's subject, for the subject check and the lint warnings."""
 
 
 TestBody.__test__ = False  # type: ignore[attr-defined]  # not a pytest class
@@ -169,26 +178,40 @@ def _delete(kind: Kind) -> Handler:
 # ------------------------------------------------------------------ extensions
 
 
-def _test_result(select: str | None, where: str | None, event: dict[str, Any]) -> dict[str, Any]:
+def _test_result(select: str | None, where: str | None, event: dict[str, Any],
+                 subject: tuple[str, str] | None, explain: bool) -> dict[str, Any]:
     result = test_rule(select, where, event)
     if result.error is not None:
         return {"result": "error", "error": {**result.error.to_dict(),
                                              "snippet": result.error.snippet}}
-    if not result.matched:
-        return {"result": "no_match"}
-    return {"result": "match", "output": result.output}
+    out: dict[str, Any]
+    trace = explain_where(where, event, subject) if explain or subject else None
+    if trace is not None and trace.subject is not None:
+        out = {"result": "no_match"}  # the engine never evaluates it on this kind
+    elif not result.matched:
+        out = {"result": "no_match"}
+    else:
+        out = {"result": "match", "output": result.output}
+    out["warnings"] = [w.to_dict() for w in lint(select, where, subject)]
+    if explain and trace is not None:
+        out["explain"] = trace.to_dict()
+    return out
 
 
 async def test_stored_rule(request: web.Request) -> web.Response:
     body = _parse(RuleTestBody, await _body(request))
     records = await _store(request).load(_project(request))
     rule = service.find(records, RULES, _object_id(request, "rule_id")).body
-    return _json(_test_result(rule.get("select") or None, rule.get("where") or None, body.event))
+    subject = (rule["subject"]["resource"], rule["subject"]["event"])
+    return _json(_test_result(rule.get("select") or None, rule.get("where") or None, body.event,
+                              subject, body.explain))
 
 
 async def test_rule_text(request: web.Request) -> web.Response:
     body = _parse(TestBody, await _body(request))
-    return _json(_test_result(body.select or None, body.where or None, body.event))
+    subject = (body.subject.resource, body.subject.event) if body.subject else None
+    return _json(_test_result(body.select or None, body.where or None, body.event, subject,
+                              body.explain))
 
 
 async def rule_metrics(request: web.Request) -> web.Response:
@@ -232,6 +255,7 @@ ROUTES: list[Route] = [
     Route("GET", f"{BASE}/rules/{{rule_id}}/metrics", rule_metrics,
           "Counters of a rule and its actions from the worker (extension)", "metrics", RULES),
     *devices.ROUTES,
+    *console.ROUTES,
     Route("GET", "/openapi.json", openapi_document, "This API as OpenAPI 3.1", "openapi"),
 ]
 
@@ -279,6 +303,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise errors.too_large(limits.max_body_bytes) from None
     if request.path == ALIYUN_PATH:
         return await handler(request)  # Alibaba's RPC API: signed per request, verified there
+    if request.method == "GET" and console.is_public(request.path):
+        return await handler(request)  # the console's static files; its data needs a token
     principal: Principal | None = request.app[AUTH].authenticate(
         request.method, request.raw_path, request.headers, body)
     project = request.match_info.get("project_id")

@@ -183,6 +183,8 @@ def _operation(route: Route) -> dict[str, Any]:
 def document(routes: tuple[Route, ...]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
+        if route.operation == "console":  # a page and its files, not API operations
+            continue
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     extra = tuple(route.body for route in routes if route.body is not None)
     return {
