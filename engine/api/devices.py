@@ -8,6 +8,7 @@ API store per project.
     GET/PUT/DELETE   /v5/iot/{project_id}/devices/{device_id}
     POST             /v5/iot/{project_id}/devices/{device_id}/action?action_id=resetSecret
     POST             /v5/iot/{project_id}/devices/{device_id}/freeze | /unfreeze
+    POST             /v5/iot/{project_id}/tags/bind-resource | unbind-resource | query-resources
 
 Stored as kinds `products` and `devices` (the store's REGISTRY_KINDS), each
 body the IoTDA representation plus what the registry needs (`secret`,
@@ -16,7 +17,8 @@ body the IoTDA representation plus what the registry needs (`secret`,
 
 Every change also writes the notification IoTDA would push
 (`device`/`create|update|delete`, `product`/`create|update|delete`; seed
-1.4.9) into the store's outbox (kind `registry_events`), in the same
+1.4.9; binding or unbinding tags is a `device`/`update`, as the tags are in
+every notification's header) into the store's outbox (kind `registry_events`), in the same
 transaction as the change itself, so a change is never stored without its
 notification; `engine.api.outbox` feeds them to the worker's rules.
 """
@@ -32,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from engine.api import errors
@@ -48,6 +50,9 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME = re.compile(r"[\w?'#(),.&%@!-]+")
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TAG_VALUE = re.compile(r"[A-Za-z0-9_.-]{0,128}")
+MAX_TAGS = 10   # per device (1.4.13)
 
 
 def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
@@ -65,6 +70,10 @@ NodeId = Annotated[str, AfterValidator(
     _pattern(_NODE_ID, "must be 1 to 64 letters, digits, _ or -"))]
 ObjectName = Annotated[str, AfterValidator(
     _pattern(_NAME, "only letters, digits and _?'#(),.&%@!- are allowed"))]
+TagKey = Annotated[str, AfterValidator(
+    _pattern(_TAG_KEY, "must be 1 to 64 letters, digits, _, . or -"))]
+TagValue = Annotated[str, AfterValidator(
+    _pattern(_TAG_VALUE, "must be at most 128 letters, digits, _, . or -"))]
 
 
 class _Body(BaseModel):
@@ -167,6 +176,49 @@ class ResetSecret(_Body):
     secret: str | None = Field(default=None, min_length=8, max_length=32)
     force_disconnect: bool = False
     secret_type: Literal["PRIMARY", "SECONDARY"] = "PRIMARY"
+
+
+class TagV5(_Body):
+    """TagV5DTO (Table 1-496)."""
+
+    tag_key: TagKey
+    tag_value: TagValue | None = None
+
+
+def _unique_keys(keys: list[str]) -> list[str]:
+    if len(set(keys)) != len(keys):
+        raise ValueError("each tag key may appear once")
+    return keys
+
+
+class BindTags(_Body):
+    """BindTagsDTO (Table 1-495)."""
+
+    resource_type: Literal["device"]
+    resource_id: DeviceIdText
+    tags: list[TagV5] = Field(min_length=1, max_length=MAX_TAGS)
+
+    @field_validator("tags")
+    @classmethod
+    def _unique(cls, tags: list[TagV5]) -> list[TagV5]:
+        _unique_keys([t.tag_key for t in tags])
+        return tags
+
+
+class UnbindTags(_Body):
+    """UnbindTagsDTO (Table 1-499)."""
+
+    resource_type: Literal["device"]
+    resource_id: DeviceIdText
+    tag_keys: Annotated[list[TagKey], AfterValidator(_unique_keys)] = Field(
+        min_length=1, max_length=MAX_TAGS)
+
+
+class QueryByTags(_Body):
+    """QueryResourceByTagsDTO (Table 1-503): resources with any of the tags."""
+
+    resource_type: Literal["device"]
+    tags: list[TagV5] = Field(min_length=1, max_length=MAX_TAGS)
 
 
 # ------------------------------------------------------------------ errors (seed 1.7.3)
@@ -414,6 +466,37 @@ def plan_freeze(device_id: str, frozen: bool) -> Plan:
     return _device_change(device_id, lambda old: {**old, "frozen": frozen})
 
 
+def plan_bind_tags(request: BindTags) -> Plan:
+    """Add or overwrite tags (a given key replaces that key's value)."""
+    for tag in request.tags:
+        if tag.tag_key.startswith("iot_"):
+            raise errors.ApiError(400, "IOTDA.004002", f"Invalid input. The tag_key "
+                                  f"{tag.tag_key} cannot start with 'iot_'.")
+    given = {t.tag_key: t.model_dump(exclude_none=True) for t in request.tags}
+
+    def change(old: dict[str, Any]) -> dict[str, Any]:
+        tags = {t["tag_key"]: t for t in old.get("tags") or []}
+        tags.update(given)
+        if len(tags) > MAX_TAGS:
+            raise errors.ApiError(403, "IOTDA.004001", "Operation not allowed. Max bindable "
+                                  f"tags ({MAX_TAGS}) reached for the device.")
+        return {**old, "tags": list(tags.values())}
+
+    return _device_change(request.resource_id, change)
+
+
+def plan_unbind_tags(request: UnbindTags) -> Plan:
+    def change(old: dict[str, Any]) -> dict[str, Any]:
+        tags = {t["tag_key"]: t for t in old.get("tags") or []}
+        for key in request.tag_keys:
+            if tags.pop(key, None) is None:
+                raise errors.ApiError(400, "IOTDA.004003",
+                                      f"Invalid input. The tag_key {key} does not exist.")
+        return {**old, "tags": list(tags.values())}
+
+    return _device_change(request.resource_id, change)
+
+
 def plan_reset_secret(device_id: str, request: ResetSecret) -> tuple[Plan, str]:
     secret = request.secret or _secrets.token_hex(16)
     key = "secret" if request.secret_type == "PRIMARY" else "secondary_secret"
@@ -597,6 +680,32 @@ def _freeze(frozen: bool) -> Callable[[web.Request], Any]:
     return handler
 
 
+async def bind_tags(request: web.Request) -> web.Response:
+    await _change(request, plan_bind_tags(_parse(BindTags, await _body(request))))
+    return web.Response(status=200)
+
+
+async def unbind_tags(request: web.Request) -> web.Response:
+    await _change(request, plan_unbind_tags(_parse(UnbindTags, await _body(request))))
+    return web.Response(status=200)
+
+
+async def query_by_tags(request: web.Request) -> web.Response:
+    query = _parse(QueryByTags, await _body(request))
+    page = Page.from_query(request.query)   # checked before the store is read
+    wanted = [(t.tag_key, t.tag_value) for t in query.tags]
+    records = await _store(request).load(_project(request))
+    items = []
+    for r in records:
+        if r.kind != DEVICES:
+            continue
+        have = {t["tag_key"]: t.get("tag_value") for t in r.body.get("tags") or []}
+        if any(k in have and (v is None or have[k] == v) for k, v in wanted):
+            items.append((r.seq, {"resource_id": r.id}))
+    shown, count, marker = page.apply(items)
+    return _json({"resources": shown, "page": {"count": count, "marker": marker}})
+
+
 ROUTES: list[Route] = [
     Route("POST", f"{BASE}/products", create_product, "Create a product", "createProduct", body=ProductCreate),
     Route("GET", f"{BASE}/products", list_products, "List products", "listProducts"),
@@ -619,4 +728,10 @@ ROUTES: list[Route] = [
           "freezeDevice"),
     Route("POST", f"{BASE}/devices/{{device_id}}/unfreeze", _freeze(False), "Unfreeze a device",
           "unfreezeDevice"),
+    Route("POST", f"{BASE}/tags/bind-resource", bind_tags, "Bind tags to a device",
+          "tagDevice", body=BindTags),
+    Route("POST", f"{BASE}/tags/unbind-resource", unbind_tags, "Unbind tags from a device",
+          "untagDevice", body=UnbindTags),
+    Route("POST", f"{BASE}/tags/query-resources", query_by_tags,
+          "List the devices with any of the tags", "listResourcesByTags", body=QueryByTags),
 ]

@@ -130,3 +130,80 @@ async def test_bad_requests_name_the_cause(client, store):
     status, body = await client.call("GET", "/v5/iot/proj-b/devices")
     assert status == 401
     assert len([r for r in await store.load("proj-a") if r.kind == EVENTS]) == 2
+
+
+T = "/v5/iot/proj-a/tags"
+
+
+async def test_tags_bind_unbind_query_and_their_notifications(client, store):
+    await client.ok("POST", P, {**PRODUCT, "product_id": "thermo"}, 201)
+    for node in ("n1", "n2"):
+        await client.ok("POST", D, {"node_id": node, "product_id": "thermo"}, 201)
+    bind = {"resource_type": "device", "resource_id": "thermo_n1",
+            "tags": [{"tag_key": "site", "tag_value": "north"}, {"tag_key": "floor"}]}
+    await client.ok("POST", f"{T}/bind-resource", bind)
+    await client.ok("POST", f"{T}/bind-resource", {
+        "resource_type": "device", "resource_id": "thermo_n2",
+        "tags": [{"tag_key": "site", "tag_value": "south"}]})
+    # A bound key is overwritten, not repeated.
+    await client.ok("POST", f"{T}/bind-resource", {**bind, "tags": [
+        {"tag_key": "site", "tag_value": "west"}]})
+    shown = await client.ok("GET", f"{D}/thermo_n1")
+    assert shown["tags"] == [{"tag_key": "site", "tag_value": "west"}, {"tag_key": "floor"}]
+
+    async def query(tags, q=""):
+        body = await client.ok("POST", f"{T}/query-resources{q}",
+                               {"resource_type": "device", "tags": tags})
+        return [r["resource_id"] for r in body["resources"]], body["page"]["count"]
+
+    assert await query([{"tag_key": "site"}]) == (["thermo_n2", "thermo_n1"], 2)
+    assert await query([{"tag_key": "site", "tag_value": "south"}]) == (["thermo_n2"], 1)
+    assert await query([{"tag_key": "site", "tag_value": "x"}, {"tag_key": "floor"}]) == \
+        (["thermo_n1"], 1)
+    assert await query([{"tag_key": "site"}], "?limit=1") == (["thermo_n2"], 2)
+
+    await client.ok("POST", f"{T}/unbind-resource", {
+        "resource_type": "device", "resource_id": "thermo_n1", "tag_keys": ["floor"]})
+    assert (await client.ok("GET", f"{D}/thermo_n1"))["tags"] == [
+        {"tag_key": "site", "tag_value": "west"}]
+    # The registry a worker runs carries them into every header.
+    registry = Registry(registry_of(await store.load("proj-a")))
+    assert registry.header("thermo_n1")["tags"] == [{"tag_key": "site", "tag_value": "west"}]
+
+    updates = [n for n in await _notifications(store)
+               if (n["resource"], n["event"]) == ("device", "update")]
+    assert len(updates) == 4
+    assert updates[-1]["notify_data"]["body"]["tags"] == [{"tag_key": "site", "tag_value": "west"}]
+
+
+async def test_tag_errors_name_the_cause(client, store):
+    await client.ok("POST", P, {**PRODUCT, "product_id": "thermo"}, 201)
+    await client.ok("POST", D, {"node_id": "n1", "product_id": "thermo"}, 201)
+
+    async def error(path, body):
+        status, answer = await client.call("POST", f"{T}/{path}", body)
+        return status, answer["error_code"], answer["error_msg"]
+
+    def bind(*tags, device="thermo_n1"):
+        return {"resource_type": "device", "resource_id": device,
+                "tags": [{"tag_key": k} for k in tags]}
+
+    assert (await error("bind-resource", bind("iot_x")))[:2] == (400, "IOTDA.004002")
+    assert (await error("bind-resource", bind("a", device="nobody")))[:2] == \
+        (404, "IOTDA.014051")
+    status, code, msg = await error("bind-resource", bind("a", "a"))
+    assert (status, code) == (400, "IOTDA.000006") and "once" in msg
+    status, code, msg = await error("bind-resource", bind("bad key"))
+    assert (status, code) == (400, "IOTDA.000006") and "tags.0.tag_key" in msg
+    assert (await error("bind-resource", {**bind("a"), "resource_type": "product"}))[:2] == \
+        (400, "IOTDA.000006")
+    for batch in (range(10), range(10, 11)):
+        await client.call("POST", f"{T}/bind-resource", bind(*(f"k{i}" for i in batch)))
+    status, code, msg = await error("bind-resource", bind("k99"))
+    assert (status, code) == (403, "IOTDA.004001") and "(10)" in msg
+    status, code, msg = await error("unbind-resource", {
+        "resource_type": "device", "resource_id": "thermo_n1", "tag_keys": ["k0", "zz"]})
+    assert (status, code) == (400, "IOTDA.004003") and "zz" in msg
+    # Refused as a whole: k0 is still bound.
+    tags = (await client.ok("GET", f"{D}/thermo_n1"))["tags"]
+    assert len(tags) == 10 and tags[0]["tag_key"] == "k0"

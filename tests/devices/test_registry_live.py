@@ -6,6 +6,7 @@ device, a real HTTP receiver):
   `device`/`create` to a rule's HTTP action;
 - the new device's traffic is accepted (the worker's registry is reloaded
   in place) and its notifications carry the registry's header;
+- tags bound through the SDK reach the header rules read (GET_TAG);
 - freezing it refuses its traffic; deleting it sends `device`/`delete`.
 """
 
@@ -40,7 +41,8 @@ rules:
   - rule_id: reports
     subject: {{resource: device.property, event: report}}
     select: "notify_data.header.device_id AS device, notify_data.header.product_id AS product,
-             notify_data.header.app_id AS app, notify_data.body.services[0].properties.value AS v"
+             notify_data.header.app_id AS app, notify_data.body.services[0].properties.value AS v,
+             GET_TAG('site') AS site"
 actions:
   - {{action_id: a1, rule_id: created, channel: HTTP_FORWARDING,
       channel_detail: {{http_forwarding: {{url: "{receiver.url}/created"}}}}}}
@@ -75,14 +77,21 @@ def test_sdk_registry_changes_reach_rules_and_the_device_path(tmp_path):
         AddDeviceRequest,
         AddProduct,
         AuthInfo,
+        BindTagsDTO,
         CreateProductRequest,
         DeleteDeviceRequest,
         FreezeDeviceRequest,
         ListDevicesRequest,
+        ListResourcesByTagsRequest,
+        QueryResourceByTagsDTO,
         ServiceCapability,
         ServiceProperty,
         ShowDeviceRequest,
         ShowProductRequest,
+        TagDeviceRequest,
+        TagV5DTO,
+        UnbindTagsDTO,
+        UntagDeviceRequest,
         UpdateDevice,
         UpdateDeviceRequest,
     )
@@ -134,6 +143,21 @@ def test_sdk_registry_changes_reach_rules_and_the_device_path(tmp_path):
         assert shown.description == "by the door" and shown.auth_info.secret is None
         listed = sdk.list_devices(ListDevicesRequest(product_id="thermo"))
         assert [d.device_id for d in listed.devices] == ["thermo_n1"] and listed.page.count == 1
+
+        # Tags (1.4.13): bound through the SDK, in the header within a reload.
+        sdk.tag_device(TagDeviceRequest(body=BindTagsDTO(
+            resource_type="device", resource_id="thermo_n1",
+            tags=[TagV5DTO(tag_key="site", tag_value="north"), TagV5DTO(tag_key="floor")])))
+        found = sdk.list_resources_by_tags(ListResourcesByTagsRequest(
+            body=QueryResourceByTagsDTO(resource_type="device",
+                                        tags=[TagV5DTO(tag_key="site", tag_value="north")])))
+        assert [r.resource_id for r in found.resources] == ["thermo_n1"]
+        until(lambda: (report(22), [r for r in _bodies(receiver, "/reports")
+                                    if r.get("site") == "north"])[1], 20)
+        sdk.untag_device(UntagDeviceRequest(body=UnbindTagsDTO(
+            resource_type="device", resource_id="thermo_n1", tag_keys=["floor"])))
+        tags = sdk.show_device(ShowDeviceRequest(device_id="thermo_n1")).tags
+        assert [(t.tag_key, t.tag_value) for t in tags] == [("site", "north")]
 
         # Frozen: refused again (give the reload a moment, then count).
         sdk.freeze_device(FreezeDeviceRequest(device_id="thermo_n1"))
