@@ -93,7 +93,8 @@ def like_to_regex(pattern: str) -> Any: ...
 # -- rules
 
 class Projection:
-    def __init__(self, star: bool, keys: Sequence[str], exprs: Sequence[Expr]) -> None: ...
+    def __init__(self, star: bool, keys: Sequence[str], exprs: Sequence[Expr],
+                 star_from: Expr | None = None) -> None: ...
 
 class NumKey:
     key: bytes

@@ -9,12 +9,14 @@ cdef class Projection:
     cdef readonly bint whole  # `SELECT *` alone (or no SELECT): the output is the input
     cdef tuple keys
     cdef tuple exprs
+    cdef object star_from     # Expr whose object `*` copies; None: the event itself
 
-    def __init__(self, bint star, keys, exprs):
+    def __init__(self, bint star, keys, exprs, star_from=None):
         self.star = star
         self.keys = tuple(keys)
         self.exprs = tuple(exprs)
-        self.whole = star and not self.keys
+        self.star_from = star_from
+        self.whole = star and not self.keys and star_from is None
 
     cdef dict build(self, object ev, bint copy=True):
         """`copy`: copy containers taken from the event, so the output never
@@ -22,7 +24,14 @@ cdef class Projection:
         forms) belong to nobody else and are not copied."""
         cdef dict out
         cdef Py_ssize_t i
-        if self.star and PyDict_Check(ev):
+        if self.star and self.star_from is not None:
+            ev_star = (<Expr>self.star_from).value(ev)
+            if PyDict_Check(ev_star):
+                # Always copied: a member of the event, shared with other rules.
+                out = {k: deep_copy(v) for k, v in (<dict>ev_star).items()}
+            else:
+                out = {}
+        elif self.star and PyDict_Check(ev):
             if copy:
                 out = {k: deep_copy(v) for k, v in (<dict>ev).items()}
             else:

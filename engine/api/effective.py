@@ -63,13 +63,14 @@ async def effective_config(files: EngineConfig, store: Store) -> EngineConfig:
     is; raises ConfigError if one is not valid)."""
     parts: dict[str, Any] = {kind: list(getattr(files, kind)) for kind in KINDS}
     registries: list[tuple[str, RegistryConfig]] = []
+    broker = republish_broker(files)
     for project in sorted(await store.projects()):
         records = await store.load(project)
         registry = registry_of(records)
         if registry is not None:
             registries.append((project, registry))
         configs = [project_config(records, project)]
-        alibaba = engine_items(records)
+        alibaba = engine_items(records, broker)
         if alibaba["rules"]:  # checked when stored; validated apart so export never sees them
             configs.append(validate_config_dict(alibaba, f"project {project} (Alibaba rules)"))
         for config in configs:
@@ -78,6 +79,15 @@ async def effective_config(files: EngineConfig, store: Store) -> EngineConfig:
     if registries:
         parts["registry"] = merged_registry(files.registry, registries)
     return files.model_copy(update=parts)
+
+
+def republish_broker(files: EngineConfig) -> str | None:
+    """Where Alibaba REPUBLISH actions publish: the broker of the worker's
+    first MQTT source (the one its devices publish to), or None."""
+    for entry in files.sources:
+        if entry.kind == "mqtt":
+            return entry.options.url.get_secret_value()  # type: ignore[attr-defined]
+    return None
 
 
 def merged_registry(files: RegistryConfig | None,

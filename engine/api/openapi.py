@@ -55,6 +55,8 @@ def _schemas(extra_models: Sequence[type[BaseModel]]) -> dict[str, Any]:
     for kind in KIND.values():
         name = kind.model.__name__
         full = schemas[name]
+        for field in kind.file_only:
+            del full["properties"][field]
         create = copy.deepcopy(full)
         create["required"] = [f for f in full.get("required", []) if f != kind.id_field]
         create["properties"][kind.id_field]["description"] = (

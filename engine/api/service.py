@@ -44,10 +44,14 @@ class Kind:
     id_field: str
     model: type[BaseModel]
     updatable: frozenset[str]  # fields IoTDA's PUT takes
+    # Rule-file fields the IoTDA API neither takes nor shows (the Alibaba
+    # dialect: Alibaba rules are managed through Alibaba's API, engine.api.aliyun).
+    file_only: frozenset[str] = frozenset()
 
 
 RULES = Kind("rules", "rule_id", Rule,
-             frozenset({"rule_name", "description", "select", "where", "active"}))
+             frozenset({"rule_name", "description", "select", "where", "active"}),
+             frozenset({"dialect", "topic", "sql"}))
 ACTIONS = Kind("actions", "action_id", Action, frozenset({"channel", "channel_detail"}))
 FLOWCONTROL = Kind("flowcontrol_policies", "policy_id", FlowControlPolicy,
                    frozenset({"policy_name", "description", "limit"}))
@@ -71,7 +75,8 @@ def present(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
     with defaults filled in, secrets masked. Unset optional fields are left
     out rather than shown as null, as in IoTDA's examples (seed 1.4.8.1,
     1.4.8.6): a client may not expect null where the seed has a string."""
-    return kind.model.model_validate(body).model_dump(mode="json", exclude_none=True)
+    return kind.model.model_validate(body).model_dump(mode="json", exclude_none=True,
+                                                       exclude=set(kind.file_only))
 
 
 def of_kind(records: Iterable[Stored], kind: Kind) -> list[Stored]:
@@ -265,6 +270,9 @@ def plan_create(kind: Kind, body: dict[str, Any], limits: ApiLimits, api: bool =
     """Create one object from an IoTDA create body. The id is generated
     unless the body brings one (an extension: a rule-file item pastes)."""
     body = dict(body)
+    for key in kind.file_only & set(body):
+        raise errors.invalid(kind.name, f"{key}: not a field of IoTDA's API (Alibaba-dialect "
+                             "rules are managed through Alibaba's API, or in rule files)")
     object_id = body.get(kind.id_field)
     if object_id is None:
         object_id = body[kind.id_field] = new_id()

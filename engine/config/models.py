@@ -97,6 +97,63 @@ class Rule(_Model):
     # IoTDA creates rules inactive and activates them by a later update; a rule
     # written in a file is meant to run, so here the default is true.
     active: bool = True
+    dialect: Literal["iotda", "aliyun"] = "iotda"
+    """The language of select/where: IoTDA's (docs/language.md) or Alibaba's
+    rules engine (docs/language-alibaba.md: paths into the MQTT payload)."""
+    topic: str | None = Field(default=None, max_length=256)
+    """An MQTT topic filter (`+`, `#`) the message's topic must match
+    (`notify_data.body.topic`); Alibaba rules name theirs here or in `sql`."""
+    sql: str | None = Field(default=None, max_length=5200)
+    """Alibaba dialect only: the whole `SELECT … FROM 'topic' [WHERE …]`,
+    instead of select, topic and where."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliyun_defaults(cls, data: Any) -> Any:
+        # An Alibaba rule reads device messages (what its topics become,
+        # docs/devices.md): that is its subject unless the file says otherwise.
+        if not isinstance(data, dict) or data.get("dialect") != "aliyun":
+            return data
+        if "subject" not in data:
+            data = {**data, "subject": {"resource": "device.message", "event": "report"}}
+        sql = data.get("sql")
+        if isinstance(sql, str) and not any(k in data for k in ("select", "where", "topic")):
+            from engine.language.aliyun import split_sql
+
+            try:
+                select, topic, where = split_sql(sql)
+            except ValueError:
+                return data   # _statement reports it, located at `sql`
+            data = {**data, "select": select, "topic": topic, "where": where}
+        return data
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filter(cls, topic: str | None) -> str | None:
+        from engine.language.aliyun import check_topic_filter
+
+        if topic is not None and (problem := check_topic_filter(topic)):
+            raise PydanticCustomError("topic", problem)
+        return topic
+
+    @model_validator(mode="after")
+    def _statement(self) -> Rule:
+        if self.sql is None:
+            return self
+        from engine.language.aliyun import check_topic_filter, split_sql
+
+        if self.dialect != "aliyun":
+            raise PydanticCustomError("sql", "sql is the Alibaba form: set dialect: aliyun "
+                                      "(or write select/where)")
+        try:
+            select, topic, where = split_sql(self.sql)
+        except ValueError as e:
+            raise PydanticCustomError("sql", str(e)) from None
+        if (self.select, self.topic, self.where) != (select, topic, where):
+            raise PydanticCustomError("sql", "give either sql or select/where/topic, not both")
+        if problem := check_topic_filter(topic):
+            raise PydanticCustomError("sql", problem)
+        return self
 
     @model_validator(mode="after")
     def _app_scope(self) -> Rule:

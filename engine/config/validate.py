@@ -19,6 +19,7 @@ from engine.config.errors import ConfigError, Issue, Loc, format_loc, pydantic_m
 from engine.config.models import EngineConfig
 from engine.config.secrets import collect_secrets, redact
 from engine.language import RuleError, compile_rule
+from engine.language.aliyun import DIALECTS, split_sql
 
 Problem = tuple[Loc, str]
 
@@ -139,13 +140,22 @@ def _compile_rules(data: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     for i, rule in _items(data, "rules"):
         select, where = rule.get("select"), rule.get("where")
+        dialect, sql = rule.get("dialect", "iotda"), rule.get("sql")
+        if dialect not in DIALECTS:
+            continue  # the model reports it
+        if dialect == "aliyun" and isinstance(sql, str):
+            try:
+                select, _, where = split_sql(sql)
+            except ValueError:
+                continue  # the model reports it
         if not all(text is None or isinstance(text, str) for text in (select, where)):
             continue  # the model reports the wrong type
         try:
             # Every rule, active or not: activating one later must not fail.
-            compile_rule(select or None, where or None)
+            compile_rule(select or None, where or None, dialect)
         except RuleError as err:
-            problems.append((("rules", i, err.clause or "where"), _rule_message(err)))
+            field = "sql" if sql is not None else err.clause or "where"
+            problems.append((("rules", i, field), _rule_message(err)))
     return problems
 
 

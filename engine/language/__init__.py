@@ -8,9 +8,14 @@ from engine.language.errors import RuleError, RuleSemanticError, RuleSyntaxError
 from engine.language.parser import parse_select, parse_where
 
 
-def parse_rule(select: str | None = None, where: str | None = None) -> ast.Rule:
+def parse_rule(select: str | None = None, where: str | None = None,
+               dialect: str = "iotda") -> ast.Rule:
     """Parse and check both clauses. Parse errors are reported before semantic
-    errors (both clauses are parsed first), and nothing but RuleError escapes."""
+    errors (both clauses are parsed first), and nothing but RuleError escapes.
+    `dialect`: "iotda" (docs/language.md) or "aliyun" (docs/language-alibaba.md)."""
+    if dialect == "aliyun":
+        from engine.language.aliyun import parse_aliyun_rule
+        return parse_aliyun_rule(select, where)
     sel = parse_select(select)
     whr = parse_where(where)
     check_select(sel, select or "")

@@ -133,6 +133,7 @@ class Call:
     name: str                  # upper-cased function name
     args: tuple[Expr, ...]
     pos: Pos = field(default=NOPOS, compare=False)
+    star: bool = False         # written `f(*)` (only the Alibaba dialect accepts one)
 
 
 Expr = Union[  # noqa: UP007 - a runtime alias, | of classes needs 3.10 types
@@ -164,6 +165,9 @@ class SelectItem:
 @dataclass(frozen=True, slots=True)
 class Select:
     items: tuple[SelectItem, ...]   # empty clause text gives a single `*`
+    # What `*` stands for: the members of the object at this path ((): the
+    # event itself; the Alibaba dialect's `*` is the message payload's).
+    star_root: tuple[str | int, ...] = ()
 
 
 def children(node: Expr) -> tuple[Expr, ...]:

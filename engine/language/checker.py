@@ -50,6 +50,9 @@ class _Checker:
             hint = f"; did you mean {' or '.join(near)}?" if near else \
                 "; the functions are listed in docs/language.md"
             raise self.err(f"unknown function {node.name}{hint}", node.pos)
+        if node.star:
+            raise self.err(f"{node.name}(*): `*` is not an argument of {node.name} (in the "
+                           "Alibaba dialect only to_base64(*) takes one)", node.pos)
         n = len(node.args)
         if n < spec.min_args or (spec.max_args is not None and n > spec.max_args):
             raise self.err(f"{node.name} takes {spec.arity_text()}, got {n}: {spec.signature}",

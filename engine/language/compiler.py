@@ -120,7 +120,9 @@ def _compile_call(node: ast.Call) -> _core.Expr:
 def compile_projection(select: ast.Select) -> _core.Projection:
     star = any(i.is_star for i in select.items)
     items = [i for i in select.items if not i.is_star]
-    return _core.Projection(star, [i.key for i in items], [compile_expr(i.expr) for i in items])
+    star_from = compile_path(ast.Path(select.star_root)) if star and select.star_root else None
+    return _core.Projection(star, [i.key for i in items], [compile_expr(i.expr) for i in items],
+                            star_from)
 
 
 def build_rule(rule: ast.Rule, select_text, where_text, extra_conditions=(),
@@ -165,9 +167,10 @@ def guarded(fn):
 
 
 @guarded
-def compile_rule(select: str | None = None, where: str | None = None) -> _core.CompiledRule:
+def compile_rule(select: str | None = None, where: str | None = None,
+                 dialect: str = "iotda") -> _core.CompiledRule:
     """Compile one rule. Raises RuleError (RuleSyntaxError / RuleSemanticError)."""
     from engine.language import parse_rule
 
-    rule = parse_rule(select, where)
+    rule = parse_rule(select, where, dialect)
     return build_rule(rule, select, where, prefilter=derive_prefilter(rule.where))

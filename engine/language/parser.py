@@ -340,6 +340,11 @@ class _ToAst(Transformer_NonRecursive):
         args = tuple(a for a in ch[1:] if a is not None)
         return self._depth(ast.Call(ch[0].upper(), args, _pos(meta)), meta, *args)
 
+    def star_call(self, meta, ch):
+        if ch[0].upper() in KEYWORDS:
+            raise self._err(f"{ch[0].upper()} is not part of the rule language", _pos(ch[0]))
+        return ast.Call(ch[0].upper(), (), _pos(meta), star=True)
+
     def case_expr(self, meta, ch):
         exprs = [c for c in ch if not isinstance(c, Token)]
         has_else = ch[-2] is not None and not isinstance(ch[-2], Token) and \

@@ -214,8 +214,9 @@ def where_holds(rule: ast.Rule, event: dict) -> bool:
 def build_output(select: ast.Select, event: dict) -> dict:
     """The SELECT output object (8.5)."""
     out: dict = {}
-    if any(item.is_star for item in select.items) and type(event) is dict:
-        for k, v in event.items():
+    whole = resolve(event, select.star_root) if select.star_root else event
+    if any(item.is_star for item in select.items) and type(whole) is dict:
+        for k, v in whole.items():
             out[k] = copy.deepcopy(v)
     for item in select.items:
         if item.is_star:

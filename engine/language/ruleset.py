@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from engine import _core
 from engine.language import ast, parse_rule
-from engine.language.compiler import build_rule, guarded
+from engine.language.aliyun import topic_condition
+from engine.language.compiler import build_rule, compile_expr, guarded
 from engine.language.errors import RuleError
 from engine.language.prefilter import derive_prefilter, json_string_needle
 
@@ -34,6 +35,8 @@ class RuleSpec:
     resource: str | None = None
     event: str | None = None
     app_id: str | None = None
+    dialect: str = "iotda"
+    topic: str | None = None   # an MQTT topic filter on notify_data.body.topic (Alibaba rules)
 
 
 def _eq_conjuncts(where: ast.Expr | None) -> dict[tuple, str]:
@@ -60,7 +63,7 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
     rules, conjuncts, prefilters = [], [], []
     for spec in specs:
         try:
-            rule = parse_rule(spec.select, spec.where)
+            rule = parse_rule(spec.select, spec.where, spec.dialect)
         except RuleError as e:
             e.rule_key = spec.key
             raise
@@ -73,6 +76,12 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
         if spec.app_id is not None:
             extra.append(_core.AppIs(spec.app_id))
             required.append([n] if (n := json_string_needle(spec.app_id)) else [])
+        if spec.topic is not None:
+            cond, literal = topic_condition(spec.topic)
+            extra.append(compile_expr(cond))
+            eqs.update(_eq_conjuncts(cond))   # an exact topic can be the index
+            needle = json_string_needle(literal, suffix=b'"' if literal == spec.topic else b"")
+            required.append([needle] if needle else [])
         eqs.update({k: v for k, v in _eq_conjuncts(rule.where).items() if k not in eqs})
         conjuncts.append(eqs)
         prefilters.append(derive_prefilter(rule.where, required))

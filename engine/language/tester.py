@@ -24,9 +24,10 @@ class TestResult:
     event_error: str | None = None           # when the event is not a JSON object
 
 
-def test_rule(select: str | None, where: str | None, event: dict | bytes | str) -> TestResult:
+def test_rule(select: str | None, where: str | None, event: dict | bytes | str,
+              dialect: str = "iotda") -> TestResult:
     try:
-        rule = compile_rule(select, where)
+        rule = compile_rule(select, where, dialect)
     except RuleError as e:
         return TestResult(False, error=e)
     if not isinstance(event, dict):

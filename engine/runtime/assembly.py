@@ -49,7 +49,8 @@ def build_ruleset(config: EngineConfig):
     """The compiled rule set of the active rules (keys: rule ids)."""
     return compile_ruleset([
         RuleSpec(key=r.rule_id, select=r.select, where=r.where, resource=r.subject.resource,
-                 event=r.subject.event, app_id=r.app_id if r.app_type == "APP" else None)
+                 event=r.subject.event, app_id=r.app_id if r.app_type == "APP" else None,
+                 dialect=r.dialect, topic=r.topic)
         for r in active_rules(config).values()])
 
 

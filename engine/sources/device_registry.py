@@ -140,10 +140,15 @@ class Registry:
             if d.tags:
                 header["tags"] = [t.model_dump(exclude_none=True) for t in d.tags]
             headers[d.device_id] = header
+        by_name: dict[tuple[str, str], str] = {}
+        for d in config.devices:
+            if d.node_id is not None:
+                by_name.setdefault((d.product_id, d.node_id), d.device_id)
         self.accept_unknown = config.unknown_devices == "accept"
         self.products = products
         self.devices = {d.device_id: d for d in config.devices}
         self._headers = headers
+        self._by_name = by_name
 
     def header(self, device_id: str) -> dict[str, Any] | str:
         """The notification header of `device_id` (a fresh dict), or the
@@ -156,6 +161,19 @@ class Registry:
         if self.devices[device_id].frozen:
             return f"device {device_id!r} is frozen"
         return dict(header)
+
+    def named_header(self, product_key: str, device_name: str) -> dict[str, Any] | str:
+        """Header of the device an Alibaba topic names (`/{ProductKey}/{DeviceName}/…`):
+        ProductKey is a product_id, DeviceName a node_id in that product."""
+        device_id = self._by_name.get((product_key, device_name))
+        if device_id is None:
+            if self.accept_unknown:
+                device_id = f"{product_key}_{device_name}"   # IoTDA's generated form
+                return {"device_id": device_id, "product_id": product_key,
+                        "node_id": device_name, "gateway_id": device_id}
+            return (f"unknown device {device_name!r} of product {product_key!r} "
+                    "(not in the registry)")
+        return self.header(device_id)
 
     def child_header(self, gateway_id: str, device_id: str) -> dict[str, Any] | str:
         """Header of a child device reported by `gateway_id`, or the reason

@@ -48,6 +48,7 @@ from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, field_validator
 
 from engine.schema import MqttUrl
+from engine.sources.alink import ALIBABA_TOPICS, BothUplinks
 from engine.sources.base import Batch, DeadLetterWriter, Source, SourceContext, SourceOptions
 from engine.sources.device_registry import Registry
 from engine.sources.registry import register
@@ -92,6 +93,10 @@ class MqttOptions(SourceOptions):
     messages. (Mosquitto 2.0 delivers no `$`-prefixed topic, such as `$oc/…`,
     to shared subscriptions: there, use `topic_prefix` with device topics
     remapped by the broker, or a broker that does, e.g. EMQX.)"""
+    alibaba_topics: bool = False
+    """Also take Alibaba IoT device topics (`/sys/{ProductKey}/{DeviceName}/thing/…`,
+    `/{ProductKey}/{DeviceName}/user/…`, engine.sources.alink), and subscribe
+    to them when `topics` is not given: what Alibaba-dialect rules read."""
     topic_prefix: str = Field(default="$oc/devices/", min_length=1, pattern=r"/$")
     """What precedes `{device_id}/sys/…` in the device topics (IoTDA: `$oc/devices/`).
     The default `topics` follow it."""
@@ -141,7 +146,9 @@ class MqttSource(Source):
         as this source's malformed input."""
         super().__init__(name)
         self.options = options
-        self.uplink = uplink or Uplink(registry, prefix=options.topic_prefix)
+        self.uplink: Any = uplink or Uplink(registry, prefix=options.topic_prefix)
+        if options.alibaba_topics:
+            self.uplink = BothUplinks(self.uplink)
         self.linger = linger
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -156,6 +163,8 @@ class MqttSource(Source):
         self._password = password
         topics = options.topics or [options.topic_prefix + t[len("$oc/devices/"):]
                                     for t in UPLINK_TOPICS]
+        if options.alibaba_topics and not options.topics:
+            topics = [*topics, *ALIBABA_TOPICS]
         self.topics = [f"$share/{options.shared_group}/{t}" if options.shared_group else t
                        for t in topics]
         # Counters (the pipeline counts what it receives; these count what

@@ -2,9 +2,11 @@
 rule with an HTTP action forwards once started and stops once stopped
 (within a second of the call on an idle machine; bounded generously here).
 
-The events come from the HTTP source as IoTDA `device.message/report`
-notifications, which is what a custom-topic rule runs on until the MQTT
-source exists (docs/api-alibaba.md)."""
+The events come from the HTTP source as the `device.message/report`
+notifications an MQTT message on `/a1pk/dev1/user/update` becomes
+(engine.sources.alink); the rules are in Alibaba's dialect, their paths
+relative to the payload (docs/language-alibaba.md). The device path through
+a real broker is tests/api_aliyun/test_devices_live.py."""
 
 from __future__ import annotations
 
@@ -103,14 +105,12 @@ api:
 
         rule = sdk.ok("CreateRule", Name="hot_devices", ProductKey="a1pk",
                       ShortTopic="+/user/update",
-                      Select="notify_data.header.device_id AS device, "
-                             "notify_data.body.content.temp AS temp",
-                      Where="notify_data.body.content.temp > 30")["RuleId"]
+                      Select="deviceName() AS device, temp",
+                      Where="temp > 30")["RuleId"]
         sdk.ok("CreateRuleAction", RuleId=rule, Type="HTTP",
                Configuration=json.dumps({"url": f"{receiver.url}/hot"}))
         # A second rule that always runs marks when a later change has been applied.
-        marker = sdk.ok("CreateRule", Name="marker_rule", Select="notify_data.body.content.temp "
-                        "AS temp")["RuleId"]
+        marker = sdk.ok("CreateRule", Name="marker_rule", Select="temp")["RuleId"]
         sdk.ok("CreateRuleAction", RuleId=marker, Type="HTTP",
                Configuration=json.dumps({"url": f"{receiver.url}/marker"}))
 

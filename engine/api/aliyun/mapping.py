@@ -10,13 +10,17 @@ sections: `engine export`/`import` do not carry them):
 - `aliyun_actions`: `{"Id", "RuleId", "Type", "Configuration", "ErrorActionFlag"}`
 - `aliyun_ids`: one counter, the next numeric id (rule and action ids share it)
 
-Mapping (`engine_items`): a rule becomes engine rule `aliyun-<Id>`, active
-while its Status is RUNNING, subject `device.property/report` for a system
-topic (TopicType 0) and `device.message/report` otherwise, with its Select
-and Where as rule text; each action of an engine channel becomes action
+Mapping (`engine_items`): a rule becomes engine rule `aliyun-<Id>` in the
+Alibaba dialect (docs/language-alibaba.md), active while its Status is
+RUNNING, on `device.message/report` (what Alibaba topics become,
+engine.sources.alink), bound to its topic (`topic_of`: `/sys/{pk}/{short}`
+for a system topic, `/{pk}/{short}` for a custom one), with its Select and
+Where as rule text; each action of an engine channel becomes action
 `aliyun-<ActionId>` of that channel, `Configuration` as its channel_detail.
-REPUBLISH actions, error actions (ErrorActionFlag) and the topic filter are
-stored but not run (see docs/api-alibaba.md).
+A REPUBLISH action becomes an MQTT_FORWARDING action on the broker the
+worker's MQTT source reads (`broker`; without one it cannot run and is left
+out). Error actions (ErrorActionFlag) are stored but not run
+(docs/api-alibaba.md).
 """
 
 from __future__ import annotations
@@ -42,21 +46,28 @@ ENGINE_TYPES = {
     "INFLUXDB": "INFLUXDB_FORWARDING",
     "POSTGRESQL": "POSTGRESQL_FORWARDING",
 }
-STORED_ONLY_TYPES = frozenset({"REPUBLISH"})  # run once the MQTT source exists
+REPUBLISH = "REPUBLISH"   # runs on MQTT_FORWARDING, on the worker's broker
 # Alibaba Cloud services a self-hosted engine cannot reach (seed §2.9.2, §2.9.6).
 CLOUD_ONLY_TYPES = frozenset({"MNS", "FC", "OTS", "ONS", "HITSDB", "DATAHUB", "RDS", "TSDB",
                               "DATAV", "LINDORM", "SLS"})
 
 SYSTEM_TOPIC, CUSTOM_TOPIC, NO_TOPIC = 0, 1, -1
-SUBJECTS = {
-    SYSTEM_TOPIC: {"resource": "device.property", "event": "report"},
-    CUSTOM_TOPIC: {"resource": "device.message", "event": "report"},
-    NO_TOPIC: {"resource": "device.message", "event": "report"},
-}
+SUBJECT = {"resource": "device.message", "event": "report"}
+
+
+def topic_of(rule: dict[str, Any]) -> str | None:
+    """The topic filter a stored rule applies to (None: no ShortTopic, every topic)."""
+    short = rule.get("ShortTopic")
+    if not short:
+        return None
+    if rule.get("TopicType") == SYSTEM_TOPIC:
+        return f"/sys/{rule['ProductKey']}/{short}"
+    return f"/{rule['ProductKey']}/{short}"
 
 
 def channel_of(action_type: str) -> str | None:
-    """The engine channel an action Type runs on, None for stored-only types."""
+    """The engine channel an action Type runs on (REPUBLISH: None, it is
+    mapped apart), None for types the engine cannot run."""
     upper = action_type.upper()
     if upper in ENGINE_TYPES:
         return ENGINE_TYPES[upper]
@@ -69,9 +80,12 @@ def engine_rule(rule: dict[str, Any]) -> dict[str, Any]:
     item: dict[str, Any] = {
         "rule_id": f"{PREFIX}{rule['Id']}",
         "rule_name": rule["Name"],
-        "subject": SUBJECTS[rule.get("TopicType", NO_TOPIC)],
+        "dialect": "aliyun",
+        "subject": SUBJECT,
         "active": rule["Status"] == "RUNNING",
     }
+    if (topic := topic_of(rule)) is not None:
+        item["topic"] = topic
     if rule.get("RuleDesc"):
         item["description"] = rule["RuleDesc"][:256]
     if rule.get("Select"):
@@ -81,28 +95,41 @@ def engine_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def engine_action(action: dict[str, Any]) -> dict[str, Any] | None:
+def engine_action(action: dict[str, Any], broker: Any = None) -> dict[str, Any] | None:
+    """The engine action of a stored one; None when it cannot run here (an
+    error action, or REPUBLISH without a `broker`: the url of the worker's
+    MQTT source)."""
     from engine.config import channels
 
-    channel = channel_of(action["Type"])
-    if channel is None or action.get("ErrorActionFlag"):
+    if action.get("ErrorActionFlag"):
         # An error action receives only failed forwards; the engine has no such
         # destination per rule yet, so running it as an action would send it every match.
         return None
+    ids = {"action_id": f"{PREFIX}{action['Id']}", "rule_id": f"{PREFIX}{action['RuleId']}"}
+    config = orjson.loads(action["Configuration"])
+    if action["Type"].upper() == REPUBLISH:
+        if broker is None:
+            return None
+        # topicType only says which kind the (full) topic is: nothing to map.
+        return {**ids, "channel": "MQTT_FORWARDING",
+                "channel_detail": {"mqtt_forwarding": {"topic": config["topic"], "url": broker,
+                                                       "qos": 1}}}
+    channel = channel_of(action["Type"])
+    if channel is None:
+        return None
     sink = channels.registry()[channel]
-    return {"action_id": f"{PREFIX}{action['Id']}", "rule_id": f"{PREFIX}{action['RuleId']}",
-            "channel": channel,
-            "channel_detail": {sink.detail_key: orjson.loads(action["Configuration"])}}
+    return {**ids, "channel": channel, "channel_detail": {sink.detail_key: config}}
 
 
-def engine_items(records: Iterable[Stored]) -> dict[str, list[dict[str, Any]]]:
-    """The project's Alibaba rules as rule-file sections (`rules`, `actions`)."""
+def engine_items(records: Iterable[Stored], broker: Any = None) -> dict[str, list[dict[str, Any]]]:
+    """The project's Alibaba rules as rule-file sections (`rules`, `actions`).
+    `broker`: where REPUBLISH actions publish (None: they are left out)."""
     rules, actions = [], []
     for record in sorted(records, key=lambda r: r.seq):
         if record.kind == RULES:
             rules.append(engine_rule(record.body))
         elif record.kind == ACTIONS:
-            item = engine_action(record.body)
+            item = engine_action(record.body, broker)
             if item is not None:
                 actions.append(item)
     return {"rules": rules, "actions": actions}

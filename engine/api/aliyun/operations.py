@@ -112,15 +112,6 @@ def _rule_fields(params: Params, code: str, old: dict[str, Any] | None) -> dict[
     return body
 
 
-def _topic(rule: dict[str, Any]) -> str | None:
-    short = rule.get("ShortTopic")
-    if not short:
-        return None
-    if rule.get("TopicType") == mapping.SYSTEM_TOPIC:
-        return f"/sys/{rule['ProductKey']}/{short}"
-    return f"/{rule['ProductKey']}/{short}"
-
-
 def _check_sql(rule: dict[str, Any], code: str) -> None:
     """Refuse Select/Where text the engine cannot compile (the check runs the
     rule through the same validator workers load it with)."""
@@ -131,7 +122,10 @@ def _check_sql(rule: dict[str, Any], code: str) -> None:
         validate_config_dict({"rules": [mapping.engine_rule(candidate)]}, "rule")
     except ConfigError as err:
         detail = "; ".join(f"{i.path}: {i.message}" if i.path else i.message for i in err.issues)
-        sql = any(i.path.rsplit(".", 1)[-1] in ("select", "where") for i in err.issues)
+        fields = {i.path.rsplit(".", 1)[-1] for i in err.issues}
+        if "topic" in fields:
+            raise AliyunError("iot.messagebroker.InvalidFormattedTopicName", detail) from None
+        sql = bool(fields & {"select", "where"})
         raise AliyunError("iot.messagebroker.IncorrectRuleSql" if sql else code,
                           detail) from None
 
@@ -176,7 +170,7 @@ def _action_type(params: Params) -> str:
     if not given:
         raise AliyunError("iot.ruleng.NullRuleActionType", "Rule action type cannot be empty.")
     upper = given.upper()
-    if upper in mapping.STORED_ONLY_TYPES or mapping.channel_of(upper) is not None:
+    if upper == mapping.REPUBLISH or mapping.channel_of(upper) is not None:
         return upper
     supported = ", ".join(["REPUBLISH", *mapping.ENGINE_TYPES])
     where = ("an Alibaba Cloud service this self-hosted engine cannot reach"
@@ -214,7 +208,7 @@ def rule_info(rule: dict[str, Any], project: str) -> dict[str, Any]:
     for name in ("ProductKey", "RuleDesc", "Select", "ShortTopic", "Where"):
         if rule.get(name):
             info[name] = rule[name]
-    topic = _topic(rule)
+    topic = mapping.topic_of(rule)
     if topic is not None:
         info["Topic"] = topic
     return info
