@@ -92,6 +92,9 @@ def like_to_regex(pattern: str) -> Any: ...
 
 # -- rules
 
+class TopicMatch(Expr):
+    def __init__(self, path: Path, levels: Sequence[str | None], rest: bool) -> None: ...
+
 class Projection:
     def __init__(self, star: bool, keys: Sequence[str], exprs: Sequence[Expr],
                  star_from: Expr | None = None) -> None: ...

@@ -14,7 +14,8 @@ compiler, so both dialects run in the same compiled core:
   library; any other name is looked up in that library, so the engine's
   functions are an extension of the dialect;
 - the topic filter becomes a condition on `notify_data.body.topic`
-  (`topic_condition`), with the literal part as a pre-filter needle.
+  (`topic_levels`; engine.language.ruleset), with the literal part as a
+  pre-filter needle.
 """
 
 from __future__ import annotations
@@ -284,31 +285,20 @@ def check_topic_filter(topic: str) -> str | None:
     return None
 
 
-def topic_condition(topic: str) -> tuple[ast.Expr, str]:
-    """The WHERE condition a topic filter stands for, and the literal text
-    every matching topic starts with (for the pre-filter)."""
+def topic_levels(topic: str) -> tuple[tuple[str | None, ...], bool, str]:
+    """A checked topic filter as (levels, None for `+`; ends with `#`; the
+    literal text every matching topic starts with, for the pre-filter)."""
     levels = topic.split("/")
-    if "+" not in levels and "#" not in levels:
-        return ast.Compare("=", _path(TOPIC), _lit(topic)), topic
+    rest = levels[-1] == "#"
+    if rest:
+        levels = levels[:-1]
     literal = []
     for level in levels:
-        if level in ("+", "#"):
+        if level == "+":
             break
         literal.append(level)
-    prefix = "/".join(literal)   # no trailing '/': `/a/#` matches `/a` itself
-    parts = []
-    for level in levels:
-        if level == "#":
-            # `a/#` matches `a` itself and everything below it.
-            parts[-1] += "(/.*)?"
-            return _regex(parts), prefix
-        parts.append("[^/]*" if level == "+" else re.escape(level))
-    return _regex(parts), prefix
-
-
-def _regex(parts: list[str]) -> ast.Expr:
-    pattern = "^" + "/".join(parts) + "$"
-    return ast.Compare("=", _call("regex_match", _path(TOPIC), _lit(pattern)), _lit(True))
+    # No trailing '/' after the literal part: `/a/#` matches `/a` itself.
+    return tuple(None if lv == "+" else lv for lv in levels), rest, "/".join(literal)
 
 
 # ---------------------------------------------------------------- whole statements

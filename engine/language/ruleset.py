@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from engine import _core
 from engine.language import ast, parse_rule
-from engine.language.aliyun import topic_condition
-from engine.language.compiler import build_rule, compile_expr, guarded
+from engine.language.aliyun import TOPIC, topic_levels
+from engine.language.compiler import build_rule, guarded
 from engine.language.errors import RuleError
 from engine.language.prefilter import derive_prefilter, json_string_needle
 
@@ -77,10 +77,15 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
             extra.append(_core.AppIs(spec.app_id))
             required.append([n] if (n := json_string_needle(spec.app_id)) else [])
         if spec.topic is not None:
-            cond, literal = topic_condition(spec.topic)
-            extra.append(compile_expr(cond))
-            eqs.update(_eq_conjuncts(cond))   # an exact topic can be the index
-            needle = json_string_needle(literal, suffix=b'"' if literal == spec.topic else b"")
+            levels, rest, literal = topic_levels(spec.topic)
+            topic = _core.Path(TOPIC)
+            if literal == spec.topic:   # no wildcard: an equality, which can be the index
+                extra.append(_core.PathCompareStr(_core.OPS["="], topic, spec.topic))
+                eqs[TOPIC] = spec.topic
+                needle = json_string_needle(literal)
+            else:
+                extra.append(_core.TopicMatch(topic, levels, rest))
+                needle = json_string_needle(literal, suffix=b"")
             required.append([needle] if needle else [])
         eqs.update({k: v for k, v in _eq_conjuncts(rule.where).items() if k not in eqs})
         conjuncts.append(eqs)

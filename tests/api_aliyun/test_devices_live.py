@@ -1,0 +1,142 @@
+"""Alibaba's official SDK against a running `engine run` with an MQTT
+source on Alibaba topics (real Mosquitto, paho devices and subscriber, a
+real HTTP receiver): a topic rule in Alibaba's dialect forwards to HTTP and
+REPUBLISHes to a topic; a system-topic rule reads a property post in the
+rules engine's format; StopRule stops it; DeleteRule removes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.api.conftest import AK_A, SK_A, free_port
+from tests.api_aliyun.conftest import Sdk
+from tests.api_aliyun.test_lifecycle import Receiver, until
+from tests.devices.support import BROKER, Device, port_open
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _worker(tmp_path: Path, api: int) -> subprocess.Popen:
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"""\
+sources:
+  - mqtt: {{url: "mqtt://{BROKER[0]}:{BROKER[1]}", client_id: "ali-{os.getpid()}-{api}",
+            session_expiry: 0, alibaba_topics: true}}
+registry:
+  products: [{{product_id: a1pk, name: Sensor}}]
+  devices: [{{device_id: a1pk_dev1, node_id: dev1, product_id: a1pk}}]
+worker: {{state_dir: "{tmp_path / 'state'}"}}
+api:
+  listen: "127.0.0.1:{api}"
+  storage: "sqlite://{tmp_path / 'config.db'}"
+  projects:
+    proj-a:
+      access_keys: [{{ak: "{AK_A}", sk: "${{PROJ_A_SK}}"}}]
+""")
+    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115 - the child keeps its descriptor
+    return subprocess.Popen([sys.executable, "-m", "engine", "run", str(config)],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PROJ_A_SK": SK_A, "PYTHONPATH": str(REPO)})
+
+
+class Subscriber:
+    """A paho client recording (topic, JSON payload) of what it receives."""
+
+    def __init__(self, topic: str) -> None:
+        self.received: list[tuple[str, dict]] = []
+        self.ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"sub-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = lambda c, u, m: self.received.append(
+            (m.topic, json.loads(m.payload)))
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.connect(*BROKER)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(150)
+def test_sdk_topic_rule_forwards_republishes_stops_and_deletes(tmp_path):
+    assert port_open(BROKER), "Mosquitto must run on 127.0.0.1:1883 (scripts/services.sh up)"
+    receiver = Receiver()
+    api = free_port()
+    proc = _worker(tmp_path, api)
+    device = Device()
+    alerts = Subscriber("/a1pk/+/user/alerts")
+    try:
+        until(lambda: port_open(("127.0.0.1", api)), 30)
+        sdk = Sdk(f"127.0.0.1:{api}")
+        hot = sdk.ok("CreateRule", Name="hot_devices", ProductKey="a1pk",
+                     ShortTopic="+/user/update", TopicType=1,
+                     Select="deviceName() AS deviceName, temp, topic(2) AS dn",
+                     Where="temp > 30")["RuleId"]
+        sdk.ok("CreateRuleAction", RuleId=hot, Type="HTTP",
+               Configuration=json.dumps({"url": f"{receiver.url}/hot"}))
+        sdk.ok("CreateRuleAction", RuleId=hot, Type="REPUBLISH",
+               Configuration=json.dumps({"topic": "/a1pk/${deviceName}/user/alerts",
+                                         "topicType": 1}))
+        props = sdk.ok("CreateRule", Name="properties", ProductKey="a1pk",
+                       ShortTopic="+/thing/event/property/post",
+                       Select="items.temp.value AS t, thingPropertyFlatMapNotify() AS flat, "
+                              "messageId() AS id")["RuleId"]
+        sdk.ok("CreateRuleAction", RuleId=props, Type="HTTP",
+               Configuration=json.dumps({"url": f"{receiver.url}/props"}))
+        rule = sdk.ok("GetRule", RuleId=hot)["RuleInfo"]
+        assert rule["Topic"] == "/a1pk/+/user/update" and rule["Status"] == "STOP"
+        sdk.ok("StartRule", RuleId=hot)
+        sdk.ok("StartRule", RuleId=props)
+
+        def send(temp: int) -> None:
+            device.publish_all([("/a1pk/dev1/user/update", json.dumps({"temp": temp})),
+                                ("/a1pk/dev1/user/update", json.dumps({"temp": 1}))])
+
+        until(lambda: (send(35), "/hot" in receiver.paths())[1], 30)
+        hot_rows = [b for p, b in receiver.received if p == "/hot"]
+        assert hot_rows[0] == {"deviceName": "dev1", "temp": 35, "dn": "dev1"}
+        assert all(row["temp"] == 35 for row in hot_rows)   # WHERE temp > 30
+        until(lambda: alerts.received, 15)
+        assert alerts.received[0] == ("/a1pk/dev1/user/alerts", hot_rows[0])
+
+        post = {"id": "42", "version": "1.0", "method": "thing.event.property.post",
+                "params": {"temp": {"value": 21.5, "time": 1524448722000}, "hum": 40}}
+        device.publish_all([("/sys/a1pk/dev1/thing/event/property/post", json.dumps(post))])
+        until(lambda: [b for p, b in receiver.received if p == "/props"], 15)
+        row = [b for p, b in receiver.received if p == "/props"][0]
+        assert row == {"t": 21.5, "flat": {"temp": 21.5, "hum": 40}, "id": "42"}
+
+        sdk.ok("StopRule", RuleId=hot)
+        assert sdk.ok("GetRule", RuleId=hot)["RuleInfo"]["Status"] == "STOP"
+
+        def stopped() -> bool:
+            before = receiver.paths().count("/hot")
+            send(36)
+            device.publish_all([("/sys/a1pk/dev1/thing/event/property/post", json.dumps(post))])
+            n = receiver.paths().count("/props")
+            until(lambda: receiver.paths().count("/props") > n, 15)   # processed since
+            return receiver.paths().count("/hot") == before
+
+        until(stopped, 30)
+        sdk.ok("DeleteRule", RuleId=hot)
+        sdk.fails("GetRule", "iot.rule.NotFoundRule", RuleId=hot)
+        assert sdk.ok("ListRuleActions", RuleId=props)["RuleActionList"][0]["Type"] == "HTTP"
+    finally:
+        device.close()
+        alerts.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        receiver.server.shutdown()
+    assert proc.returncode == 0, (tmp_path / "engine.log").read_text()[-3000:]
