@@ -1,6 +1,7 @@
 """Alibaba's official SDK against a running `engine run` with an MQTT
 source on Alibaba topics (real Mosquitto, paho devices and subscriber, a
-real HTTP receiver): a topic rule in Alibaba's dialect forwards to HTTP and
+real HTTP receiver): CreateProduct and RegisterDevice make the device known
+to the worker; a topic rule in Alibaba's dialect forwards to HTTP and
 REPUBLISHes to a topic; a system-topic rule reads a property post in the
 rules engine's format; StopRule stops it; DeleteRule removes it."""
 
@@ -31,9 +32,6 @@ def _worker(tmp_path: Path, api: int) -> subprocess.Popen:
 sources:
   - mqtt: {{url: "mqtt://{BROKER[0]}:{BROKER[1]}", client_id: "ali-{os.getpid()}-{api}",
             session_expiry: 0, alibaba_topics: true}}
-registry:
-  products: [{{product_id: a1pk, name: Sensor}}]
-  devices: [{{device_id: a1pk_dev1, node_id: dev1, product_id: a1pk}}]
 worker: {{state_dir: "{tmp_path / 'state'}"}}
 api:
   listen: "127.0.0.1:{api}"
@@ -76,44 +74,47 @@ def test_sdk_topic_rule_forwards_republishes_stops_and_deletes(tmp_path):
     api = free_port()
     proc = _worker(tmp_path, api)
     device = Device()
-    alerts = Subscriber("/a1pk/+/user/alerts")
+    alerts = None
     try:
         until(lambda: port_open(("127.0.0.1", api)), 30)
         sdk = Sdk(f"127.0.0.1:{api}")
-        hot = sdk.ok("CreateRule", Name="hot_devices", ProductKey="a1pk",
+        pk = sdk.ok("CreateProduct", ProductName="sensors", NodeType=0)["ProductInfo"]["ProductKey"]
+        sdk.ok("RegisterDevice", ProductKey=pk, DeviceName="dev1")
+        alerts = Subscriber(f"/{pk}/+/user/alerts")
+        hot = sdk.ok("CreateRule", Name="hot_devices", ProductKey=pk,
                      ShortTopic="+/user/update", TopicType=1,
                      Select="deviceName() AS deviceName, temp, topic(2) AS dn",
                      Where="temp > 30")["RuleId"]
         sdk.ok("CreateRuleAction", RuleId=hot, Type="HTTP",
                Configuration=json.dumps({"url": f"{receiver.url}/hot"}))
         sdk.ok("CreateRuleAction", RuleId=hot, Type="REPUBLISH",
-               Configuration=json.dumps({"topic": "/a1pk/${deviceName}/user/alerts",
+               Configuration=json.dumps({"topic": f"/{pk}/${{deviceName}}/user/alerts",
                                          "topicType": 1}))
-        props = sdk.ok("CreateRule", Name="properties", ProductKey="a1pk",
+        props = sdk.ok("CreateRule", Name="properties", ProductKey=pk,
                        ShortTopic="+/thing/event/property/post",
                        Select="items.temp.value AS t, thingPropertyFlatMapNotify() AS flat, "
                               "messageId() AS id")["RuleId"]
         sdk.ok("CreateRuleAction", RuleId=props, Type="HTTP",
                Configuration=json.dumps({"url": f"{receiver.url}/props"}))
         rule = sdk.ok("GetRule", RuleId=hot)["RuleInfo"]
-        assert rule["Topic"] == "/a1pk/+/user/update" and rule["Status"] == "STOP"
+        assert rule["Topic"] == f"/{pk}/+/user/update" and rule["Status"] == "STOP"
         sdk.ok("StartRule", RuleId=hot)
         sdk.ok("StartRule", RuleId=props)
 
         def send(temp: int) -> None:
-            device.publish_all([("/a1pk/dev1/user/update", json.dumps({"temp": temp})),
-                                ("/a1pk/dev1/user/update", json.dumps({"temp": 1}))])
+            device.publish_all([(f"/{pk}/dev1/user/update", json.dumps({"temp": temp})),
+                                (f"/{pk}/dev1/user/update", json.dumps({"temp": 1}))])
 
         until(lambda: (send(35), "/hot" in receiver.paths())[1], 30)
         hot_rows = [b for p, b in receiver.received if p == "/hot"]
         assert hot_rows[0] == {"deviceName": "dev1", "temp": 35, "dn": "dev1"}
         assert all(row["temp"] == 35 for row in hot_rows)   # WHERE temp > 30
         until(lambda: alerts.received, 15)
-        assert alerts.received[0] == ("/a1pk/dev1/user/alerts", hot_rows[0])
+        assert alerts.received[0] == (f"/{pk}/dev1/user/alerts", hot_rows[0])
 
         post = {"id": "42", "version": "1.0", "method": "thing.event.property.post",
                 "params": {"temp": {"value": 21.5, "time": 1524448722000}, "hum": 40}}
-        device.publish_all([("/sys/a1pk/dev1/thing/event/property/post", json.dumps(post))])
+        device.publish_all([(f"/sys/{pk}/dev1/thing/event/property/post", json.dumps(post))])
         until(lambda: [b for p, b in receiver.received if p == "/props"], 15)
         row = [b for p, b in receiver.received if p == "/props"][0]
         assert row == {"t": 21.5, "flat": {"temp": 21.5, "hum": 40}, "id": "42"}
@@ -124,7 +125,7 @@ def test_sdk_topic_rule_forwards_republishes_stops_and_deletes(tmp_path):
         def stopped() -> bool:
             before = receiver.paths().count("/hot")
             send(36)
-            device.publish_all([("/sys/a1pk/dev1/thing/event/property/post", json.dumps(post))])
+            device.publish_all([(f"/sys/{pk}/dev1/thing/event/property/post", json.dumps(post))])
             n = receiver.paths().count("/props")
             until(lambda: receiver.paths().count("/props") > n, 15)   # processed since
             return receiver.paths().count("/hot") == before
@@ -135,7 +136,8 @@ def test_sdk_topic_rule_forwards_republishes_stops_and_deletes(tmp_path):
         assert sdk.ok("ListRuleActions", RuleId=props)["RuleActionList"][0]["Type"] == "HTTP"
     finally:
         device.close()
-        alerts.close()
+        if alerts is not None:
+            alerts.close()
         proc.terminate()
         proc.wait(timeout=30)
         receiver.server.shutdown()

@@ -17,15 +17,17 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from engine.api.aliyun import errors
+from engine.api.aliyun import errors, operations, things
 from engine.api.aliyun.errors import AliyunError
-from engine.api.aliyun.operations import OPERATIONS
 from engine.api.aliyun.signature import Caller, Verifier
 from engine.api.ratelimit import RateLimiter
 from engine.api.storage import Store
 from engine.config.limits import ApiLimits
 
 log = logging.getLogger(__name__)
+
+# The rules engine (§2.9) and the products and devices (§2.5, §2.6).
+OPERATIONS = {**operations.OPERATIONS, **things.OPERATIONS}
 
 VERSION = "2018-01-20"
 FORM = "application/x-www-form-urlencoded"
