@@ -10,10 +10,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
 
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
 EXIT_NOT_DELIVERED = 1  # replay: records stay in the backlog
+EXIT_TEST_FAILED = 1   # check, test: a rule test failed
 EXIT_ERROR = 2
 
 
@@ -321,6 +326,45 @@ def _add_log_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
+def _report_tests(config: EngineConfig, quiet: bool = False) -> int:
+    """Run the rule files' tests; print each failure (and, unless `quiet`,
+    each pass). Returns the number of failed tests."""
+    from engine.config.ruletests import run_tests
+
+    failed = 0
+    for test, failures in run_tests(config):
+        if failures:
+            failed += 1
+            for failure in failures:
+                print(failure.render(), file=sys.stderr)
+        elif not quiet:
+            print(f"ok   {test.name!r}")
+    if failed:
+        print(f"{failed} of {len(config.tests)} test{'s' if len(config.tests) != 1 else ''} "
+              "failed", file=sys.stderr)
+    return failed
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    """Run the `tests:` of rule files: 0 all passed, 1 a test failed, 2 invalid."""
+    from engine.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.files)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_ERROR
+    if not config.tests:
+        print("engine test: the files have no tests: section (docs/configuration.md#tests)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if _report_tests(config):
+        return EXIT_TEST_FAILED
+    print(f"OK: {len(config.tests)} test{'s' if len(config.tests) != 1 else ''} passed")
+    return EXIT_OK
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     """Validate and compile rule files: every problem, one per line, exit 2."""
     from engine.config import ConfigError, load_config
@@ -339,11 +383,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         subject = (rule.subject.resource, rule.subject.event)
         for warning in lint(rule.select, rule.where, subject):
             print(f"warning: rule {rule.rule_id}: {warning}", file=sys.stderr)
+    if config.tests and _report_tests(config, quiet=True):
+        return EXIT_TEST_FAILED
     active = sum(rule.active for rule in config.rules)
+    tests = f"; {len(config.tests)} tests passed" if config.tests else ""
     print(
         f"OK: {len(config.rules)} rules ({active} active), {len(config.actions)} actions, "
         f"{len(config.flowcontrol_policies)} flow control policies, "
-        f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources"
+        f"{len(config.backlog_policies)} backlog policies, {len(config.sources)} sources{tests}"
     )
     if not config.rules:  # valid (e.g. sources only), but an empty file also looks like this
         print("note: no rules: a worker with only this forwards nothing", file=sys.stderr)
@@ -575,9 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the devices' registry: section (a rule file) to FILE")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("check", help="validate and compile rule files")
+    p = sub.add_parser("check", help="validate and compile rule files, run their tests: "
+                       "0 valid, 1 a test failed, 2 invalid")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("test", help="run the tests: sections of rule files (expected outputs "
+                       "per rule): 0 all passed, 1 a test failed, 2 invalid")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("schema", help="print the JSON Schema of rule files (editor completion)")
     p.add_argument("--compact", dest="indent", action="store_false",

@@ -410,6 +410,37 @@ class WorkerConfig(_Model):
 # ------------------------------------------------------------------ the whole file
 
 
+# ------------------------------------------------------------------ rule tests
+
+
+class Expectation(_Model):
+    """What one rule must make of a test's input: exactly `output`, an output
+    `contains` these members, or `no_match`."""
+
+    rule: Id
+    output: dict[str, Any] | None = None
+    contains: dict[str, Any] | None = None
+    no_match: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> Expectation:
+        given_ = [k for k in ("output", "contains") if getattr(self, k) is not None]
+        if len(given_) + self.no_match != 1:
+            raise PydanticCustomError("expectation", "give exactly one of output, contains "
+                                      "or no_match: true")
+        return self
+
+
+class RuleTest(_Model):
+    """`tests:` item: a notification and what each named rule must make of it
+    (`engine test`, `engine check`; the worker ignores them)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    input: dict[str, Any]
+    """A notification, as a source delivers it (docs/notifications.md)."""
+    expect: list[Expectation] = Field(min_length=1)
+
+
 class EngineConfig(_Model):
     rules: list[Rule] = Field(default_factory=list)
     actions: list[Action] = Field(default_factory=list)
@@ -423,6 +454,8 @@ class EngineConfig(_Model):
     registry: RegistryConfig | None = None
     """Products and devices (engine.sources.device_registry): the headers of
     device traffic (the mqtt and device_api sources)."""
+    tests: list[RuleTest] = Field(default_factory=list)
+    """Rule tests (engine.config.ruletests): not run by the worker."""
 
     def actions_of(self, rule_id: str) -> list[Action]:
         return [a for a in self.actions if a.rule_id == rule_id]
@@ -430,5 +463,6 @@ class EngineConfig(_Model):
 
 # Top-level keys that hold lists (merged across files) and single sections
 # (allowed in one file only).
-LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources")
+LIST_SECTIONS = ("rules", "actions", "flowcontrol_policies", "backlog_policies", "sources",
+                 "tests")
 SINGLE_SECTIONS = ("metrics", "dead_letter", "api", "worker", "registry")

@@ -10,6 +10,7 @@ elsewhere is invalid: a user sees every problem in one pass.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import ValidationError
@@ -85,7 +86,16 @@ def _cross_references(data: dict[str, Any]) -> list[Problem]:
     for i, action in _items(data, "actions"):
         rule_id = action.get("rule_id")
         if isinstance(rule_id, str) and rule_id not in rule_ids:
-            problems.append((("actions", i, "rule_id"), f"no rule has rule_id '{rule_id}'"))
+            problems.append((("actions", i, "rule_id"),
+                             f"no rule has rule_id '{rule_id}'{_near(rule_id, rule_ids)}"))
+
+    for i, test in _items(data, "tests"):
+        expect = test.get("expect")
+        for j, item in enumerate(expect if isinstance(expect, list) else []):
+            rule_id = item.get("rule") if isinstance(item, dict) else None
+            if isinstance(rule_id, str) and rule_id not in rule_ids:
+                problems.append((("tests", i, "expect", j, "rule"),
+                                 f"no rule has rule_id '{rule_id}'{_near(rule_id, rule_ids)}"))
 
     for section, what in (
         ("flowcontrol_policies", "flow control"),
@@ -94,6 +104,11 @@ def _cross_references(data: dict[str, Any]) -> list[Problem]:
         problems += _unique_ids(data, section, "policy_id")[1]
         problems += _policy_scopes(data, section, what, rule_ids, action_ids)
     return problems
+
+
+def _near(name: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _policy_scopes(

@@ -1,0 +1,92 @@
+"""Rule tests: the `tests:` section of rule files (`engine test`, `engine check`).
+
+Each test gives one notification and, per named rule, what the rule must
+make of it: exactly an `output`, an output that `contains` some members
+(recursively: nested objects are compared member by member too), or
+`no_match`. The rule runs as the worker runs it (engine.runtime.assembly):
+its subject, app scope, dialect and topic, through a compiled rule set, so
+a test that passes here behaves the same in `engine run`. Inactive rules
+are tested too (activating one later should not surprise anyone).
+
+Vector's unit tests for transforms are the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.config.models import EngineConfig, Expectation, Rule, RuleTest
+from engine.language import RuleSpec, compile_ruleset
+
+
+@dataclass(frozen=True)
+class Failure:
+    test: str
+    rule: str
+    expected: str   # JSON text, or "no match"
+    actual: str
+
+    def render(self) -> str:
+        diff = difflib.unified_diff(self.expected.splitlines(), self.actual.splitlines(),
+                                    "expected", "actual", lineterm="")
+        body = "\n".join(f"    {line}" for line in diff)
+        return f"FAIL {self.test!r}: rule {self.rule}\n{body}"
+
+
+def _spec(rule: Rule) -> RuleSpec:
+    return RuleSpec(key=rule.rule_id, select=rule.select, where=rule.where,
+                    resource=rule.subject.resource, event=rule.subject.event,
+                    app_id=rule.app_id if rule.app_type == "APP" else None,
+                    dialect=rule.dialect, topic=rule.topic)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "no match"
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and _contains(actual[k], v) for k, v in wanted.items())
+    return orjson.dumps(actual) == orjson.dumps(wanted) and type(actual) is type(wanted)
+
+
+def _check(test: RuleTest, expect: Expectation, output: Any) -> Failure | None:
+    if expect.no_match:
+        return None if output is None else Failure(test.name, expect.rule, "no match",
+                                                   _text(output))
+    if expect.output is not None:
+        # Compared as JSON: 1 and 1.0 differ, as they do for every sink.
+        if output is not None and orjson.dumps(output, option=orjson.OPT_SORT_KEYS) \
+                == orjson.dumps(expect.output, option=orjson.OPT_SORT_KEYS):
+            return None
+        return Failure(test.name, expect.rule, _text(expect.output), _text(output))
+    if output is not None and _contains(output, expect.contains):
+        return None
+    return Failure(test.name, expect.rule, _text(expect.contains) + "\n(contained)",
+                   _text(output))
+
+
+def run_tests(config: EngineConfig) -> Iterator[tuple[RuleTest, list[Failure]]]:
+    """Each test with its failures (none: it passed)."""
+    rules = {r.rule_id: r for r in config.rules}
+    compiled: dict[str, Any] = {}
+    for test in config.tests:
+        failures = []
+        for expect in test.expect:
+            rule_id = expect.rule
+            if rule_id not in compiled:
+                compiled[rule_id] = compile_ruleset([_spec(rules[rule_id])])
+            # A rule set copies its outputs: a test's input is never shared.
+            matches = compiled[rule_id].evaluate(test.input)
+            output = matches[0][1] if matches else None
+            if (failure := _check(test, expect, output)) is not None:
+                failures.append(failure)
+        yield test, failures
