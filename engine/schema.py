@@ -13,6 +13,7 @@ an import circle.
 
 from __future__ import annotations
 
+import difflib
 import re
 import ssl
 from collections.abc import Sequence
@@ -37,6 +38,11 @@ from pydantic_core import PydanticCustomError
 class StrictModel(BaseModel):
     # hide_input_in_errors: pydantic must never echo a value (it may be a secret).
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+def _did_you_mean(value: str, choices: Any) -> str:
+    near = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def given(model: BaseModel) -> list[str]:
@@ -310,9 +316,10 @@ class RuleSubject(StrictModel):
         if allowed is not None and event not in allowed:
             raise PydanticCustomError(
                 "event_for_resource",
-                "'{event}' is not a valid event for resource '{resource}' "
+                "'{event}' is not a valid event for resource '{resource}'{hint} "
                 "(expected one of: {allowed})",
-                {"event": event, "resource": resource, "allowed": ", ".join(allowed)},
+                {"event": event, "resource": resource, "allowed": ", ".join(allowed),
+                 "hint": _did_you_mean(event, allowed)},
             )
         return event
 

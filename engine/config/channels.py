@@ -7,6 +7,7 @@ register their Sink class in `engine.destinations.CHANNELS`; importing
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -50,10 +51,12 @@ def check_channel(channel: str) -> None:
             "channel {channel} is not supported by this engine (supported: {supported})",
             {"channel": channel, "supported": ", ".join(sorted(registry()))},
         )
+    near = difflib.get_close_matches(channel.upper(), sorted(registry()), n=1, cutoff=0.6)
     raise PydanticCustomError(
         "channel_unknown",
-        "unknown channel '{channel}' (expected one of: {supported})",
-        {"channel": channel, "supported": ", ".join(sorted(registry()))},
+        "unknown channel '{channel}'{hint} (expected one of: {supported})",
+        {"channel": channel, "supported": ", ".join(sorted(registry())),
+         "hint": f" (did you mean '{near[0]}'?)" if near else ""},
     )
 
 

@@ -11,9 +11,9 @@ elsewhere is invalid: a user sees every problem in one pass.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.config import channels
 from engine.config.errors import ConfigError, Issue, Loc, format_loc, pydantic_message
@@ -49,10 +49,65 @@ def check(data: Any) -> tuple[EngineConfig | None, list[Problem]]:
     try:
         config = EngineConfig.model_validate(data)
     except ValidationError as exc:
-        problems += [(tuple(e["loc"]), pydantic_message(e)) for e in exc.errors()]
+        problems += _model_problems(exc.errors())
     problems += _cross_references(data)
     problems += _compile_rules(data)
     return (config if not problems else None), problems
+
+
+# ------------------------------------------------------------------ model errors
+
+
+def _is_branch(part: str | int) -> bool:
+    # pydantic names the member of a union that failed inside the location:
+    # `literal['none']`, `function-after[...]`, `str`, a model's name.
+    return isinstance(part, str) and ("[" in part or part in _BRANCH_NAMES)
+
+
+_BRANCH_NAMES = {"str", "int", "float", "bool", "none", "list", "dict", "tagged-union"}
+
+
+def _model_problems(errors: list[Any]) -> list[Problem]:
+    """One message per location: the errors of a union's members are said
+    together ("must be one of: none, or must be an object")."""
+    by_loc: dict[Loc, list[str]] = {}
+    for e in errors:
+        loc = tuple(p for p in e["loc"] if not _is_branch(p))
+        message = pydantic_message(e, _fields_at(loc))
+        if message not in by_loc.setdefault(loc, []):
+            by_loc[loc].append(message)
+    return [(loc, ", or ".join(messages)) for loc, messages in by_loc.items()]
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The field names of the model that holds `loc[-1]` (for a did-you-mean)."""
+    model: Any = EngineConfig
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if isinstance(part, int):
+            continue
+        if part == "channel_detail" and parts:   # {detail_key: the sink's Config}
+            detail = parts.pop(0)
+            sinks = {s.detail_key: s for s in channels.registry().values()}
+            model = sinks[detail].Config if detail in sinks else None
+        else:
+            field = getattr(model, "model_fields", {}).get(part)
+            model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    fields = getattr(model, "model_fields", {})
+    return sorted(set(fields) | {f.alias for f in fields.values() if f.alias})
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (`X | None`, `list[X]`, …), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 # ------------------------------------------------------------------ cross references

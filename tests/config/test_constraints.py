@@ -106,7 +106,7 @@ RULE_CASES = [
             subject: {resource: device, event: create}
             app_type: TENANT
         """,
-        4, "rules[0].app_type", "'GLOBAL' or 'APP'",
+        4, "rules[0].app_type", "must be one of: GLOBAL, APP",
     ),
     (
         "app_type-APP-needs-app_id",
@@ -157,7 +157,7 @@ RULE_CASES = [
             subject: {resource: device, event: create}
             active: maybe
         """,
-        4, "rules[0].active", "boolean",
+        4, "rules[0].active", "must be true or false",
     ),
     (
         "unknown-rule-field",
@@ -196,7 +196,7 @@ ACTION_CASES = [
     (
         "detail-field",
         RULE.replace('url: "http://127.0.0.1:9000/hook"', 'url: "ftp://host/x"'),
-        9, "actions[0].channel_detail.http_forwarding.url", "https?://",
+        9, "actions[0].channel_detail.http_forwarding.url", "must be an http:// or https:// URL",
     ),
     (
         "action-rule-missing",
@@ -236,17 +236,17 @@ POLICY_CASES = [
     (
         "flow-limit-zero",
         RULE + "flowcontrol_policies:\n  - policy_id: p1\n    limit: 0\n",
-        12, "flowcontrol_policies[0].limit", "greater than or equal to 1",
+        12, "flowcontrol_policies[0].limit", "must be at least 1",
     ),
     (
         "flow-limit-above-extension",
         RULE + "flowcontrol_policies:\n  - policy_id: p1\n    limit: 1000001\n",
-        12, "flowcontrol_policies[0].limit", "less than or equal to 1000000",
+        12, "flowcontrol_policies[0].limit", "must be at most 1000000",
     ),
     (
         "flow-scope-enum",
         RULE + "flowcontrol_policies:\n  - policy_id: p1\n    scope: TENANT\n",
-        12, "flowcontrol_policies[0].scope", "'USER', 'CHANNEL', 'RULE' or 'ACTION'",
+        12, "flowcontrol_policies[0].scope", "must be one of: USER, CHANNEL, RULE, ACTION",
     ),
     (
         "flow-scope_value-required",
@@ -295,17 +295,17 @@ POLICY_CASES = [
     (
         "backlog-size",
         RULE + "backlog_policies:\n  - policy_id: b1\n    backlog_size: 1073741824\n",
-        12, "backlog_policies[0].backlog_size", "less than or equal to 1073741823",
+        12, "backlog_policies[0].backlog_size", "must be at most 1073741823",
     ),
     (
         "backlog-time",
         RULE + "backlog_policies:\n  - policy_id: b1\n    backlog_time: 86400\n",
-        12, "backlog_policies[0].backlog_time", "less than or equal to 86399",
+        12, "backlog_policies[0].backlog_time", "must be at most 86399",
     ),
     (
         "backlog-negative",
         RULE + "backlog_policies:\n  - policy_id: b1\n    backlog_size: -1\n",
-        12, "backlog_policies[0].backlog_size", "greater than or equal to 0",
+        12, "backlog_policies[0].backlog_size", "must be at least 0",
     ),
 ]
 
@@ -349,7 +349,7 @@ ENGINE_CASES = [
     (
         "http-max_body_bytes",
         "sources:\n  - http:\n      max_body_bytes: 10\n",
-        3, "sources[0].http.max_body_bytes", "greater than or equal to 1024",
+        3, "sources[0].http.max_body_bytes", "must be at least 1024",
     ),
     (
         "simulator-kinds",

@@ -8,4 +8,4 @@ def test_non_string_scope_is_a_validation_error(tmp_path, capsys):
     f.write_text("rules: []\nflowcontrol_policies:\n  - {policy_id: p1, scope: {}, limit: 10}\n")
     assert main(["check", str(f)]) == 2
     err = capsys.readouterr().err
-    assert "rules.yaml:3: flowcontrol_policies[0].scope: Input should be 'USER'" in err
+    assert "rules.yaml:3: flowcontrol_policies[0].scope: must be one of: USER" in err
