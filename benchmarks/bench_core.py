@@ -235,3 +235,43 @@ def test_dialect_same_rule(benchmark, dialect):
     matched = [r[3][0][1] for r in out if r is not None]
     assert len(matched) == (N // 100 if "wildcard" not in dialect else N * 9 // 20)
     assert matched[0]["temp"] > 30 and set(matched[0]) == {"dev", "temp"}
+
+
+# ------------------------------------------------------------ FOREACH (issue 15)
+
+FIVE = copy.deepcopy(EVENT)
+FIVE["notify_data"]["body"]["services"] = [
+    {"service_id": f"S{i}", "properties": {"value": i * 10, "unit": "C"},
+     "event_time": "20151212T121212Z"} for i in range(5)]
+FIVE_EVENTS = [orjson.loads(orjson.dumps(FIVE)) for _ in range(50)] * (N // 50)
+FOREACH = ("FOREACH notify_data.body.services AS s DO notify_data.header.device_id AS device, "
+           "s.service_id AS service, s.properties.value AS value INCASE s.properties.value > 0")
+
+
+def hand_foreach(e):
+    out = []
+    try:
+        device = e["notify_data"]["header"]["device_id"]
+        for s in e["notify_data"]["body"]["services"]:
+            try:
+                v = s["properties"]["value"]
+            except (KeyError, TypeError):
+                continue
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                out.append({"device": device, "service": s["service_id"], "value": v})
+    except (KeyError, TypeError):
+        pass
+    return out
+
+
+@pytest.mark.benchmark(group="FOREACH: 10k reports of 5 services -> 4 outputs each")
+def test_foreach_hand_written(benchmark):
+    out = run(benchmark, lambda: [hand_foreach(e) for e in FIVE_EVENTS])
+    assert len(out[0]) == 4
+
+
+@pytest.mark.benchmark(group="FOREACH: 10k reports of 5 services -> 4 outputs each")
+def test_foreach_core(benchmark):
+    rule = engine.compile_rule(FOREACH, None)
+    out = run(benchmark, lambda: rule.apply_many(FIVE_EVENTS))
+    assert out[0] == hand_foreach(FIVE_EVENTS[0])

@@ -96,8 +96,11 @@ class TopicMatch(Expr):
     def __init__(self, path: Path, levels: Sequence[str | None], rest: bool) -> None: ...
 
 class Projection:
+    many: bool   # FOREACH: outputs are lists
     def __init__(self, star: bool, keys: Sequence[str], exprs: Sequence[Expr],
-                 star_from: Expr | None = None) -> None: ...
+                 star_from: Expr | None = None, each: Expr | None = None,
+                 alias: str | None = None, per_item: Projection | None = None,
+                 incase: Expr | None = None) -> None: ...
 
 class NumKey:
     key: bytes

@@ -111,16 +111,17 @@ cdef class CompiledRule:
         return self._holds(event)
 
     def apply(self, event):
-        """The projected output when WHERE holds, else None."""
+        """The projected output when WHERE holds, else None (FOREACH: the
+        list of outputs, possibly empty)."""
         if self._holds(event):
-            return self.proj.build(event)
+            return self.proj.output(event)
         return None
 
     def apply_many(self, list events):
         """One result (output dict or None) per event, same order."""
         cdef list out = []
         for ev in events:
-            out.append(self.proj.build(ev) if self._holds(ev) else None)
+            out.append(self.proj.output(ev) if self._holds(ev) else None)
         return out
 
     def matches_many(self, list events):
@@ -135,7 +136,7 @@ cdef class CompiledRule:
         ev = decode(data)
         if type(ev) is MalformedEvent:
             return ev
-        return self.proj.build(ev, False) if self._holds(ev) else None
+        return self.proj.output(ev, False) if self._holds(ev) else None
 
     def apply_raw(self, data):
         """Raw JSON bytes -> output dict, None (no match) or MalformedEvent.
@@ -214,7 +215,9 @@ cdef class RuleSet:
                 if raw is not None and r.proj.whole:
                     out.append((self.keys[pos], raw))
                 else:
-                    out.append((self.keys[pos], r.proj.build(ev, copy)))
+                    # FOREACH: one entry, its outputs as a list (the runtime
+                    # makes a record of each and counts the event once).
+                    out.append((self.keys[pos], r.proj.output(ev, copy)))
         return out
 
     def evaluate(self, event):

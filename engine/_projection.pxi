@@ -10,13 +10,54 @@ cdef class Projection:
     cdef tuple keys
     cdef tuple exprs
     cdef object star_from     # Expr whose object `*` copies; None: the event itself
+    # FOREACH (`many`): one output per element of `each` for which `incase`
+    # is TRUE, built by `per_item` (None: the element) on the event with the
+    # element bound to `alias`.
+    cdef readonly bint many
+    cdef object each
+    cdef str alias
+    cdef object per_item
+    cdef object incase
 
-    def __init__(self, bint star, keys, exprs, star_from=None):
+    def __init__(self, bint star, keys, exprs, star_from=None, each=None, alias=None,
+                 per_item=None, incase=None):
         self.star = star
         self.keys = tuple(keys)
         self.exprs = tuple(exprs)
         self.star_from = star_from
-        self.whole = star and not self.keys and star_from is None
+        self.many = each is not None
+        self.each = each
+        self.alias = alias
+        self.per_item = per_item
+        self.incase = incase
+        self.whole = star and not self.keys and star_from is None and not self.many
+
+    cdef list build_many(self, object ev, bint copy=True):
+        """FOREACH: the outputs, one per element that passes INCASE."""
+        cdef list out = []
+        arr = (<Expr>self.each).value(ev)
+        if not PyList_Check(arr):
+            return out
+        # The element is reached by name: a shallow copy of the event's top
+        # level with the alias bound (it shadows a member of that name).
+        cdef dict env = dict(<dict>ev) if PyDict_Check(ev) else {}
+        for el in <list>arr:
+            env[self.alias] = el
+            if self.incase is not None and (<Expr>self.incase).truth(env) != T_TRUE:
+                continue
+            if self.per_item is not None:
+                out.append((<Projection>self.per_item).build(env, copy))
+            elif PyDict_Check(el):
+                out.append(deep_copy(el) if copy else (<dict>el).copy())
+            else:
+                out.append({self.alias: deep_copy(el) if copy else el})
+        return out
+
+    cdef object output(self, object ev, bint copy=True):
+        """`build`, or for FOREACH the list of outputs."""
+        if self.many:
+            return self.build_many(ev, copy)
+        return self.build(ev, copy)
 
     cdef dict build(self, object ev, bint copy=True):
         """`copy`: copy containers taken from the event, so the output never

@@ -418,7 +418,8 @@ class Expectation(_Model):
     `contains` these members, or `no_match`."""
 
     rule: Id
-    output: dict[str, Any] | None = None
+    output: dict[str, Any] | list[dict[str, Any]] | None = None
+    """The exact output; for a FOREACH rule, the list of its outputs."""
     contains: dict[str, Any] | None = None
     no_match: bool = False
 

@@ -249,6 +249,10 @@ class _Rewriter:
                                  line=node.pos[0], column=node.pos[1])
 
     def select(self, select: ast.Select) -> ast.Select:
+        if select.foreach is not None:
+            raise RuleSemanticError("FOREACH is not part of Alibaba's rule language (use the "
+                                    "iotda dialect for it)", clause=self.clause, text=self.text,
+                                    line=select.foreach.pos[0], column=select.foreach.pos[1])
         items = []
         for item in select.items:
             if item.is_star:

@@ -163,11 +163,25 @@ class SelectItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Foreach:
+    """`FOREACH array [AS alias] [DO items] [INCASE condition]`: one output
+    per element of `array` for which `incase` is TRUE; inside `items` and
+    `incase` the name `alias` is the element (a path `alias.x` reads it)."""
+
+    array: Expr
+    alias: str = "item"
+    items: tuple[SelectItem, ...] | None = None   # None: the element itself
+    incase: Expr | None = None
+    pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Select:
     items: tuple[SelectItem, ...]   # empty clause text gives a single `*`
     # What `*` stands for: the members of the object at this path ((): the
     # event itself; the Alibaba dialect's `*` is the message payload's).
     star_root: tuple[str | int, ...] = ()
+    foreach: Foreach | None = None   # a FOREACH clause (then `items` is empty)
 
 
 def children(node: Expr) -> tuple[Expr, ...]:

@@ -99,9 +99,21 @@ def check_where(where: ast.Expr | None, text: str) -> None:
 
 def check_select(select: ast.Select, text: str) -> None:
     c = _Checker("select", text or "")
+    if select.foreach is not None:
+        each = select.foreach
+        c.expr(each.array)
+        if each.incase is not None:
+            c.expr(each.incase)
+        if each.items is not None:
+            _check_items(c, each.items)
+        return
+    _check_items(c, select.items)
+
+
+def _check_items(c: _Checker, items: tuple[ast.SelectItem, ...]) -> None:
     stars = 0
     seen: dict[str, ast.Pos] = {}
-    for item in select.items:
+    for item in items:
         if item.is_star:
             stars += 1
             if item.alias is not None:

@@ -118,6 +118,15 @@ def _compile_call(node: ast.Call) -> _core.Expr:
 
 
 def compile_projection(select: ast.Select) -> _core.Projection:
+    if select.foreach is not None:
+        each = select.foreach
+        per_item = None
+        if each.items is not None:
+            # `*` inside DO is the element's members.
+            per_item = compile_projection(ast.Select(each.items, star_root=(each.alias,)))
+        return _core.Projection(False, [], [], None, compile_expr(each.array), each.alias,
+                                per_item,
+                                compile_expr(each.incase) if each.incase is not None else None)
     star = any(i.is_star for i in select.items)
     items = [i for i in select.items if not i.is_star]
     star_from = compile_path(ast.Path(select.star_root)) if star and select.star_root else None

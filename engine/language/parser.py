@@ -246,7 +246,15 @@ class _ToAst(Transformer_NonRecursive):
 
     # clauses
     def select_clause(self, meta, ch):
+        if isinstance(ch[-1], ast.Foreach):
+            return ast.Select((), foreach=ch[-1])
         return ast.Select(tuple(ch[-1]))
+
+    def foreach_clause(self, meta, ch):
+        # [FOREACH, array, AS?, alias?, DO?, items?, INCASE?, condition?]
+        alias = ch[3][0] if ch[3] is not None else "item"
+        items = tuple(ch[5]) if ch[5] is not None else None
+        return ast.Foreach(ch[1], alias, items, ch[7], _pos(meta))
 
     def where_clause(self, meta, ch):
         return ch[-1]

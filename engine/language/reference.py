@@ -211,8 +211,30 @@ def where_holds(rule: ast.Rule, event: dict) -> bool:
     return truth(rule.where, event) is True
 
 
-def build_output(select: ast.Select, event: dict) -> dict:
-    """The SELECT output object (8.5)."""
+def build_outputs(each: ast.Foreach, event: dict) -> list:
+    """FOREACH: one output per element of the array for which INCASE is TRUE,
+    with the element reachable by its alias (shadowing a member so named)."""
+    array = value(each.array, event)
+    if type(array) is not list:
+        return []
+    outputs = []
+    for element in array:
+        env = {**event, each.alias: element} if type(event) is dict else {each.alias: element}
+        if each.incase is not None and truth(each.incase, env) is not True:
+            continue
+        if each.items is not None:
+            outputs.append(build_output(ast.Select(each.items, star_root=(each.alias,)), env))
+        elif type(element) is dict:
+            outputs.append(copy.deepcopy(element))
+        else:
+            outputs.append({each.alias: copy.deepcopy(element)})
+    return outputs
+
+
+def build_output(select: ast.Select, event: dict) -> Any:
+    """The SELECT output object (8.5); FOREACH: the list of outputs."""
+    if select.foreach is not None:
+        return build_outputs(select.foreach, event)
     out: dict = {}
     whole = resolve(event, select.star_root) if select.star_root else event
     if any(item.is_star for item in select.items) and type(whole) is dict:
@@ -227,7 +249,7 @@ def build_output(select: ast.Select, event: dict) -> dict:
     return out
 
 
-def evaluate(rule: ast.Rule, event: dict) -> dict | None:
+def evaluate(rule: ast.Rule, event: dict) -> Any:
     """WHERE first; if TRUE the SELECT output, else None."""
     old = sys.getrecursionlimit()
     if old < _RECURSION_LIMIT:

@@ -283,7 +283,15 @@ class RuleStats:
         self.failed: dict[str, int] = {}
         self.pruned: set[str] = set()  # removed by a reload: no longer exported
         self.kinds: dict[tuple[Any, Any], int] = {}   # decoded events per (resource, event)
+        self.fanned: dict[str, int] = {}   # outputs - matched, of FOREACH rules
         self.subjects: dict[str, tuple[Any, Any]] = {}
+
+    def count_fanned(self, fanned: dict[str, int]) -> None:
+        """FOREACH rules: outputs beyond one per matched event (may be
+        negative: an event with no element passing INCASE has none)."""
+        for rule, n in fanned.items():
+            if rule not in self.pruned:
+                self.fanned[rule] = self.fanned.get(rule, 0) + n
 
     def count_kinds(self, kinds: dict[tuple[Any, Any], int]) -> None:
         for kind, n in kinds.items():
@@ -301,6 +309,7 @@ class RuleStats:
             for k in [k for k in self.matched if k not in keep]:
                 del self.matched[k]
                 self.failed.pop(k, None)
+                self.fanned.pop(k, None)
                 self.pruned.add(k)
         self.pruned.difference_update(keys)
         for k in keys:
@@ -327,12 +336,16 @@ class RuleStats:
             "engine_events_prefiltered", "Well-formed events never decoded: the pre-filter "
             "proved no rule could match them (part of every rule's not_matched)")
         prefiltered.add_metric([], max(self.well_formed - decoded, 0))
+        outputs = CounterMetricFamily(
+            "engine_rule_outputs", "Outputs the rule made of the events it matched (one per "
+            "event; FOREACH: one per element passing INCASE)", labels=["rule"])
         for rule, n in list(self.matched.items()):
             matched.add_metric([rule], n)
+            outputs.add_metric([rule], n + self.fanned.get(rule, 0))
             not_matched.add_metric([rule], self.well_formed - n)
             failed.add_metric([rule], self.failed.get(rule, 0))
             subject = self.subjects.get(rule)
             of_kind = kinds.get(subject, 0) if subject is not None else decoded
             skipped.add_metric([rule], decoded - of_kind)
             where_false.add_metric([rule], max(of_kind - n, 0))
-        return [matched, not_matched, failed, skipped, where_false, prefiltered]
+        return [matched, not_matched, failed, skipped, where_false, prefiltered, outputs]

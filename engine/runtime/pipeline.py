@@ -183,6 +183,7 @@ class Pipeline:
         routes = gen.routes
         per_action: dict[ActionRunner, list[Record]] = {}
         matched: dict[str, int] = {}
+        fanned: dict[str, int] = {}   # FOREACH: outputs beyond one per matched event
         malformed: list[dict[str, Any]] = []
         for raw, res in zip(items, results, strict=True):
             if res is None:
@@ -194,6 +195,13 @@ class Pipeline:
             event, key, event_time, matches = res
             for rule, output in matches:
                 matched[rule] = matched.get(rule, 0) + 1
+                if type(output) is list:   # FOREACH: a record per output
+                    fanned[rule] = fanned.get(rule, 0) + len(output) - 1
+                    for one in output:
+                        for runner in routes.get(rule, ()):
+                            rec = Record(one, key, event_time, rule, runner.action_id, None)
+                            per_action.setdefault(runner, []).append(rec)
+                    continue
                 if type(output) is bytes:  # the input, forwarded as it arrived
                     payload, exact = event, output
                 else:
@@ -205,6 +213,8 @@ class Pipeline:
                     else:
                         per_action[runner] = [rec]
         self._count(source, len(items), len(malformed), matched)
+        if fanned:
+            self.metrics.rules.count_fanned(fanned)
         if malformed:
             await self.dead_letters.write(malformed)
         settlement = _Settlement(len(per_action))
