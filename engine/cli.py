@@ -574,8 +574,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
-        description="IoT data-forwarding engine: evaluates IoTDA-style forwarding rules "
-        "on device notifications and delivers the matches.",
+        description="IoT data-forwarding engine: evaluates forwarding rules (IoTDA's or "
+        "Alibaba's dialect) on device notifications and delivers the matches.",
     )
     parser.add_argument("--version", action="version", version=_version(),
                         help="print the engine's version and exit")
