@@ -109,6 +109,29 @@ def sdk_client(url: str, ak: str = AK_A, sk: str = SK_A, project: str = "proj-a"
             .with_http_config(config).build())
 
 
+def api_section(tmp_path: Path, port: int) -> str:
+    """The `api:` section of a worker's rule file: project proj-a, key AK_A
+    (its secret from $PROJ_A_SK), a SQLite store in `tmp_path`."""
+    return f"""\
+api:
+  listen: "127.0.0.1:{port}"
+  storage: "sqlite://{tmp_path / 'config.db'}"
+  projects:
+    proj-a:
+      access_keys: [{{ak: "{AK_A}", sk: "${{PROJ_A_SK}}"}}]
+"""
+
+
+def start_worker(tmp_path: Path, config_text: str) -> subprocess.Popen:
+    """`engine run` on `config_text` in `tmp_path`, output in engine.log."""
+    config = tmp_path / "engine.yaml"
+    config.write_text(config_text)
+    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115 - the child keeps its descriptor
+    return subprocess.Popen([sys.executable, "-m", "engine", "run", str(config)],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PROJ_A_SK": SK_A, "PYTHONPATH": str(REPO)})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

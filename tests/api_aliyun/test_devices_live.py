@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.api.conftest import AK_A, SK_A, free_port
+from tests.api.conftest import api_section, free_port, start_worker
 from tests.api_aliyun.conftest import Sdk
 from tests.api_aliyun.test_lifecycle import Receiver, until
 from tests.devices.support import BROKER, Device, port_open
@@ -27,23 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _worker(tmp_path: Path, api: int) -> subprocess.Popen:
-    config = tmp_path / "engine.yaml"
-    config.write_text(f"""\
+    return start_worker(tmp_path, f"""\
 sources:
   - mqtt: {{url: "mqtt://{BROKER[0]}:{BROKER[1]}", client_id: "ali-{os.getpid()}-{api}",
             session_expiry: 0, alibaba_topics: true}}
 worker: {{state_dir: "{tmp_path / 'state'}"}}
-api:
-  listen: "127.0.0.1:{api}"
-  storage: "sqlite://{tmp_path / 'config.db'}"
-  projects:
-    proj-a:
-      access_keys: [{{ak: "{AK_A}", sk: "${{PROJ_A_SK}}"}}]
-""")
-    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115 - the child keeps its descriptor
-    return subprocess.Popen([sys.executable, "-m", "engine", "run", str(config)],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PROJ_A_SK": SK_A, "PYTHONPATH": str(REPO)})
+""" + api_section(tmp_path, api))
 
 
 class Subscriber:

@@ -303,7 +303,7 @@ async def get_rule(store: Store, project: str, params: Params, limits: ApiLimits
     return {"RuleInfo": rule_info(rule.body, project)}
 
 
-def _page_param(params: Params, name: str, default: int, most: int) -> int:
+def page_param(params: Params, name: str, default: int, most: int) -> int:
     value = params.get(name) or str(default)
     if not value.isdigit() or not 1 <= int(value) <= most:
         raise AliyunError("iot.common.InvalidPageParams",
@@ -313,8 +313,8 @@ def _page_param(params: Params, name: str, default: int, most: int) -> int:
 
 async def list_rule(store: Store, project: str, params: Params, limits: ApiLimits
                     ) -> dict[str, Any]:
-    size = _page_param(params, "PageSize", PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
-    page = _page_param(params, "CurrentPage", 1, PAGE_MAX)
+    size = page_param(params, "PageSize", PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+    page = page_param(params, "CurrentPage", 1, PAGE_MAX)
     rules = _of(await store.load(project), RULES)  # oldest first, as the store orders them
     chunk = rules[(page - 1) * size: page * size]
     # Total: the number of rules. The seed's table says "number of pages", its

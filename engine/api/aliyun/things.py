@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.api import devices, errors
 from engine.api.aliyun.errors import AliyunError
+from engine.api.aliyun.operations import page_param
 from engine.api.storage import DEVICES, PRODUCTS, Put, Store, Stored
 from engine.config.limits import ApiLimits
 
@@ -181,18 +182,10 @@ async def query_product(store: Store, project: str, params: Params, limits: ApiL
     return {"Data": product_info(_product(records, _product_key(params)), records)}
 
 
-def _page(params: Params, name: str, default: int, most: int) -> int:
-    value = params.get(name) or str(default)
-    if not value.isdigit() or not 1 <= int(value) <= most:
-        raise AliyunError("iot.common.InvalidPageParams",
-                          f"{name} must be an integer from 1 to {most}.")
-    return int(value)
-
-
 async def query_product_list(store: Store, project: str, params: Params, limits: ApiLimits
                              ) -> dict[str, Any]:
-    size = _page(params, "PageSize", 10, PRODUCT_PAGE_MAX)
-    page = _page(params, "CurrentPage", 1, 1000)
+    size = page_param(params, "PageSize", 10, PRODUCT_PAGE_MAX)
+    page = page_param(params, "CurrentPage", 1, 1000)
     records = await store.load(project)
     products = [r.body for r in records if r.kind == PRODUCTS]
     chunk = products[(page - 1) * size: page * size]
@@ -248,8 +241,8 @@ async def query_device_detail(store: Store, project: str, params: Params, limits
 async def query_device(store: Store, project: str, params: Params, limits: ApiLimits
                        ) -> dict[str, Any]:
     key = _product_key(params)
-    size = _page(params, "PageSize", 10, PAGE_SIZE_MAX)
-    page = _page(params, "CurrentPage", 1, 1000)
+    size = page_param(params, "PageSize", 10, PAGE_SIZE_MAX)
+    page = page_param(params, "CurrentPage", 1, 1000)
     records = await store.load(project)
     _product(records, key)
     found = [r.body for r in records if r.kind == DEVICES and r.body["product_id"] == key]
