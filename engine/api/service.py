@@ -52,7 +52,8 @@ class Kind:
 RULES = Kind("rules", "rule_id", Rule,
              frozenset({"rule_name", "description", "select", "where", "active"}),
              frozenset({"dialect", "topic", "sql"}))
-ACTIONS = Kind("actions", "action_id", Action, frozenset({"channel", "channel_detail"}))
+ACTIONS = Kind("actions", "action_id", Action, frozenset({"channel", "channel_detail"}),
+               frozenset({"error_action"}))
 FLOWCONTROL = Kind("flowcontrol_policies", "policy_id", FlowControlPolicy,
                    frozenset({"policy_name", "description", "limit"}))
 BACKLOG = Kind("backlog_policies", "policy_id", BacklogPolicy,

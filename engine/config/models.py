@@ -182,6 +182,10 @@ class Action(_Model):
     app_id: Id | None = None
     channel: str = Field(min_length=1)
     channel_detail: dict[str, Any]
+    error_action: bool = False
+    """Receives the dead letters of the rule's other actions (what they
+    could not deliver, with the reason) instead of the rule's outputs:
+    Alibaba's error action. Not part of the IoTDA API."""
 
     @field_validator("channel")
     @classmethod

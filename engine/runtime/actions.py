@@ -95,6 +95,7 @@ class ActionRunner:
                  backlog: Backlog | None = None, retry_policy: RetryPolicy | None = None) -> None:
         self.action_id = action_id
         self.rule_id = rule_id
+        self.error_action = False   # receives the rule's dead letters (engine.runtime.worker)
         self.sink = sink
         self.batch_size = batch_size
         self.linger = linger

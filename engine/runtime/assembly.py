@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from engine import RuleSpec, compile_ruleset
 from engine.config import Action, EngineConfig, Rule, SourceEntry
@@ -72,11 +73,25 @@ def runner_specs(config: EngineConfig, deliver: bool = True) -> dict[str, Runner
 def make_runner(spec: RunnerSpec, metrics: Metrics, dead_letters: DeadLetters,
                 flow: FlowControl, backlog: Backlog | None) -> ActionRunner:
     action, batch_size, linger_ms = spec
-    return ActionRunner(action.action_id, action.rule_id, CHANNELS[action.channel](action.detail),
-                        metrics=metrics, dead_letters=dead_letters, batch_size=batch_size,
-                        linger=linger_ms / 1000,
-                        limiter=flow.limiter_for(action.rule_id, action.action_id, action.channel),
-                        backlog=backlog)
+    runner = ActionRunner(action.action_id, action.rule_id,
+                          CHANNELS[action.channel](action.detail),
+                          metrics=metrics, dead_letters=dead_letters, batch_size=batch_size,
+                          linger=linger_ms / 1000,
+                          limiter=flow.limiter_for(action.rule_id, action.action_id,
+                                                   action.channel),
+                          backlog=backlog)
+    runner.error_action = action.error_action
+    return runner
+
+
+def split_routes(rule_ids: Sequence[str], runners: Sequence[ActionRunner]
+                 ) -> tuple[dict[str, list[ActionRunner]], dict[str, list[ActionRunner]]]:
+    """(rule -> the runners its outputs go to, rule -> its error actions)."""
+    routes: dict[str, list[ActionRunner]] = {k: [] for k in rule_ids}
+    errors: dict[str, list[ActionRunner]] = {}
+    for r in runners:
+        (errors if r.error_action else routes).setdefault(r.rule_id, []).append(r)
+    return routes, errors
 
 
 def durable_state(config: EngineConfig, deliver: bool = True

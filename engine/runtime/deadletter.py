@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,6 +47,9 @@ class DeadLetters:
         self.sink = sink
         self.where = where
         self._lock = asyncio.Lock()
+        # Called with the entries once they are stored: the worker hands the
+        # rules' dead letters to their error actions (engine.runtime.worker).
+        self.on_stored: Callable[[list[dict[str, Any]]], None] | None = None
 
     async def open(self) -> None:
         """Connect; raise if the store cannot be used at all (also when it
@@ -64,17 +68,20 @@ class DeadLetters:
             return
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         pending = [Record({"time": now, **e}) for e in entries]
+        stored = [r.payload for r in pending]
         if self.sink is None:
             log.warning("%d dead letter(s) dropped (no dead_letter configured), first: %s",
                         len(pending), orjson.dumps(pending[0].payload)[:300].decode(
                             errors="replace"))
+            if self.on_stored is not None:
+                self.on_stored(stored)
             return
         delay = 0.1
         async with self._lock:
             while True:
                 result = await self.sink.write(pending)
                 if result.ok:
-                    return
+                    break
                 # Whatever the failure, retry: a dead letter has nowhere else to go.
                 first = next(iter(result.failures.values()))
                 pending = [pending[i] for i in sorted(result.failures)]
@@ -82,6 +89,8 @@ class DeadLetters:
                           len(pending), self.where, first.reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+        if self.on_stored is not None:
+            self.on_stored(stored)
 
 
 class FileDeadLetters(DeadLetters):

@@ -29,11 +29,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.config import EngineConfig
 from engine.config.models import parse_listen
+from engine.destinations.base import Record
 from engine.policies import Backlog, FlowControl
-from engine.runtime.actions import ActionRunner, expire_periodically
+from engine.runtime.actions import ActionRunner, Parcel, expire_periodically
 from engine.runtime.assembly import (
     RunnerSpec,
     active_rule_ids,
@@ -44,6 +46,7 @@ from engine.runtime.assembly import (
     make_runner,
     runner_specs,
     source_context,
+    split_routes,
 )
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
@@ -90,9 +93,8 @@ class Worker:
         self.dead_letters = dead_letters or DeadLetters()
         self.runners = list(runners)   # the actions of the current rule set
         self.sources = list(sources)
-        routes: dict[str, list[ActionRunner]] = {k: [] for k in rule_keys}
-        for r in self.runners:
-            routes.setdefault(r.rule_id, []).append(r)
+        routes, self.error_routes = split_routes(rule_keys, self.runners)
+        self.dead_letters.on_stored = self._to_error_actions
         self.pipeline = Pipeline(ruleset, routes, metrics=self.metrics,
                                  dead_letters=self.dead_letters)
         self.metrics.watch_sources(self.sources)
@@ -222,6 +224,8 @@ class Worker:
             failure = await self._wait_sources()
             if failure is not None:
                 raise failure
+            if self.error_routes:
+                await self._error_actions_settled()
             if self.options.drain_backlog_at_end and not self.stopping:
                 await self.drain_backlog()
         finally:
@@ -373,14 +377,13 @@ class Worker:
                 return False
             opened.append(runner)
             runners.append(runner)
-        routes: dict[str, list[ActionRunner]] = {k: [] for k in active_rule_ids(config)}
-        for r in runners:
-            routes[r.rule_id].append(r)
+        routes, error_routes = split_routes(active_rule_ids(config), runners)
         kept = set(map(id, runners))
         retired = [r for r in self.runners if id(r) not in kept]
 
         # The swap: nothing awaits between these lines.
         previous = self.pipeline.swap(ruleset, routes)
+        self.error_routes = error_routes
         for r in self._open:
             if id(r) in kept:
                 continue
@@ -408,6 +411,33 @@ class Worker:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return True
+
+    async def _error_actions_settled(self) -> None:
+        """Sources done: give the error actions the copies they were handed
+        (no source batch waits for them), within `shutdown_timeout`."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        while (self._background or self.metrics.totals.inflight) \
+                and time.monotonic() < deadline and not self.timed_out:
+            await asyncio.sleep(0.05)
+
+    def _to_error_actions(self, entries: list[dict[str, Any]]) -> None:
+        """Hand stored dead letters of a rule's actions to the rule's error
+        actions (each entry as one record). They are stored already, so this
+        is a copy: it is queued without holding up the action that failed,
+        and an error action's own dead letters go nowhere further."""
+        per_runner: dict[ActionRunner, list[Record]] = {}
+        for entry in entries:
+            targets = self.error_routes.get(entry.get("rule_id"))  # type: ignore[arg-type]
+            if not targets or any(t.action_id == entry.get("action_id") for t in targets):
+                continue
+            for target in targets:
+                per_runner.setdefault(target, []).append(Record(
+                    entry, entry.get("key"), None, target.rule_id, target.action_id))
+        for target, records in per_runner.items():
+            parcel = Parcel(records, _nothing, time.monotonic())
+            task = asyncio.create_task(target.submit(parcel), name="error action")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _retire(self, previous: Generation, runners: list[ActionRunner]) -> None:
         """Close actions a reload removed or replaced, once every batch routed
@@ -457,3 +487,7 @@ def _diff(old: dict, new: dict) -> str:
              if ids else f"{sign}0" for sign, ids in (("+", added), ("-", removed),
                                                      ("~", changed))]
     return " ".join(parts)
+
+
+def _nothing() -> None:
+    """The settle callback of error-action parcels: no source batch waits on them."""

@@ -1,7 +1,7 @@
 """The Alibaba kinds in both stores (SQLite and PostgreSQL): operations
 write atomically, ids are unique under concurrency, changes are announced,
 and the effective configuration runs started rules with their engine-channel
-actions (REPUBLISH and error actions stored, not run)."""
+actions and error actions (REPUBLISH only on a worker with an MQTT source)."""
 
 from __future__ import annotations
 
@@ -45,15 +45,18 @@ async def test_effective_config_runs_started_rules_only(backend):  # noqa: F811
                            Configuration=HTTP))["ActionId"]
         await call(store, "CreateRuleAction", RuleId=rule, Type="REPUBLISH",
                    Configuration='{"topic": "/pk/dev/user/get", "topicType": 1}')
-        await call(store, "CreateRuleAction", RuleId=rule, Type="HTTP", ErrorActionFlag="true",
-                   Configuration=json.dumps({"url": "http://127.0.0.1:9/errors"}))
+        errors = (await call(store, "CreateRuleAction", RuleId=rule, Type="HTTP",
+                             ErrorActionFlag="true",
+                             Configuration=json.dumps({"url": "http://127.0.0.1:9/errors"}))
+                  )["ActionId"]
         event = await asyncio.wait_for(heard.get(), 5)  # another instance hears it
         assert event.project == "proj-a" and event.kind.startswith("aliyun_")
 
         config = await effective_config(EngineConfig(), store)
         (engine_rule,) = config.rules
         assert engine_rule.rule_id == f"proj-a/aliyun-{rule}" and engine_rule.active is False
-        assert [a.action_id for a in config.actions] == [f"proj-a/aliyun-{http}"]
+        assert [(a.action_id, a.error_action) for a in config.actions] == [
+            (f"proj-a/aliyun-{http}", False), (f"proj-a/aliyun-{errors}", True)]
 
         await call(store, "StartRule", RuleId=rule)
         config = await effective_config(EngineConfig(), store)

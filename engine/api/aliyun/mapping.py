@@ -19,8 +19,9 @@ Where as rule text; each action of an engine channel becomes action
 `aliyun-<ActionId>` of that channel, `Configuration` as its channel_detail.
 A REPUBLISH action becomes an MQTT_FORWARDING action on the broker the
 worker's MQTT source reads (`broker`; without one it cannot run and is left
-out). Error actions (ErrorActionFlag) are stored but not run
-(docs/api-alibaba.md).
+out). An error action (ErrorActionFlag) becomes an action with
+`error_action: true`: it receives the dead letters of the rule's other
+actions (engine.runtime.worker).
 """
 
 from __future__ import annotations
@@ -96,16 +97,15 @@ def engine_rule(rule: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_action(action: dict[str, Any], broker: Any = None) -> dict[str, Any] | None:
-    """The engine action of a stored one; None when it cannot run here (an
-    error action, or REPUBLISH without a `broker`: the url of the worker's
-    MQTT source)."""
+    """The engine action of a stored one; None when it cannot run here
+    (REPUBLISH without a `broker`: the url of the worker's MQTT source)."""
     from engine.config import channels
 
+    ids: dict[str, Any] = {"action_id": f"{PREFIX}{action['Id']}",
+                           "rule_id": f"{PREFIX}{action['RuleId']}"}
     if action.get("ErrorActionFlag"):
-        # An error action receives only failed forwards; the engine has no such
-        # destination per rule yet, so running it as an action would send it every match.
-        return None
-    ids = {"action_id": f"{PREFIX}{action['Id']}", "rule_id": f"{PREFIX}{action['RuleId']}"}
+        # It receives what the rule's other actions could not deliver.
+        ids["error_action"] = True
     config = orjson.loads(action["Configuration"])
     if action["Type"].upper() == REPUBLISH:
         if broker is None:
