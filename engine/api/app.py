@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.api import aliyun, console, devices, errors, openapi, params, service
 from engine.api.auth import Authenticator, Principal
+from engine.api.effective import republish_broker
 from engine.api.metrics import MetricsProvider, metrics_body
 from engine.api.pagination import Page
 from engine.api.ratelimit import RateLimiter
@@ -380,8 +381,11 @@ class ApiRunner(web.AppRunner):
 
 
 def create_app(api: ApiConfig, store: Store, limits: ApiLimits | None = None,
-               metrics: MetricsProvider | None = None) -> web.Application:
-    """The API application. `store` must be opened (and later closed) by the caller."""
+               metrics: MetricsProvider | None = None, broker: str | None = None
+               ) -> web.Application:
+    """The API application. `store` must be opened (and later closed) by the caller.
+    `broker`: the MQTT broker Alibaba's `Pub` publishes through (the rule files'
+    mqtt source, engine.api.effective.republish_broker)."""
     limits = limits or ApiLimits()
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=limits.max_body_bytes)
@@ -393,7 +397,7 @@ def create_app(api: ApiConfig, store: Store, limits: ApiLimits | None = None,
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     rpc = aliyun.make_handler(aliyun.Verifier(api), lambda: app[STORE], lambda: app[LIMITS],
-                              lambda: app[LIMITER])
+                              lambda: app[LIMITER], broker)
     for method in ("GET", "POST"):
         app.router.add_route(method, ALIYUN_PATH, rpc)
     return app
@@ -406,7 +410,7 @@ async def serve(config: EngineConfig, limits: ApiLimits | None = None,
     api = config.api
     assert api is not None
     async with open_store(api.storage) as store:
-        runner = ApiRunner(create_app(api, store, limits))
+        runner = ApiRunner(create_app(api, store, limits, broker=republish_broker(config)))
         await runner.setup()
         host, port = parse_listen(api.listen)
         site = web.TCPSite(runner, host, port)

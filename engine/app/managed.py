@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from engine.api.app import ApiRunner, create_app
-from engine.api.effective import SEP, effective_config, qualify
+from engine.api.effective import SEP, effective_config, qualify, republish_broker
 from engine.api.metrics import ActionCounters, RuleCounters
 from engine.api.outbox import RegistryEvents
 from engine.api.storage import EVENTS, ChangeEvent, Store, open_store
@@ -117,7 +117,8 @@ async def run_with_api(config: EngineConfig,
                                         provider=StoreConfig(files, store),
                                         extra_sources=[RegistryEvents(store)])
             runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),
-                                               metrics=WorkerMetrics(worker)))
+                                               metrics=WorkerMetrics(worker),
+                                               broker=republish_broker(config)))
             await runner.setup()
             try:
                 host, port = parse_listen(api.listen)

@@ -2,11 +2,12 @@
 source on Alibaba topics (real Mosquitto, paho devices and subscriber, a
 real HTTP receiver): CreateProduct and RegisterDevice make the device known
 to the worker; a topic rule in Alibaba's dialect forwards to HTTP and
-REPUBLISHes to a topic; a system-topic rule reads a property post in the
+REPUBLISHes to a topic; Pub publishes to a device topic; a system-topic rule reads a property post in the
 rules engine's format; StopRule stops it; DeleteRule removes it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -42,8 +43,11 @@ class Subscriber:
         self.ready = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=f"sub-{uuid.uuid4().hex[:8]}")
-        self.client.on_message = lambda c, u, m: self.received.append(
-            (m.topic, json.loads(m.payload)))
+        self.raw: list[tuple[str, bytes]] = []
+        self.client.on_message = lambda c, u, m: (
+            self.raw.append((m.topic, m.payload)),
+            self.received.append((m.topic, json.loads(m.payload))) if m.payload[:1] == b"{"
+            else None)
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.connect(*BROKER)
         self.client.subscribe(topic, qos=1)
@@ -106,6 +110,21 @@ def test_sdk_topic_rule_forwards_republishes_stops_and_deletes(tmp_path):
         until(lambda: [b for p, b in receiver.received if p == "/props"], 15)
         row = [b for p, b in receiver.received if p == "/props"][0]
         assert row == {"t": 21.5, "flat": {"temp": 21.5, "hum": 40}, "id": "42"}
+
+        # Pub (§2.10.1): to a device topic, through the same broker.
+        downlink = Subscriber(f"/{pk}/dev1/user/get")
+        try:
+            answer = sdk.ok("Pub", ProductKey=pk, TopicFullName=f"/{pk}/dev1/user/get",
+                            MessageContent=base64.b64encode(b"\x00open valve").decode(), Qos=1)
+            assert answer["MessageId"].isdigit()
+            until(lambda: downlink.raw, 15)
+            assert downlink.raw == [(f"/{pk}/dev1/user/get", b"\x00open valve")]
+        finally:
+            downlink.close()
+        sdk.fails("Pub", "iot.messagebroker.InvalidFormattedTopicName", ProductKey=pk,
+                  TopicFullName="/otherpk/dev1/user/get", MessageContent="aGk=")
+        sdk.fails("Pub", "iot.messagebroker.MessageContentIsNotBase64Encode", ProductKey=pk,
+                  TopicFullName=f"/{pk}/dev1/user/get", MessageContent="not base64!")
 
         sdk.ok("StopRule", RuleId=hot)
         assert sdk.ok("GetRule", RuleId=hot)["RuleInfo"]["Status"] == "STOP"

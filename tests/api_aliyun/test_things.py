@@ -62,6 +62,10 @@ def test_products_and_devices_through_the_sdk(server):
     shown = huawei.show_device(ShowDeviceRequest(device_id=device["IotId"]))
     assert (shown.node_id, shown.product_id, shown.device_name) == ("dev-01", key, "hall")
 
+    # `engine api` with no mqtt source in its rule files has no broker for Pub.
+    sdk.fails("Pub", "iot.messagebroker.PublishMessageFailed", ProductKey=key,
+              TopicFullName=f"/{key}/dev-01/user/get", MessageContent="aGk=")
+
     sdk.ok("DeleteDevice", IotId=device["IotId"])
     sdk.fails("QueryDeviceDetail", "iot.device.NotExistedDevice", IotId=device["IotId"])
     sdk.fails("GetDeviceStatus", "iot.device.InvalidIoTId")

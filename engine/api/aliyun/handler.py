@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from engine.api.aliyun import errors, operations, things
+from engine.api.aliyun import errors, messaging, operations, things
 from engine.api.aliyun.errors import AliyunError
 from engine.api.aliyun.signature import Caller, Verifier
 from engine.api.ratelimit import RateLimiter
@@ -26,8 +26,11 @@ from engine.config.limits import ApiLimits
 
 log = logging.getLogger(__name__)
 
-# The rules engine (§2.9) and the products and devices (§2.5, §2.6).
+# The rules engine (§2.9) and the products and devices (§2.5, §2.6), on the
+# store; Pub (§2.10.1) on the broker.
 OPERATIONS = {**operations.OPERATIONS, **things.OPERATIONS}
+BROKER_OPERATIONS = {"Pub": messaging.pub}
+ACTIONS = sorted([*OPERATIONS, *BROKER_OPERATIONS])
 
 VERSION = "2018-01-20"
 FORM = "application/x-www-form-urlencoded"
@@ -61,7 +64,9 @@ def _project(caller: Caller, params: dict[str, str]) -> str:
 
 
 def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callable[[], ApiLimits],
-                 limiter: Callable[[], RateLimiter]) -> Callable[[web.Request], Any]:
+                 limiter: Callable[[], RateLimiter], broker: str | None = None
+                 ) -> Callable[[web.Request], Any]:
+    """`broker`: the MQTT broker URL `Pub` publishes through (None: refused)."""
     async def handle(request: web.Request) -> web.Response:
         rid = errors.request_id()
         params: dict[str, str] = {}
@@ -76,11 +81,13 @@ def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callabl
                 raise errors.missing_parameter("Action")
             if params.get("Version") != VERSION:
                 raise errors.unsupported_version(params.get("Version", ""))
-            operation = OPERATIONS.get(action)
-            if operation is None:
-                raise errors.unknown_action(action, sorted(OPERATIONS))
+            if action not in OPERATIONS and action not in BROKER_OPERATIONS:
+                raise errors.unknown_action(action, ACTIONS)
             project = _project(caller, params)
-            result = await operation(store(), project, params, limits())
+            if action in BROKER_OPERATIONS:
+                result = await BROKER_OPERATIONS[action](broker, project, params)
+            else:
+                result = await OPERATIONS[action](store(), project, params, limits())
             payload: dict[str, Any] = {"RequestId": rid, "Success": True, **result}
             status = 200
         except AliyunError as err:
@@ -94,7 +101,7 @@ def make_handler(verifier: Verifier, store: Callable[[], Store], limits: Callabl
             failure = errors.internal()
             payload, status = failure.body(rid), failure.status
         action = params.get("Action", "")
-        body, content_type = errors.render(payload, action if action in OPERATIONS else "",
+        body, content_type = errors.render(payload, action if action in ACTIONS else "",
                                            params.get("Format"))
         return web.Response(body=body, status=status, content_type=content_type)
 
