@@ -49,6 +49,9 @@ from engine.schema import StrictModel as _Model
 from engine.sources import SOURCES
 from engine.sources.device_registry import RegistryConfig
 
+if TYPE_CHECKING:
+    from engine.language import RuleSpec
+
 # ------------------------------------------------------------------ shared types
 
 # IoTDA: "a maximum of 36 characters. Only letters, digits, underscores (_),
@@ -162,6 +165,17 @@ class Rule(_Model):
         if self.app_type == "APP" and not self.app_id:
             raise PydanticCustomError("app_id_required", "app_type APP requires app_id")
         return self
+
+    def spec(self) -> RuleSpec:
+        """The rule as the worker compiles it (engine.runtime.assembly): its
+        subject, app scope, dialect and topic. Rule tests evaluate this same
+        spec, so they see what `engine run` does."""
+        from engine.language import RuleSpec
+
+        return RuleSpec(key=self.rule_id, select=self.select, where=self.where,
+                        resource=self.subject.resource, event=self.subject.event,
+                        app_id=self.app_id if self.app_type == "APP" else None,
+                        dialect=self.dialect, topic=self.topic)
 
 
 # ------------------------------------------------------------------ actions

@@ -3,10 +3,11 @@
 Each test gives one notification and, per named rule, what the rule must
 make of it: exactly an `output`, an output that `contains` some members
 (recursively: nested objects are compared member by member too), or
-`no_match`. The rule runs as the worker runs it (engine.runtime.assembly):
-its subject, app scope, dialect and topic, through a compiled rule set, so
-a test that passes here behaves the same in `engine run`. Inactive rules
-are tested too (activating one later should not surprise anyone).
+`no_match`. The rule runs as the worker runs it: `Rule.spec()` (its
+subject, app scope, dialect and topic, the spec engine.runtime.assembly
+compiles) through a compiled rule set, so a test that passes here behaves
+the same in `engine run`. Inactive rules are tested too (activating one
+later should not surprise anyone).
 
 Vector's unit tests for transforms are the model.
 """
@@ -14,14 +15,29 @@ Vector's unit tests for transforms are the model.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from engine.config.models import EngineConfig, Expectation, Rule, RuleTest
-from engine.language import RuleSpec, compile_ruleset
+from engine.language import compile_ruleset
+
+Evaluator = Callable[[dict[str, Any]], Any]
+
+
+def rule_evaluator(rule: Rule) -> Evaluator:
+    """A function giving what the worker makes of a notification with `rule`:
+    its output (for a FOREACH rule, the list of outputs) or None when the
+    rule does not match. The notification is not changed."""
+    ruleset = compile_ruleset([rule.spec()])
+
+    def evaluate(notification: dict[str, Any]) -> Any:
+        matches = ruleset.evaluate(notification)   # copies its outputs
+        return matches[0][1] if matches else None
+
+    return evaluate
 
 
 @dataclass(frozen=True)
@@ -36,13 +52,6 @@ class Failure:
                                     "expected", "actual", lineterm="")
         body = "\n".join(f"    {line}" for line in diff)
         return f"FAIL {self.test!r}: rule {self.rule}\n{body}"
-
-
-def _spec(rule: Rule) -> RuleSpec:
-    return RuleSpec(key=rule.rule_id, select=rule.select, where=rule.where,
-                    resource=rule.subject.resource, event=rule.subject.event,
-                    app_id=rule.app_id if rule.app_type == "APP" else None,
-                    dialect=rule.dialect, topic=rule.topic)
 
 
 def _text(value: Any) -> str:
@@ -77,16 +86,13 @@ def _check(test: RuleTest, expect: Expectation, output: Any) -> Failure | None:
 def run_tests(config: EngineConfig) -> Iterator[tuple[RuleTest, list[Failure]]]:
     """Each test with its failures (none: it passed)."""
     rules = {r.rule_id: r for r in config.rules}
-    compiled: dict[str, Any] = {}
+    evaluators: dict[str, Evaluator] = {}
     for test in config.tests:
         failures = []
         for expect in test.expect:
-            rule_id = expect.rule
-            if rule_id not in compiled:
-                compiled[rule_id] = compile_ruleset([_spec(rules[rule_id])])
-            # A rule set copies its outputs: a test's input is never shared.
-            matches = compiled[rule_id].evaluate(test.input)
-            output = matches[0][1] if matches else None
+            if expect.rule not in evaluators:
+                evaluators[expect.rule] = rule_evaluator(rules[expect.rule])
+            output = evaluators[expect.rule](test.input)
             if (failure := _check(test, expect, output)) is not None:
                 failures.append(failure)
         yield test, failures
