@@ -168,8 +168,8 @@ class Rule(_Model):
 
     def spec(self) -> RuleSpec:
         """The rule as the worker compiles it (engine.runtime.assembly): its
-        subject, app scope, dialect and topic. Rule tests evaluate this same
-        spec, so they see what `engine run` does."""
+        subject, app scope, dialect and topic. Rule tests and `engine eval
+        --rules` evaluate this same spec, so they see what `engine run` does."""
         from engine.language import RuleSpec
 
         return RuleSpec(key=self.rule_id, select=self.select, where=self.where,

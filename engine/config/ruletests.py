@@ -6,8 +6,9 @@ make of it: exactly an `output`, an output that `contains` some members
 `no_match`. The rule runs as the worker runs it: `Rule.spec()` (its
 subject, app scope, dialect and topic, the spec engine.runtime.assembly
 compiles) through a compiled rule set, so a test that passes here behaves
-the same in `engine run`. Inactive rules are tested too (activating one
-later should not surprise anyone).
+the same in `engine run`; `engine eval --rules` evaluates a file's rule
+through the same `rule_evaluator`. Inactive rules are tested too
+(activating one later should not surprise anyone).
 
 Vector's unit tests for transforms are the model.
 """
