@@ -681,9 +681,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("test", help="run the tests: sections of rule files (expected outputs "
-                       "per rule): 0 all passed, 1 a test failed, 2 invalid")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser(
+        "test", help="run the tests: sections of rule files (expected outputs per rule): "
+        "0 all passed, 1 a test failed, 2 invalid",
+        description="Run the tests: sections of rule files: each test's notification "
+                    "(input, or each of inputs) goes through the named rules, evaluated as "
+                    "the worker evaluates them (subject, app scope, dialect, topic), and is "
+                    "compared with the expected output, contains or no_match. Exit 0 when "
+                    "all pass, 1 when a test failed (a unified diff per failure on stderr), "
+                    "2 when a file is invalid or has no tests. engine check runs them too "
+                    "(docs/configuration.md#tests).")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="rule files, merged as engine run merges them")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("schema", help="print the JSON Schema of rule files (editor completion)")

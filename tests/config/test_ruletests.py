@@ -204,6 +204,16 @@ def test_engine_test_and_check_exit_codes(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("rules: [{rule_id: x}]\ntests: []\n")
     assert cli("test", str(broken)).returncode == 2
+    unknown_dir = tmp_path / "unknown"
+    unknown_dir.mkdir()
+    unknown = write(unknown_dir, [{"name": "typo", "input": REPORT,
+                                   "expect": [{"rule": "lwo", "no_match": True}]}])
+    line = unknown.read_text().splitlines().index("  - rule: lwo") + 1
+    for command in ("test", "check"):
+        r = cli(command, str(unknown))
+        assert r.returncode == 2, (command, r.stderr)
+        assert f"{unknown}:{line}: tests[0].expect[0].rule: no rule has rule_id 'lwo' " \
+               "(did you mean 'low'?)" in r.stderr
     none = tmp_path / "none.yaml"
     none.write_text(yaml.safe_dump({"rules": RULES[:1]}))
     r = cli("test", str(none))
