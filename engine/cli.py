@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.config import EngineConfig
+    from engine.config import EngineConfig, Rule
 
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
@@ -39,7 +39,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"engine eval: cannot read event: {e}", file=sys.stderr)
         return EXIT_ERROR
-    select, where, subject = args.select, args.where, None
+    select, where = args.select, args.where
     if args.rules or args.rule:
         if not (args.rules and args.rule) or select is not None or where is not None:
             print("engine eval: --rules FILE and --rule ID go together, instead of "
@@ -55,8 +55,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"engine eval: no rule {args.rule!r} in {', '.join(args.rules)}"
                   + (f" (did you mean {hint[0]!r}?)" if hint else ""), file=sys.stderr)
             return EXIT_ERROR
-        select, where = rule.select, rule.where
-        subject = (rule.subject.resource, rule.subject.event)
+        return _eval_file_rule(args, rule, data)
     result = test_rule(select, where, data)
     if result.error is not None:
         print(result.error, file=sys.stderr)
@@ -64,21 +63,73 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if result.event_error is not None:
         print(f"engine eval: {args.event}: {result.event_error}", file=sys.stderr)
         return EXIT_ERROR
-    for warning in lint(select, where, subject):
+    for warning in lint(select, where):
         print(f"warning: {warning}", file=sys.stderr)
     trace = None
-    if args.explain or subject is not None:
+    if args.explain:
         event = _core.decode_event(data)  # a JSON object: test_rule checked it
-        trace = explain_where(where, event if isinstance(event, dict) else {}, subject)
-    if not result.matched or (trace is not None and trace.subject is not None):
+        trace = explain_where(where, event if isinstance(event, dict) else {})
+    if not result.matched:
         print("no match")
-        if args.explain and trace is not None:
+        if trace is not None:
             print(trace.render())
         return EXIT_NO_MATCH
     print(render_json(result.output))
-    if args.explain and trace is not None:
+    if trace is not None:
         print(trace.render(), file=sys.stderr)
     return EXIT_OK
+
+
+def _eval_file_rule(args: argparse.Namespace, rule: Rule, data: bytes) -> int:
+    """`engine eval --rules FILE --rule ID`: the rule as the worker runs it
+    (subject, app scope, dialect, topic: the evaluator of rule tests)."""
+    from engine import _core
+    from engine.config.ruletests import rule_evaluator
+    from engine.language.explain import explain_where
+    from engine.language.lint import lint
+    from engine.language.tester import render_json
+
+    event = _core.decode_event(data)
+    if isinstance(event, _core.MalformedEvent):
+        print(f"engine eval: {args.event}: {event.reason}", file=sys.stderr)
+        return EXIT_ERROR
+    output = rule_evaluator(rule)(event)
+    iotda = rule.dialect == "iotda"   # lint and explain read IoTDA's language
+    subject = (rule.subject.resource, rule.subject.event)
+    if iotda:
+        for warning in lint(rule.select, rule.where, subject):
+            print(f"warning: {warning}", file=sys.stderr)
+    trace = explain_where(rule.where, event, subject) if args.explain and iotda else None
+    if args.explain and not iotda:
+        print(f"note: no explain trace for the {rule.dialect} dialect", file=sys.stderr)
+    if output is None:
+        print("no match")
+        if trace is not None:
+            text = trace.render()
+            if trace.subject is None and trace.result == "TRUE":   # the scope decided
+                print(_scope_mismatch(rule, event))
+                text = text.replace(trace.summary, "WHERE is TRUE", 1)
+            print(text)
+        return EXIT_NO_MATCH
+    print(render_json(output))
+    if trace is not None:
+        print(trace.render(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _scope_mismatch(rule: Rule, event: dict) -> str:
+    """Why a rule whose subject and WHERE hold did not match: its app scope
+    or topic filter (checked by the worker before WHERE)."""
+    def member(obj: Any, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, dict) else None
+
+    data = member(event, "notify_data")
+    app_id = member(member(data, "header"), "app_id")   # where the worker looks (_core.AppIs)
+    if not isinstance(app_id, str):
+        app_id = member(member(data, "body"), "app_id")
+    if rule.app_type == "APP" and app_id != rule.app_id:
+        return f"app scope: the rule is for app_id {rule.app_id!r}, the event's is {app_id!r}"
+    return f"topic: the event's topic does not match the rule's filter {rule.topic!r}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -380,6 +431,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from engine.language.lint import lint
 
     for rule in config.rules:
+        if rule.dialect != "iotda":   # lint reads IoTDA's language: Alibaba paths look unknown
+            continue
         subject = (rule.subject.resource, rule.subject.event)
         for warning in lint(rule.select, rule.where, subject):
             print(f"warning: rule {rule.rule_id}: {warning}", file=sys.stderr)
@@ -585,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", default=None, help="SELECT text (default: *)")
     p.add_argument("--where", default=None, help="WHERE text (default: always true)")
     p.add_argument("--rules", nargs="+", metavar="FILE", default=None,
-                   help="rule files to take the rule from (with --rule; its subject counts)")
+                   help="rule files to take the rule from (with --rule; evaluated as the worker "
+                   "does: subject, app scope, dialect, topic)")
     p.add_argument("--rule", metavar="ID", default=None, help="the rule's rule_id (with --rules)")
     p.add_argument("--explain", action="store_true",
                    help="print why: the value and type of every path, call and condition of "
@@ -627,9 +681,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("test", help="run the tests: sections of rule files (expected outputs "
-                       "per rule): 0 all passed, 1 a test failed, 2 invalid")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser(
+        "test", help="run the tests: sections of rule files (expected outputs per rule): "
+        "0 all passed, 1 a test failed, 2 invalid",
+        description="Run the tests: sections of rule files: each test's notification "
+                    "(input, or each of inputs) goes through the named rules, evaluated as "
+                    "the worker evaluates them (subject, app scope, dialect, topic), and is "
+                    "compared with the expected output, contains or no_match. Exit 0 when "
+                    "all pass, 1 when a test failed (a unified diff per failure on stderr), "
+                    "2 when a file is invalid or has no tests. engine check runs them too "
+                    "(docs/configuration.md#tests).")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="rule files, merged as engine run merges them")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("schema", help="print the JSON Schema of rule files (editor completion)")

@@ -49,6 +49,9 @@ from engine.schema import StrictModel as _Model
 from engine.sources import SOURCES
 from engine.sources.device_registry import RegistryConfig
 
+if TYPE_CHECKING:
+    from engine.language import RuleSpec
+
 # ------------------------------------------------------------------ shared types
 
 # IoTDA: "a maximum of 36 characters. Only letters, digits, underscores (_),
@@ -162,6 +165,17 @@ class Rule(_Model):
         if self.app_type == "APP" and not self.app_id:
             raise PydanticCustomError("app_id_required", "app_type APP requires app_id")
         return self
+
+    def spec(self) -> RuleSpec:
+        """The rule as the worker compiles it (engine.runtime.assembly): its
+        subject, app scope, dialect and topic. Rule tests and `engine eval
+        --rules` evaluate this same spec, so they see what `engine run` does."""
+        from engine.language import RuleSpec
+
+        return RuleSpec(key=self.rule_id, select=self.select, where=self.where,
+                        resource=self.subject.resource, event=self.subject.event,
+                        app_id=self.app_id if self.app_type == "APP" else None,
+                        dialect=self.dialect, topic=self.topic)
 
 
 # ------------------------------------------------------------------ actions
@@ -419,12 +433,14 @@ class WorkerConfig(_Model):
 
 class Expectation(_Model):
     """What one rule must make of a test's input: exactly `output`, an output
-    `contains` these members, or `no_match`."""
+    that `contains` these members, or `no_match`."""
 
     rule: Id
     output: dict[str, Any] | list[dict[str, Any]] | None = None
     """The exact output; for a FOREACH rule, the list of its outputs."""
-    contains: dict[str, Any] | None = None
+    contains: dict[str, Any] | list[dict[str, Any]] | None = None
+    """Members the output must have; for a FOREACH rule, a list: one object
+    per output, in order."""
     no_match: bool = False
 
     @model_validator(mode="after")
@@ -437,13 +453,26 @@ class Expectation(_Model):
 
 
 class RuleTest(_Model):
-    """`tests:` item: a notification and what each named rule must make of it
-    (`engine test`, `engine check`; the worker ignores them)."""
+    """`tests:` item: a notification (or several) and what each named rule
+    must make of it (`engine test`, `engine check`; the worker ignores them)."""
 
     name: str = Field(min_length=1, max_length=256)
-    input: dict[str, Any]
+    input: dict[str, Any] | None = None
     """A notification, as a source delivers it (docs/notifications.md)."""
+    inputs: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    """Several notifications instead of `input`: each must meet every expectation."""
     expect: list[Expectation] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RuleTest:
+        if (self.input is None) == (self.inputs is None):
+            raise PydanticCustomError("test_input", "give either input (one notification) "
+                                      "or inputs (a list of them)")
+        return self
+
+    @property
+    def notifications(self) -> list[dict[str, Any]]:
+        return [self.input] if self.input is not None else list(self.inputs or ())
 
 
 class EngineConfig(_Model):

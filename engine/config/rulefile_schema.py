@@ -1,9 +1,11 @@
 """JSON Schema of the rule-file format, for editors (`engine schema`).
 
 Built from the same pydantic models `load_config` validates with, so it
-cannot drift from them. Two things the models check in code are spelled out
-for the schema: each channel's `channel_detail` (the models take a dict and
-look the channel up at validation time) and the events of each resource.
+cannot drift from them. What the models check in code is spelled out for
+the schema: each channel's `channel_detail` (the models take a dict and
+look the channel up at validation time), the events of each resource, and
+the one-of choices of a rule test (`input`/`inputs`; `output`/`contains`/
+`no_match`).
 
 The schema is a help for completion and early errors, not the validator:
 `engine check` also compiles the rules, checks ids across files and resolves
@@ -55,4 +57,10 @@ def rule_file_schema() -> dict[str, Any]:
          "then": {"properties": {"event": {"enum": list(events)}}}}
         for resource, events in RESOURCE_EVENTS.items()
     ]
+
+    # Checked by the models' validators: one input form, one expectation form.
+    defs["RuleTest"]["oneOf"] = [{"required": ["input"]}, {"required": ["inputs"]}]
+    defs["Expectation"]["oneOf"] = [
+        {"required": ["output"]}, {"required": ["contains"]},
+        {"required": ["no_match"], "properties": {"no_match": {"const": True}}}]
     return schema

@@ -1,12 +1,16 @@
 """Rule tests: the `tests:` section of rule files (`engine test`, `engine check`).
 
-Each test gives one notification and, per named rule, what the rule must
-make of it: exactly an `output`, an output that `contains` some members
-(recursively: nested objects are compared member by member too), or
-`no_match`. The rule runs as the worker runs it (engine.runtime.assembly):
-its subject, app scope, dialect and topic, through a compiled rule set, so
-a test that passes here behaves the same in `engine run`. Inactive rules
-are tested too (activating one later should not surprise anyone).
+Each test gives one notification (`input`) or several (`inputs`) and, per
+named rule, what the rule must make of each: exactly an `output`, an output
+that `contains` some members (recursively: nested objects are compared
+member by member too), or `no_match`; for a FOREACH rule `output` and
+`contains` are lists, one item per output, in order. The rule runs as the
+worker runs it: `Rule.spec()` (its subject, app scope, dialect and topic,
+the spec engine.runtime.assembly compiles) through a compiled rule set, so
+a test that passes here behaves the same in `engine run`. `engine eval
+--rules` evaluates a file's rule through the same `rule_evaluator`.
+Inactive rules are tested too (activating one later should not surprise
+anyone).
 
 Vector's unit tests for transforms are the model.
 """
@@ -14,14 +18,29 @@ Vector's unit tests for transforms are the model.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from engine.config.models import EngineConfig, Expectation, Rule, RuleTest
-from engine.language import RuleSpec, compile_ruleset
+from engine.language import compile_ruleset
+
+Evaluator = Callable[[dict[str, Any]], Any]
+
+
+def rule_evaluator(rule: Rule) -> Evaluator:
+    """A function giving what the worker makes of a notification with `rule`:
+    its output (for a FOREACH rule, the list of outputs) or None when the
+    rule does not match. The notification is not changed."""
+    ruleset = compile_ruleset([rule.spec()])
+
+    def evaluate(notification: dict[str, Any]) -> Any:
+        matches = ruleset.evaluate(notification)   # copies its outputs
+        return matches[0][1] if matches else None
+
+    return evaluate
 
 
 @dataclass(frozen=True)
@@ -30,19 +49,14 @@ class Failure:
     rule: str
     expected: str   # JSON text, or "no match"
     actual: str
+    input: int | None = None   # the position in `inputs`, when the test has several
 
     def render(self) -> str:
         diff = difflib.unified_diff(self.expected.splitlines(), self.actual.splitlines(),
                                     "expected", "actual", lineterm="")
         body = "\n".join(f"    {line}" for line in diff)
-        return f"FAIL {self.test!r}: rule {self.rule}\n{body}"
-
-
-def _spec(rule: Rule) -> RuleSpec:
-    return RuleSpec(key=rule.rule_id, select=rule.select, where=rule.where,
-                    resource=rule.subject.resource, event=rule.subject.event,
-                    app_id=rule.app_id if rule.app_type == "APP" else None,
-                    dialect=rule.dialect, topic=rule.topic)
+        where = f" (inputs[{self.input}])" if self.input is not None else ""
+        return f"FAIL {self.test!r}{where}: rule {self.rule}\n{body}"
 
 
 def _text(value: Any) -> str:
@@ -51,42 +65,54 @@ def _text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
 
 
+def _same(actual: Any, wanted: Any) -> bool:
+    # Compared as JSON: 1 and 1.0 differ, as they do for every sink.
+    return orjson.dumps(actual, option=orjson.OPT_SORT_KEYS) \
+        == orjson.dumps(wanted, option=orjson.OPT_SORT_KEYS)
+
+
 def _contains(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(
             k in actual and _contains(actual[k], v) for k, v in wanted.items())
-    return orjson.dumps(actual) == orjson.dumps(wanted) and type(actual) is type(wanted)
+    return _same(actual, wanted)
 
 
-def _check(test: RuleTest, expect: Expectation, output: Any) -> Failure | None:
+def _meets(expect: Expectation, output: Any) -> bool:
     if expect.no_match:
-        return None if output is None else Failure(test.name, expect.rule, "no match",
-                                                   _text(output))
+        return output is None
+    if output is None:
+        return False
     if expect.output is not None:
-        # Compared as JSON: 1 and 1.0 differ, as they do for every sink.
-        if output is not None and orjson.dumps(output, option=orjson.OPT_SORT_KEYS) \
-                == orjson.dumps(expect.output, option=orjson.OPT_SORT_KEYS):
-            return None
-        return Failure(test.name, expect.rule, _text(expect.output), _text(output))
-    if output is not None and _contains(output, expect.contains):
-        return None
-    return Failure(test.name, expect.rule, _text(expect.contains) + "\n(contained)",
-                   _text(output))
+        return _same(output, expect.output)
+    wanted = expect.contains
+    if isinstance(wanted, list):   # a FOREACH rule: one object per output, in order
+        return isinstance(output, list) and len(output) == len(wanted) \
+            and all(_contains(o, w) for o, w in zip(output, wanted, strict=True))
+    return _contains(output, wanted)
+
+
+def _expected_text(expect: Expectation) -> str:
+    if expect.no_match:
+        return "no match"
+    if expect.output is not None:
+        return _text(expect.output)
+    return _text(expect.contains) + "\n(contained)"
 
 
 def run_tests(config: EngineConfig) -> Iterator[tuple[RuleTest, list[Failure]]]:
     """Each test with its failures (none: it passed)."""
     rules = {r.rule_id: r for r in config.rules}
-    compiled: dict[str, Any] = {}
+    evaluators: dict[str, Evaluator] = {}
     for test in config.tests:
         failures = []
-        for expect in test.expect:
-            rule_id = expect.rule
-            if rule_id not in compiled:
-                compiled[rule_id] = compile_ruleset([_spec(rules[rule_id])])
-            # A rule set copies its outputs: a test's input is never shared.
-            matches = compiled[rule_id].evaluate(test.input)
-            output = matches[0][1] if matches else None
-            if (failure := _check(test, expect, output)) is not None:
-                failures.append(failure)
+        several = test.inputs is not None
+        for position, notification in enumerate(test.notifications):
+            for expect in test.expect:
+                if expect.rule not in evaluators:
+                    evaluators[expect.rule] = rule_evaluator(rules[expect.rule])
+                output = evaluators[expect.rule](notification)
+                if not _meets(expect, output):
+                    failures.append(Failure(test.name, expect.rule, _expected_text(expect),
+                                            _text(output), position if several else None))
         yield test, failures

@@ -137,6 +137,8 @@ def _cross_references(data: dict[str, Any]) -> list[Problem]:
     rule_ids, problems = _unique_ids(data, "rules", "rule_id")
     action_ids, more = _unique_ids(data, "actions", "action_id")
     problems += more
+    _, more = _unique_ids(data, "tests", "name")   # a failure names its test
+    problems += more
 
     for i, action in _items(data, "actions"):
         rule_id = action.get("rule_id")

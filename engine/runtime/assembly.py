@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from engine import RuleSpec, compile_ruleset
+from engine import compile_ruleset
 from engine.config import Action, EngineConfig, Rule, SourceEntry
 from engine.destinations import CHANNELS
 from engine.policies import Backlog, FlowControl
@@ -48,11 +48,7 @@ def active_rule_ids(config: EngineConfig) -> list[str]:
 
 def build_ruleset(config: EngineConfig):
     """The compiled rule set of the active rules (keys: rule ids)."""
-    return compile_ruleset([
-        RuleSpec(key=r.rule_id, select=r.select, where=r.where, resource=r.subject.resource,
-                 event=r.subject.event, app_id=r.app_id if r.app_type == "APP" else None,
-                 dialect=r.dialect, topic=r.topic)
-        for r in active_rules(config).values()])
+    return compile_ruleset([r.spec() for r in active_rules(config).values()])
 
 
 # What makes a running action reusable across a reload: same action, same

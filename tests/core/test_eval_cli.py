@@ -64,3 +64,41 @@ def test_a_rule_from_a_file_with_its_subject_and_lint(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0
     assert "warning: rule hot: where:" in check.stderr
+
+
+def test_a_file_rule_runs_as_the_worker_runs_it(tmp_path):
+    """Dialect, app scope and topic count, as in `engine run` (and rule tests)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {rule_id: hot, dialect: aliyun,\n"
+        "     sql: \"SELECT temp, deviceName() AS dev FROM '/pk/+/user/t' WHERE temp > 30\"}\n"
+        "  - {rule_id: app1, subject: {resource: device.message, event: report},\n"
+        "     app_type: APP, app_id: app1}\n")
+    message = {"resource": "device.message", "event": "report",
+               "notify_data": {"header": {"device_id": "pk_d2", "node_id": "d2",
+                                          "app_id": "app2"},
+                               "body": {"topic": "/pk/d2/user/t", "content": {"temp": 35}}}}
+    p = run("--rules", str(rules), "--rule", "hot", "-", stdin=json.dumps(message))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"temp": 35, "dev": "d2"}
+    assert "warning" not in p.stderr   # IoTDA's lint does not read Alibaba's paths
+    other_topic = {**message, "notify_data": {**message["notify_data"], "body": {
+        "topic": "/pk/d2/user/u", "content": {"temp": 35}}}}
+    p = run("--rules", str(rules), "--rule", "hot", "--explain", "-",
+            stdin=json.dumps(other_topic))
+    assert p.returncode == 1 and p.stdout == "no match\n"
+    assert "no explain trace for the aliyun dialect" in p.stderr
+
+    p = run("--rules", str(rules), "--rule", "app1", "--explain", "-", stdin=json.dumps(message))
+    assert p.returncode == 1
+    assert p.stdout.splitlines()[:3] == [
+        "no match", "app scope: the rule is for app_id 'app1', the event's is 'app2'",
+        "WHERE is TRUE"]
+    mine = {**message, "notify_data": {**message["notify_data"], "header": {"app_id": "app1"}}}
+    p = run("--rules", str(rules), "--rule", "app1", "-", stdin=json.dumps(mine))
+    assert p.returncode == 0 and json.loads(p.stdout) == mine
+
+    check = subprocess.run([sys.executable, "-m", "engine", "check", str(rules)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "warning" not in check.stderr

@@ -121,6 +121,23 @@ def test_configuration_doc_lists_every_channel_detail_member():
         assert required == {n for n, f in sink.Config.model_fields.items() if f.is_required()}
 
 
+def test_configuration_doc_shows_a_real_rule_test_failure(tmp_path):
+    """The failure printed under `tests` is what `engine test` prints for the
+    shipped example with its first expectation changed (level 12 -> 13)."""
+    text = (DOCS / "configuration.md").read_text()
+    section = text[text.index("## `tests`"):text.index("## Environment variables")]
+    (shown,) = re.findall(r"^```\n(FAIL .*?)^```", section, flags=re.S | re.M)
+    example = (ROOT / "examples" / "rules.yaml").read_text()
+    wrong = example.replace("output: {device_id: d-1, level: 12,",
+                            "output: {device_id: d-1, level: 13,", 1)
+    assert wrong != example
+    path = tmp_path / "rules.yaml"
+    path.write_text(wrong)
+    r = engine("test", str(path))
+    assert r.returncode == 1
+    assert r.stderr.decode() == shown
+
+
 def test_channel_lists_name_file_forwarding():
     assert "`FILE_FORWARDING`" in (DOCS / "configuration.md").read_text()
     assert "## FILE_FORWARDING" in (DOCS / "destinations.md").read_text()

@@ -204,3 +204,22 @@ async def test_engine_run_applies_no_partial_or_empty_file_under_a_stream(tmp_pa
     assert by_label(samples, "engine_rule_matched_total", "rule")["messages"] == \
         len(posters.sent) // 2
     assert_balanced(samples)
+
+
+async def test_a_reload_changing_only_tests_keeps_the_rules(tmp_path, caplog):
+    """tests: is not runtime configuration: a failing test changes nothing the
+    worker runs; an invalid tests: section is refused like any invalid file."""
+    caplog.set_level(logging.INFO, logger="engine.runtime.worker")
+    failing = rules("v1", "http://127.0.0.1:9/in")
+    failing["tests"] = [{"name": "fails", "input": {"resource": "device.status",
+                                                    "event": "update"},
+                         "expect": [{"rule": "messages", "output": {"never": True}}]}]
+    worker, applied = await reloaded(tmp_path, yaml.safe_dump(failing), caplog)
+    assert not applied and worker.pipeline.generation.number == 1
+    assert [t.name for t in worker.config.tests] == ["fails"]
+    assert any("unchanged" in r.getMessage() for r in caplog.records)
+    failing["tests"][0]["expect"][0]["rule"] = "mesages"
+    worker, applied = await reloaded(tmp_path, yaml.safe_dump(failing), caplog)
+    assert not applied
+    assert any("tests[0].expect[0].rule" in e and "did you mean 'messages'?" in e
+               for e in errors(caplog)), errors(caplog)
