@@ -100,7 +100,8 @@ class Projection:
     def __init__(self, star: bool, keys: Sequence[str], exprs: Sequence[Expr],
                  star_from: Expr | None = None, each: Expr | None = None,
                  alias: str | None = None, per_item: Projection | None = None,
-                 incase: Expr | None = None) -> None: ...
+                 incase: Expr | None = None, modes: bytes | None = None,
+                 incase_mode: int = 2) -> None: ...
 
 class NumKey:
     key: bytes

@@ -11,16 +11,22 @@ cdef class Projection:
     cdef tuple exprs
     cdef object star_from     # Expr whose object `*` copies; None: the event itself
     # FOREACH (`many`): one output per element of `each` for which `incase`
-    # is TRUE, built by `per_item` (None: the element) on the event with the
-    # element bound to `alias`.
+    # is TRUE. The output is built by `per_item` (a DO with `*`, on the event
+    # with the element bound to `alias`), else from `keys`/`exprs` with one
+    # mode per item (`modes`: 0 computed once per event, 1 evaluated on the
+    # element itself, 2 on the event with the element bound; see
+    # engine.language.compiler._foreach_mode), else it is the element.
     cdef readonly bint many
     cdef object each
     cdef str alias
     cdef object per_item
     cdef object incase
+    cdef bytes modes
+    cdef int incase_mode
+    cdef bint needs_env, per_event
 
     def __init__(self, bint star, keys, exprs, star_from=None, each=None, alias=None,
-                 per_item=None, incase=None):
+                 per_item=None, incase=None, modes=None, int incase_mode=2):
         self.star = star
         self.keys = tuple(keys)
         self.exprs = tuple(exprs)
@@ -30,22 +36,58 @@ cdef class Projection:
         self.alias = alias
         self.per_item = per_item
         self.incase = incase
+        self.modes = modes
+        self.incase_mode = incase_mode
+        if modes is not None and len(modes) != len(self.keys):
+            raise ValueError("one mode per FOREACH item")
+        self.needs_env = per_item is not None or (incase is not None and incase_mode == 2) \
+            or (modes is not None and 2 in modes)
+        self.per_event = modes is not None and 0 in modes
         self.whole = star and not self.keys and star_from is None and not self.many
 
     cdef list build_many(self, object ev, bint copy=True):
         """FOREACH: the outputs, one per element that passes INCASE."""
         cdef list out = []
+        cdef dict env = None, row
+        cdef list pre = None
+        cdef Py_ssize_t i, n = len(self.keys)
+        cdef const unsigned char* modes = NULL
         arr = (<Expr>self.each).value(ev)
         if not PyList_Check(arr):
             return out
-        # The element is reached by name: a shallow copy of the event's top
-        # level with the alias bound (it shadows a member of that name).
-        cdef dict env = dict(<dict>ev) if PyDict_Check(ev) else {}
+        if self.needs_env:
+            # The element is reached by name: a shallow copy of the event's
+            # top level with the alias bound (it shadows a member of that name).
+            env = dict(<dict>ev) if PyDict_Check(ev) else {}
+        if self.modes is not None:
+            modes = self.modes
+            if self.per_event:
+                pre = [None] * n
+                for i in range(n):
+                    if modes[i] == 0:
+                        pre[i] = (<Expr>self.exprs[i]).value(ev)
         for el in <list>arr:
-            env[self.alias] = el
-            if self.incase is not None and (<Expr>self.incase).truth(env) != T_TRUE:
+            if env is not None:
+                env[self.alias] = el
+            if self.incase is not None and (<Expr>self.incase).truth(
+                    el if self.incase_mode == 1 else env) != T_TRUE:
                 continue
-            if self.per_item is not None:
+            if modes != NULL:
+                row = {}
+                for i in range(n):
+                    if modes[i] == 0:
+                        v = pre[i]
+                    elif modes[i] == 1:
+                        v = (<Expr>self.exprs[i]).value(el)
+                    else:
+                        v = (<Expr>self.exprs[i]).value(env)
+                    if v is _MISSING:
+                        continue
+                    if copy and (PyDict_Check(v) or PyList_Check(v)):
+                        v = deep_copy(v)
+                    row[self.keys[i]] = v
+                out.append(row)
+            elif self.per_item is not None:
                 out.append((<Projection>self.per_item).build(env, copy))
             elif PyDict_Check(el):
                 out.append(deep_copy(el) if copy else (<dict>el).copy())

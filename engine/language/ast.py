@@ -7,7 +7,7 @@ core evaluators and the reference interpreter walks it. `pos` is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Union
 
 Pos = tuple[int, int]
@@ -205,6 +205,26 @@ def children(node: Expr) -> tuple[Expr, ...]:
         case Call(_, args):
             return args
     raise TypeError(f"not an expression node: {node!r}")
+
+
+def rebase(node: Expr, root: str) -> Expr:
+    """`node` with every path `root.x…` read from `root` itself (`x…`): an
+    expression over a FOREACH element, evaluated on the element alone."""
+    if isinstance(node, Path):
+        return replace(node, steps=node.steps[1:]) if node.steps[:1] == (root,) else node
+    if isinstance(node, Literal):
+        return node
+    if isinstance(node, Case):
+        return replace(node, whens=tuple((rebase(c, root), rebase(v, root)) for c, v in node.whens),
+                       else_=rebase(node.else_, root) if node.else_ is not None else None)
+    changes: dict[str, Any] = {}
+    for f in fields(node):
+        v = getattr(node, f.name)
+        if isinstance(v, tuple) and f.name in ("args", "items"):
+            changes[f.name] = tuple(rebase(x, root) for x in v)
+        elif f.name != "pos" and not isinstance(v, (str, bool, tuple)) and v is not None:
+            changes[f.name] = rebase(v, root)
+    return replace(node, **changes)
 
 
 @dataclass(frozen=True, slots=True)

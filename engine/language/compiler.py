@@ -117,16 +117,62 @@ def _compile_call(node: ast.Call) -> _core.Expr:
     return built
 
 
+# Where a FOREACH DO item or INCASE is evaluated (the core's `modes`).
+ON_EVENT, ON_ITEM, ON_ENV = 0, 1, 2
+
+
+def _foreach_mode(expr: ast.Expr, alias: str) -> int:
+    """ON_EVENT: it never reads the element (computed once per event);
+    ON_ITEM: it reads only the element (evaluated on it, paths rebased);
+    ON_ENV: both, or a function that reads the event or differs per call
+    (evaluated on the event's top level with the element bound)."""
+    roots: set[str | int] = set()
+    pure = True
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Path):
+            roots.add(node.steps[0] if node.steps else "")
+        elif isinstance(node, ast.Call):
+            fn = FUNCTIONS.get(node.name)
+            pure = pure and fn is not None and fn.fold and not fn.uses_event
+        stack.extend(ast.children(node))
+    if not pure:
+        return ON_ENV
+    if alias not in roots:
+        return ON_EVENT
+    return ON_ITEM if roots == {alias} else ON_ENV
+
+
+def _compile_foreach(each: ast.Foreach) -> _core.Projection:
+    array = compile_expr(each.array)
+    incase, incase_mode = None, ON_ENV
+    if each.incase is not None:
+        incase_mode = _foreach_mode(each.incase, each.alias)
+        incase = compile_expr(ast.rebase(each.incase, each.alias)
+                              if incase_mode == ON_ITEM else each.incase)
+    if each.items is not None and any(i.is_star for i in each.items):
+        # `*` inside DO is the element's members: built on the bound event.
+        per_item = compile_projection(ast.Select(each.items, star_root=(each.alias,)))
+        return _core.Projection(False, [], [], None, array, each.alias, per_item, incase,
+                                incase_mode=incase_mode)
+    keys, exprs, modes = [], [], bytearray()
+    for item in each.items or ():
+        mode = _foreach_mode(item.expr, each.alias)
+        keys.append(item.key)
+        exprs.append(compile_expr(ast.rebase(item.expr, each.alias)
+                                  if mode == ON_ITEM else item.expr))
+        modes.append(mode)
+    # Without DO the output is the element (modes None); with it, one value
+    # per item, those that never read the element computed once per event.
+    return _core.Projection(False, keys, exprs, None, array, each.alias, None, incase,
+                            modes=bytes(modes) if each.items is not None else None,
+                            incase_mode=incase_mode)
+
+
 def compile_projection(select: ast.Select) -> _core.Projection:
     if select.foreach is not None:
-        each = select.foreach
-        per_item = None
-        if each.items is not None:
-            # `*` inside DO is the element's members.
-            per_item = compile_projection(ast.Select(each.items, star_root=(each.alias,)))
-        return _core.Projection(False, [], [], None, compile_expr(each.array), each.alias,
-                                per_item,
-                                compile_expr(each.incase) if each.incase is not None else None)
+        return _compile_foreach(select.foreach)
     star = any(i.is_star for i in select.items)
     items = [i for i in select.items if not i.is_star]
     star_from = compile_path(ast.Path(select.star_root)) if star and select.star_root else None

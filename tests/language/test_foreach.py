@@ -71,6 +71,14 @@ def test_where_false_is_no_match_and_outputs_do_not_alias_the_event():
     assert REPORT["notify_data"]["body"]["services"][0]["properties"]["level"] == 12
 
 
+def test_a_value_computed_once_per_event_is_not_shared_between_outputs():
+    event = {"data": {"list": [1, 2], "k": {"v": [0]}}}
+    out = engine.compile_rule("FOREACH data.list AS x DO data.k AS k, x AS x", None).apply(event)
+    assert out == [{"k": {"v": [0]}, "x": 1}, {"k": {"v": [0]}, "x": 2}]
+    out[0]["k"]["v"].append(1)
+    assert out[1]["k"] == {"v": [0]} and event["data"]["k"] == {"v": [0]}
+
+
 @pytest.mark.parametrize("select,part", [
     ("FOREACH", "unexpected end of clause"),
     (f"{EACH} DO", "unexpected end of clause"),
@@ -100,7 +108,11 @@ def test_rule_set_gives_one_entry_per_event_with_its_outputs():
 SELECTS = [f"{EACH} DO s.service_id AS id, s.properties AS p",
            "FOREACH data.list AS x DO x.a AS a, x AS whole INCASE x.a > 0",
            "FOREACH data.list INCASE item IS NOT NULL",
-           "FOREACH data.list AS x DO *, data.k AS k INCASE x.a <> 'z'"]
+           "FOREACH data.list AS x DO *, data.k AS k INCASE x.a <> 'z'",
+           # Items computed once per event, on the element, and on both.
+           "FOREACH data.list AS x DO data.k AS k, x.a AS a, x.a = data.k AS same "
+           "INCASE x.a <> data.k",
+           "FOREACH data.list AS x DO x AS e, data AS d INCASE is_num(x.a)"]
 
 
 @settings(max_examples=200, deadline=None,
