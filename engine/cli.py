@@ -68,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     trace = None
     if args.explain:
         event = _core.decode_event(data)  # a JSON object: test_rule checked it
-        trace = explain_where(where, event if isinstance(event, dict) else {})
+        trace = explain_where(where, event if isinstance(event, dict) else {}, select=select)
     if not result.matched:
         print("no match")
         if trace is not None:
@@ -99,7 +99,8 @@ def _eval_file_rule(args: argparse.Namespace, rule: Rule, data: bytes) -> int:
     if iotda:
         for warning in lint(rule.select, rule.where, subject):
             print(f"warning: {warning}", file=sys.stderr)
-    trace = explain_where(rule.where, event, subject) if args.explain and iotda else None
+    trace = explain_where(rule.where, event, subject, rule.select) if args.explain and iotda \
+        else None
     if args.explain and not iotda:
         print(f"note: no explain trace for the {rule.dialect} dialect", file=sys.stderr)
     if output is None:

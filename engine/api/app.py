@@ -186,7 +186,7 @@ def _test_result(select: str | None, where: str | None, event: dict[str, Any],
         return {"result": "error", "error": {**result.error.to_dict(),
                                              "snippet": result.error.snippet}}
     out: dict[str, Any]
-    trace = explain_where(where, event, subject) if explain or subject else None
+    trace = explain_where(where, event, subject, select) if explain or subject else None
     if trace is not None and trace.subject is not None:
         out = {"result": "no_match"}  # the engine never evaluates it on this kind
     elif not result.matched:

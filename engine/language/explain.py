@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.language import ast, reference
 from engine.language.checker import check_where
-from engine.language.parser import parse_where
+from engine.language.parser import parse_select, parse_where
 from engine.language.values import MISSING, is_bool, is_number, is_string
 
 TRUTH = {True: "TRUE", False: "FALSE", None: "UNKNOWN"}
@@ -43,6 +43,7 @@ class Explanation:
     decisive: str | None = None                   # the first conjunct that is not TRUE
     nodes: list[Node] = field(default_factory=list)
     subject: str | None = None                    # a subject mismatch, said in words
+    foreach: Foreach | None = None                # FOREACH: each element's INCASE
 
     @property
     def summary(self) -> str:
@@ -55,9 +56,12 @@ class Explanation:
         return f"WHERE is {self.result}: {self.decisive} is {truth}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"result": self.result, "summary": self.summary,
-                "conjuncts": [{"text": t, "truth": v} for t, v in self.conjuncts],
-                "decisive": self.decisive, "nodes": [n.to_dict() for n in self.nodes]}
+        out = {"result": self.result, "summary": self.summary,
+               "conjuncts": [{"text": t, "truth": v} for t, v in self.conjuncts],
+               "decisive": self.decisive, "nodes": [n.to_dict() for n in self.nodes]}
+        if self.foreach is not None:
+            out["foreach"] = self.foreach.to_dict()
+        return out
 
     def render(self) -> str:
         """Plain text, one node a line (for `engine eval --explain`)."""
@@ -68,7 +72,45 @@ class Explanation:
             else:
                 shown = "MISSING" if n.type == "MISSING" else _json(n.value)
                 lines.append(f"  {n.text} = {shown} ({n.type})")
+        if self.foreach is not None:
+            lines.extend(self.foreach.render())
         return "\n".join(lines)
+
+
+@dataclass
+class Foreach:
+    """FOREACH on one event: the array, and per element (the first
+    `MAX_ELEMENTS`) whether INCASE kept it and why."""
+
+    text: str                                     # the array expression
+    count: int | None                             # elements; None: not an array
+    elements: list[Explanation] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        if self.count is None:
+            return f"FOREACH {self.text}: not an array, no output"
+        kept = sum(e.result == "TRUE" for e in self.elements)
+        more = f" (the first {len(self.elements)} shown)" if len(self.elements) < self.count \
+            else ""
+        return (f"FOREACH {self.text}: {self.count} element{'s' if self.count != 1 else ''}, "
+                f"{kept} kept by INCASE{more}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"array": self.text, "count": self.count, "summary": self.summary,
+                "elements": [e.to_dict() for e in self.elements]}
+
+    def render(self) -> list[str]:
+        lines = [self.summary]
+        for i, e in enumerate(self.elements):
+            head = "INCASE is TRUE: kept" if e.result == "TRUE" else \
+                e.summary.replace("WHERE", "INCASE", 1)
+            lines.append(f"  [{i}] {head}")
+            lines.extend("    " + line for line in e.render().splitlines()[1:])
+        return lines
+
+
+MAX_ELEMENTS = 20
 
 
 def type_name(v: Any) -> str:
@@ -86,9 +128,12 @@ def type_name(v: Any) -> str:
 
 
 def explain_where(where: str | None, event: dict[str, Any],
-                  subject: tuple[str, str] | None = None) -> Explanation:
+                  subject: tuple[str, str] | None = None,
+                  select: str | None = None) -> Explanation:
     """Explain WHERE `where` on `event`; `subject` (resource, event): the
-    rule's, checked first as the engine does. Raises RuleError like compiling."""
+    rule's, checked first as the engine does; `select`: a FOREACH in it is
+    explained element by element when WHERE holds. Raises RuleError like
+    compiling."""
     tree = parse_where(where)
     check_where(tree, where or "")
     if subject is not None:
@@ -97,6 +142,15 @@ def explain_where(where: str | None, event: dict[str, Any],
             return Explanation("FALSE", subject=(
                 f"subject mismatch: the rule is for {subject[0]}/{subject[1]}, the event is "
                 f"{got[0]}/{got[1]}; WHERE is not evaluated"))
+    trace = _trace(tree, event)
+    if trace.result == "TRUE" and select is not None:
+        each = parse_select(select).foreach
+        if each is not None:
+            trace.foreach = _foreach(each, event)
+    return trace
+
+
+def _trace(tree: ast.Expr | None, event: dict[str, Any]) -> Explanation:
     if tree is None:
         return Explanation("TRUE")
     walker = _Walker(event)
@@ -108,6 +162,16 @@ def explain_where(where: str | None, event: dict[str, Any],
         decisive = text(tree)
         verdicts = [(decisive, result)]
     return Explanation(result, verdicts, decisive if result != "TRUE" else None, walker.nodes)
+
+
+def _foreach(each: ast.Foreach, event: dict[str, Any]) -> Foreach:
+    array = reference.value(each.array, event)
+    if not isinstance(array, list):
+        return Foreach(text(each.array), None)
+    # As the engine evaluates it: the event's top level with the element bound.
+    return Foreach(text(each.array), len(array),
+                   [_trace(each.incase, {**event, each.alias: el})
+                    for el in array[:MAX_ELEMENTS]])
 
 
 def _conjuncts(expr: ast.Expr) -> list[ast.Expr]:

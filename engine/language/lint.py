@@ -72,9 +72,12 @@ def lint(select: str | None, where: str | None,
          subject: tuple[str, str] | None = None) -> list[Warning_]:
     """Warnings for a rule that compiles (call after compiling succeeded)."""
     out: list[Warning_] = []
+    each = parse_select(select).foreach
+    # Inside FOREACH, paths from the element's name read the element.
+    bound = frozenset({each.alias}) if each is not None else frozenset()
     for clause, tree in (("select", _select_exprs(select)), ("where", _where_exprs(where))):
         for expr in tree:
-            _walk(expr, clause, subject, out)
+            _walk(expr, clause, subject, out, bound if clause == "select" else frozenset())
     seen: set[tuple[str, str]] = set()
     unique = []
     for w in out:
@@ -85,7 +88,12 @@ def lint(select: str | None, where: str | None,
 
 
 def _select_exprs(select: str | None) -> list[ast.Expr]:
-    return [item.expr for item in parse_select(select).items if item.expr is not None]
+    tree = parse_select(select)
+    if tree.foreach is not None:
+        each = tree.foreach
+        exprs = [each.array, *(i.expr for i in each.items or () if i.expr is not None)]
+        return exprs + ([each.incase] if each.incase is not None else [])
+    return [item.expr for item in tree.items if item.expr is not None]
 
 
 def _where_exprs(where: str | None) -> list[ast.Expr]:
@@ -94,10 +102,10 @@ def _where_exprs(where: str | None) -> list[ast.Expr]:
 
 
 def _walk(expr: ast.Expr, clause: str, subject: tuple[str, str] | None,
-          out: list[Warning_]) -> None:
+          out: list[Warning_], bound: frozenset[str] = frozenset()) -> None:
     from engine.language.explain import _children
 
-    if isinstance(expr, ast.Path):
+    if isinstance(expr, ast.Path) and not (expr.steps and expr.steps[0] in bound):
         _path(expr, clause, subject, out)
     if isinstance(expr, ast.Call) and expr.name in SERVICE_FUNCTIONS and subject is not None \
             and subject != PROPERTY_REPORT:
@@ -106,7 +114,7 @@ def _walk(expr: ast.Expr, clause: str, subject: tuple[str, str] | None,
     if isinstance(expr, ast.Compare):
         _compare(expr, clause, subject, out)
     for child in _children(expr):
-        _walk(child, clause, subject, out)
+        _walk(child, clause, subject, out, bound)
 
 
 def _path(expr: ast.Path, clause: str, subject: tuple[str, str] | None,

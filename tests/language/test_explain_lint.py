@@ -44,6 +44,29 @@ def test_a_subject_mismatch_is_said_and_where_is_not_evaluated():
     assert "subject mismatch" in e.summary and "device.status/update" in e.summary
 
 
+REPORT = {"resource": "device.property", "event": "report",
+          "notify_data": {"header": {"device_id": "d1"}, "body": {"services": [
+              {"service_id": "Battery", "properties": {"level": 12}},
+              {"service_id": "Temp", "properties": {"t": 30}}]}}}
+
+
+def test_foreach_is_explained_element_by_element_as_the_core_evaluates_it():
+    select = ("FOREACH notify_data.body.services AS s DO s.service_id AS id "
+              "INCASE s.properties.t > 20")
+    e = explain_where("notify_data.header.device_id = 'd1'", REPORT, select=select)
+    assert e.result == "TRUE" and e.foreach is not None
+    assert e.foreach.count == 2
+    assert [x.result for x in e.foreach.elements] == ["UNKNOWN", "TRUE"]
+    assert len(test_rule(select, None, REPORT).output) == 1
+    text = e.render()
+    assert "2 elements, 1 kept by INCASE" in text
+    assert "[0] INCASE is UNKNOWN: s.properties.t > 20 is UNKNOWN" in text
+    assert "s.properties.t = MISSING (MISSING)" in text
+    assert e.to_dict()["foreach"]["elements"][1]["result"] == "TRUE"
+    e = explain_where(None, REPORT, select="FOREACH notify_data.body.nope AS s")
+    assert e.foreach is not None and "not an array, no output" in e.render()
+
+
 def test_explain_raises_rule_errors_like_compiling():
     with pytest.raises(RuleError):
         explain_where("notify_data.body.level >", STATUS)
@@ -63,6 +86,11 @@ def test_explain_raises_rule_errors_like_compiling():
     (None, "1 = 1", None, "compares two constants"),
     (None, "notify_data.body.status = notify_data.body.status", None, "with itself"),
     (None, "notfy_data.body.status = 'A'", None, "did you mean notify_data?"),
+    # Inside FOREACH: DO items and INCASE are checked too.
+    ('FOREACH notify_data.body.services AS s INCASE s.service_id = "Battery"', None,
+     ("device.property", "report"), "Text is written in single quotes ('Battery')"),
+    ("FOREACH notify_data.body.services AS s DO notify_data.header.devce_id AS d", None,
+     ("device.property", "report"), "did you mean device_id?"),
 ])
 def test_lint_warns_with_the_reason(select, where, subject, expect):
     warnings = [str(w) for w in lint(select, where, subject)]
@@ -74,6 +102,9 @@ def test_lint_warns_with_the_reason(select, where, subject, expect):
     ("notify_data.header.device_id AS d, GET_SERVICE_PROPERTY('Battery', 'level') AS l",
      "notify_data.body.services[0].properties.level < 10", ("device.property", "report")),
     ("*", "notify_data.body.content.t > 1", ("device.message", "report")),
+    # Paths from the element's name read the element, not the notification.
+    ("FOREACH notify_data.body.services AS s DO s.service_id AS id INCASE s.properties.t > 1",
+     None, ("device.property", "report")),
 ])
 def test_sound_rules_get_no_warning(select, where, subject):
     assert lint(select, where, subject) == []
