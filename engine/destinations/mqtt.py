@@ -18,6 +18,8 @@ and sends them after recovery); a publish not acknowledged within
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 import ssl
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import paho.mqtt.client as mqtt
 from pydantic import Field, SecretStr, field_validator
 
@@ -58,6 +61,13 @@ class MqttForwarding(_Model):
     key_file: str | None = None
     timeout_s: float = Field(default=15.0, gt=0, le=600)
     """Connect timeout and longest wait for a PUBACK."""
+    message: Literal["output", "content"] = "output"
+    """What is published: `output`, the rule's output as JSON; `content`, a
+    device message as it arrived, from the output's `content` (with
+    `binary: true`, base64 of the bytes; else the JSON value, published
+    compact) — what a rule selecting `notify_data.body.content AS content,
+    notify_data.body.binary AS binary` on MQTT-ingested messages gives, and
+    how Alibaba topic routes forward."""
 
     @field_validator("topic")
     @classmethod
@@ -218,7 +228,12 @@ class MqttSink(Sink):
                 continue
             # No await between publish() and registering its mid: the PUBACK
             # callback is scheduled on this loop, so it runs after this.
-            info = client.publish(topic, rec.json_bytes(), qos=c.qos, retain=c.retain)
+            data: bytes | None = rec.json_bytes() if c.message == "output" else _content(rec)
+            if data is None:
+                failures[i] = Failure("message: content needs the record's 'content' (with "
+                                      "binary: true, base64 text)", False)
+                continue
+            info = client.publish(topic, data, qos=c.qos, retain=c.retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 failures[i] = Failure(f"MQTT publish failed: {mqtt.error_string(info.rc)}", True)
                 continue
@@ -237,6 +252,23 @@ class MqttSink(Sink):
             for mid in [m for m, f in self._waiting.items() if f.cancelled()]:
                 del self._waiting[mid]
         return WriteResult(failures)
+
+
+def _content(rec: Record) -> bytes | None:
+    """The device message a record carries (`message: content`), or None."""
+    payload = rec.payload
+    content = payload.get("content", _NONE) if type(payload) is dict else _NONE
+    if content is _NONE:
+        return None
+    if payload.get("binary") is True:
+        try:
+            return base64.b64decode(content, validate=True) if type(content) is str else None
+        except (binascii.Error, ValueError):
+            return None
+    return orjson.dumps(content)
+
+
+_NONE = object()
 
 
 def _template_reason(e: Exception, template: str) -> str:
