@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("rules", "actions", "flowcontrol_policies", "backlog_policies")
 # Kinds of the Alibaba API (engine.api.aliyun.mapping): stored alongside, not rule-file sections.
-ALIYUN_KINDS = ("aliyun_rules", "aliyun_actions", "aliyun_ids")
+ALIYUN_KINDS = ("aliyun_rules", "aliyun_actions", "aliyun_ids", "aliyun_routes")
 # The device registry (engine.api.devices) and the outbox of the notifications
 # its changes produce (engine.api.outbox): stored alongside, not rule-file sections.
 REGISTRY_KINDS = PRODUCTS, DEVICES, EVENTS = ("products", "devices", "registry_events")

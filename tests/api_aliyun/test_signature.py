@@ -105,7 +105,7 @@ def test_refused_signatures_change_nothing(server):
     status, body = send(unsigned)
     assert (status, body["Code"]) == (400, "MissingParameter.Signature"), body
 
-    status, body = send(signed_url(endpoint, {"Action": "CreateTopicRouteTable"}))
+    status, body = send(signed_url(endpoint, {"Action": "CreateProductTopic"}))
     assert (status, body["Code"]) == (400, "UnsupportedOperation"), body
     assert stored(db) == before
 
@@ -171,6 +171,6 @@ def test_xml_is_the_default_format(server):
     root = ElementTree.fromstring(raw)
     assert (status, root.tag) == (200, "ListRuleResponse"), raw
     assert [r.findtext("Name") for r in root.find("Data")] == ["xml_rule"]
-    status, kind, raw = send_raw(signed_url(endpoint, {"Action": "CreateTopicRouteTable", "Format": "XML"}))
+    status, kind, raw = send_raw(signed_url(endpoint, {"Action": "CreateProductTopic", "Format": "XML"}))
     root = ElementTree.fromstring(raw)
     assert (status, root.tag, root.findtext("Code")) == (400, "Error", "UnsupportedOperation")

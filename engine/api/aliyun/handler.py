@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from engine.api.aliyun import errors, messaging, operations, things
+from engine.api.aliyun import errors, messaging, operations, routes, things
 from engine.api.aliyun.errors import AliyunError
 from engine.api.aliyun.signature import Caller, Verifier
 from engine.api.ratelimit import RateLimiter
@@ -26,9 +26,9 @@ from engine.config.limits import ApiLimits
 
 log = logging.getLogger(__name__)
 
-# The rules engine (§2.9) and the products and devices (§2.5, §2.6), on the
-# store; Pub (§2.10.1) on the broker.
-OPERATIONS = {**operations.OPERATIONS, **things.OPERATIONS}
+# The rules engine (§2.9), the products and devices (§2.5, §2.6) and the
+# topic route tables (§2.7.5-§2.7.8), on the store; Pub (§2.10.1) on the broker.
+OPERATIONS = {**operations.OPERATIONS, **things.OPERATIONS, **routes.OPERATIONS}
 BROKER_OPERATIONS = {"Pub": messaging.pub}
 ACTIONS = sorted([*OPERATIONS, *BROKER_OPERATIONS])
 

@@ -8,7 +8,8 @@ sections: `engine export`/`import` do not carry them):
 - `aliyun_rules`: `{"Id", "Name", "ProductKey", "ShortTopic", "TopicType",
   "Select", "Where", "RuleDesc", "DataType", "Status", "Created", "Modified"}`
 - `aliyun_actions`: `{"Id", "RuleId", "Type", "Configuration", "ErrorActionFlag"}`
-- `aliyun_ids`: one counter, the next numeric id (rule and action ids share it)
+- `aliyun_ids`: one counter, the next numeric id (rule, action and route ids share it)
+- `aliyun_routes`: `{"Id", "SrcTopic", "DstTopics"}`, a topic route table (`routes`)
 
 Mapping (`engine_items`): a rule becomes engine rule `aliyun-<Id>` in the
 Alibaba dialect (docs/language-alibaba.md), active while its Status is
@@ -22,10 +23,17 @@ worker's MQTT source reads (`broker`; without one it cannot run and is left
 out). An error action (ErrorActionFlag) becomes an action with
 `error_action: true`: it receives the dead letters of the rule's other
 actions (engine.runtime.worker).
+
+A topic route (`route_items`) becomes rule `aliyun-route-<Id>` on its
+source topic, selecting the message as it arrived (`content`, `binary`),
+with one MQTT_FORWARDING action per target topic that publishes that
+message (`message: content`) on the worker's broker; without a broker it
+cannot run and is left out.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,8 +42,9 @@ import orjson
 from engine.api.storage import ALIYUN_KINDS, Stored
 
 KINDS = ALIYUN_KINDS
-RULES, ACTIONS, IDS = KINDS
+RULES, ACTIONS, IDS, ROUTES = KINDS
 PREFIX = "aliyun-"
+ROUTE_PREFIX = "aliyun-route-"
 
 # Action Type -> engine channel. The short names are the engine's channels as
 # an Alibaba script would name them; the engine's own channel names work too.
@@ -121,9 +130,24 @@ def engine_action(action: dict[str, Any], broker: Any = None) -> dict[str, Any] 
     return {**ids, "channel": channel, "channel_detail": {sink.detail_key: config}}
 
 
+def route_items(route: dict[str, Any], broker: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The rule and actions a topic route runs as."""
+    rule_id = f"{ROUTE_PREFIX}{route['Id']}"
+    rule = {"rule_id": rule_id, "subject": SUBJECT, "topic": route["SrcTopic"],
+            "description": f"topic route from {route['SrcTopic']}"[:256],
+            "select": "notify_data.body.content AS content, notify_data.body.binary AS binary"}
+    actions = [{"action_id": f"{rule_id}-{zlib.crc32(dst.encode()):08x}", "rule_id": rule_id,
+                "channel": "MQTT_FORWARDING",
+                "channel_detail": {"mqtt_forwarding": {"topic": dst, "url": broker, "qos": 1,
+                                                       "message": "content"}}}
+               for dst in route["DstTopics"]]
+    return rule, actions
+
+
 def engine_items(records: Iterable[Stored], broker: Any = None) -> dict[str, list[dict[str, Any]]]:
-    """The project's Alibaba rules as rule-file sections (`rules`, `actions`).
-    `broker`: where REPUBLISH actions publish (None: they are left out)."""
+    """The project's Alibaba rules and topic routes as rule-file sections
+    (`rules`, `actions`). `broker`: where REPUBLISH actions and routes
+    publish (None: they are left out)."""
     rules, actions = [], []
     for record in sorted(records, key=lambda r: r.seq):
         if record.kind == RULES:
@@ -132,4 +156,8 @@ def engine_items(records: Iterable[Stored], broker: Any = None) -> dict[str, lis
             item = engine_action(record.body, broker)
             if item is not None:
                 actions.append(item)
+        elif record.kind == ROUTES and broker is not None:
+            rule, targets = route_items(record.body, broker)
+            rules.append(rule)
+            actions.extend(targets)
     return {"rules": rules, "actions": actions}

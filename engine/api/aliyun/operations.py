@@ -238,7 +238,7 @@ def action_info(action: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ writing
 
 
-def _next_id(records: list[Stored]) -> tuple[int, Put]:
+def next_id(records: list[Stored]) -> tuple[int, Put]:
     counter = next((r.body["next"] for r in _of(records, IDS)), FIRST_ID)
     return counter, Put(IDS, "next", {"next": counter + 1})
 
@@ -255,7 +255,7 @@ async def create_rule(store: Store, project: str, params: Params, limits: ApiLim
                               f"The total number of rules exceeds the limit ({limits.max_rules}).")
         if any(r.body["Name"] == body["Name"] for r in rules):
             raise AliyunError("iot.rule.RuleNameIsAlreadyExisted", "The rule name already exists.")
-        rule_id, counter = _next_id(records)
+        rule_id, counter = next_id(records)
         stamp = _now()
         body.update(Id=rule_id, Status="STOP", Created=stamp, Modified=stamp)
         return [counter, Put(RULES, str(rule_id), body)]
@@ -381,7 +381,7 @@ async def create_rule_action(store: Store, project: str, params: Params, limits:
                for a in siblings):
             raise AliyunError("iot.rule.RuleActionIsAlreadyCreated",
                               "The same rule action already exists.")
-        action_id, counter = _next_id(records)
+        action_id, counter = next_id(records)
         body["Id"] = action_id
         return [counter, Put(ACTIONS, str(action_id), body)]
 
