@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine.config import EngineConfig, Rule
@@ -84,7 +84,7 @@ def _eval_file_rule(args: argparse.Namespace, rule: Rule, data: bytes) -> int:
     """`engine eval --rules FILE --rule ID`: the rule as the worker runs it
     (subject, app scope, dialect, topic: the evaluator of rule tests)."""
     from engine import _core
-    from engine.config.ruletests import rule_evaluator
+    from engine.config.ruletests import rule_evaluator, scope_mismatch
     from engine.language.explain import explain_where
     from engine.language.lint import lint
     from engine.language.tester import render_json
@@ -108,7 +108,7 @@ def _eval_file_rule(args: argparse.Namespace, rule: Rule, data: bytes) -> int:
         if trace is not None:
             text = trace.render()
             if trace.subject is None and trace.result == "TRUE":   # the scope decided
-                print(_scope_mismatch(rule, event))
+                print(scope_mismatch(rule, event))
                 text = text.replace(trace.summary, "WHERE is TRUE", 1)
             print(text)
         return EXIT_NO_MATCH
@@ -116,21 +116,6 @@ def _eval_file_rule(args: argparse.Namespace, rule: Rule, data: bytes) -> int:
     if trace is not None:
         print(trace.render(), file=sys.stderr)
     return EXIT_OK
-
-
-def _scope_mismatch(rule: Rule, event: dict) -> str:
-    """Why a rule whose subject and WHERE hold did not match: its app scope
-    or topic filter (checked by the worker before WHERE)."""
-    def member(obj: Any, key: str) -> Any:
-        return obj.get(key) if isinstance(obj, dict) else None
-
-    data = member(event, "notify_data")
-    app_id = member(member(data, "header"), "app_id")   # where the worker looks (_core.AppIs)
-    if not isinstance(app_id, str):
-        app_id = member(member(data, "body"), "app_id")
-    if rule.app_type == "APP" and app_id != rule.app_id:
-        return f"app scope: the rule is for app_id {rule.app_id!r}, the event's is {app_id!r}"
-    return f"topic: the event's topic does not match the rule's filter {rule.topic!r}"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from engine.config import ApiConfig, EngineConfig
 from engine.config.errors import pydantic_message
 from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
+from engine.config.ruletests import rule_evaluator, scope_mismatch
 from engine.language.explain import explain_where
 from engine.language.lint import lint
 from engine.language.tester import test_rule
@@ -201,11 +202,21 @@ def _test_result(select: str | None, where: str | None, event: dict[str, Any],
 
 async def test_stored_rule(request: web.Request) -> web.Response:
     body = _parse(RuleTestBody, await _body(request))
-    records = await _store(request).load(_project(request))
-    rule = service.find(records, RULES, _object_id(request, "rule_id")).body
+    project = _project(request)
+    records = await _store(request).load(project)
+    rule_id = _object_id(request, "rule_id")
+    rule = service.find(records, RULES, rule_id).body
     subject = (rule["subject"]["resource"], rule["subject"]["event"])
-    return _json(_test_result(rule.get("select") or None, rule.get("where") or None, body.event,
-                              subject, body.explain))
+    out = _test_result(rule.get("select") or None, rule.get("where") or None, body.event,
+                       subject, body.explain)
+    if out["result"] == "match":
+        # Subject and WHERE hold: the rule's app scope decides, as on a worker.
+        model = next(r for r in service.project_config(records, project).rules
+                     if r.rule_id == rule_id)
+        if rule_evaluator(model)(body.event) is None:
+            out = {"result": "no_match", "scope": scope_mismatch(model, body.event),
+                   **{k: v for k, v in out.items() if k not in ("result", "output")}}
+    return _json(out)
 
 
 async def test_rule_text(request: web.Request) -> web.Response:

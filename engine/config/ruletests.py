@@ -43,6 +43,21 @@ def rule_evaluator(rule: Rule) -> Evaluator:
     return evaluate
 
 
+def scope_mismatch(rule: Rule, event: dict[str, Any]) -> str:
+    """Why a rule whose subject and WHERE hold did not match: its app scope
+    or topic filter (checked by the worker before WHERE)."""
+    def member(obj: Any, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, dict) else None
+
+    data = member(event, "notify_data")
+    app_id = member(member(data, "header"), "app_id")   # where the worker looks (_core.AppIs)
+    if not isinstance(app_id, str):
+        app_id = member(member(data, "body"), "app_id")
+    if rule.app_type == "APP" and app_id != rule.app_id:
+        return f"app scope: the rule is for app_id {rule.app_id!r}, the event's is {app_id!r}"
+    return f"topic: the event's topic does not match the rule's filter {rule.topic!r}"
+
+
 @dataclass(frozen=True)
 class Failure:
     test: str

@@ -32,3 +32,15 @@ async def test_a_stored_rule_is_explained_with_its_subject(client):
     assert body["result"] == "no_match"
     assert body["explain"]["summary"].startswith("subject mismatch")
     assert RULE["where"]
+
+
+async def test_a_stored_rule_is_tested_with_its_app_scope_as_a_worker_runs_it(client):
+    rule = await client.rule(app_type="APP", app_id="app1")
+    online = {**EVENT, "notify_data": {"header": {"device_id": "d1", "app_id": "app2"},
+                                       "body": {"status": "ONLINE"}}}
+    body = await client.ok("POST", f"{A}/rules/{rule['rule_id']}/test", {"event": online})
+    assert body["result"] == "no_match" and "output" not in body
+    assert body["scope"] == "app scope: the rule is for app_id 'app1', the event's is 'app2'"
+    online["notify_data"]["header"]["app_id"] = "app1"
+    body = await client.ok("POST", f"{A}/rules/{rule['rule_id']}/test", {"event": online})
+    assert body["result"] == "match" and "scope" not in body
