@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.destinations.base import Sink, WriteResult
+from engine.destinations.base import Sink
 from engine.policies.backlog import Backlog
 from engine.policies.deadletters import DeadLetterWriter, entry
 from engine.policies.flowcontrol import Limiter
+from engine.policies.outcome import write_sorted
 from engine.policies.retry import Backoff
 
 
@@ -50,22 +51,14 @@ async def drain_step(backlog: Backlog, action_id: str, sink: Sink, *, limiter: L
     k = await limiter.acquire(want)  # waits while flow control holds records back
     batch = await backlog.peek(action_id, k)
     records = [r for _, r in batch]
-    try:
-        result = await sink.write(records)
-    except Exception as e:  # the Sink contract says write never raises; be safe
-        result = WriteResult.all_failed(len(records), f"sink raised {type(e).__name__}: {e}",
-                                        True)
-    failures = result.failures
-    dead = [i for i, f in failures.items() if not f.retryable]
-    if dead:
-        await dead_letters.write([entry(records[i], failures[i].reason, f"action:{action_id}")
-                                  for i in dead])
-    await backlog.ack(action_id, [seq for i, (seq, _) in enumerate(batch)
-                                  if i not in failures or not failures[i].retryable])
-    step = Step(delivered=len(batch) - len(failures), dead_lettered=len(dead),
-                failed=len(failures) - len(dead))
-    if failures:
-        step.reason = next(iter(failures.values())).reason
+    outcome = await write_sorted(sink, records)
+    if outcome.dead:
+        await dead_letters.write([entry(records[i], outcome.failures[i].reason,
+                                        f"action:{action_id}") for i in outcome.dead])
+    kept = set(outcome.retry)
+    await backlog.ack(action_id, [seq for i, (seq, _) in enumerate(batch) if i not in kept])
+    step = Step(delivered=outcome.delivered, dead_lettered=len(outcome.dead),
+                failed=len(outcome.retry), reason=outcome.reason)
     if step.failed:
         step.wait = backoff.failure()
     else:

@@ -19,6 +19,7 @@ Interface (one `Backoff` per action):
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,13 +32,20 @@ class RetryPolicy:
     probe_after: int = 8        # consecutive failures before probing (0.1 * 2**7 = 12.8 s)
     probe_interval: float = 30.0
     probe_batch: int = 1
+    jitter: bool = True         # False: wait the whole step (one waiter, nothing to spread)
 
     def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
         """Delay after the `failures`-th consecutive failure (1-based)."""
         if failures >= self.probe_after:
             return self.probe_interval * (0.9 + 0.2 * rand())
         bound = min(self.cap, self.initial * self.multiplier ** (failures - 1))
-        return bound * rand()
+        return bound * rand() if self.jitter else bound
+
+    @classmethod
+    def steady(cls, initial: float, cap: float) -> RetryPolicy:
+        """Doubling from `initial` up to `cap`, no jitter, never probing: for
+        a wait that keeps the same records in hand until it succeeds."""
+        return cls(initial=initial, cap=cap, probe_after=sys.maxsize, jitter=False)
 
 
 class Backoff:

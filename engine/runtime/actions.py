@@ -45,10 +45,12 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from engine.destinations.base import Failure, Record, Sink, WriteResult
+from engine.destinations.base import Failure, Record, Sink
 from engine.policies.backlog import Backlog
+from engine.policies.deadletters import entry
 from engine.policies.drain import drain_step
 from engine.policies.flowcontrol import Limiter
+from engine.policies.outcome import write_sorted
 from engine.policies.retry import Backoff, RetryPolicy
 from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
@@ -239,7 +241,7 @@ class ActionRunner:
         past `deadline`). Returns once every record is settled."""
         backlog, limiter = self.backlog, self.limiter
         if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
-            await self._keep(records, "queued behind the backlog")
+            await self._keep(records, "queued behind the backlog", behind=True)
             return
         throttled = False
         while records:
@@ -274,17 +276,15 @@ class ActionRunner:
         while records:
             k = await self.limiter.acquire(len(records))
             batch, records = records[:k], records[k:]
-            delay = self.retry_initial
-            attempts = 0
+            backoff = Backoff(RetryPolicy.steady(self.retry_initial, self.retry_max))
             while batch:
-                attempts += 1
                 retry, reason = await self._write_once(batch)
                 if retry:
                     self._count_retried(len(retry))
-                    self._report(f"{len(retry)} record(s) failed; "
-                                 f"retrying (attempt {attempts}, next in {delay:g}s)", reason)
+                    delay = backoff.failure()
+                    self._report(f"{len(retry)} record(s) failed; retrying (attempt "
+                                 f"{backoff.failures}, next in {delay:g}s)", reason)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max)
                 batch = retry
         self._recovered()
 
@@ -294,43 +294,40 @@ class ActionRunner:
         the first reason. Delivered and dead-lettered records leave the
         in-flight count when they are counted (no await in between: the
         counts balance at every scrape)."""
-        try:
-            result = await self.sink.write(records)
-        except Exception as e:  # the contract says write never raises; be safe
-            result = WriteResult.all_failed(len(records), f"sink raised {type(e).__name__}: {e}",
-                                            True)
-        failures = result.failures
-        self._count_forwarded(len(records) - len(failures))
-        self._out(len(records) - len(failures))
-        if not failures:
+        outcome = await write_sorted(self.sink, records)
+        self._count_forwarded(outcome.delivered)
+        self._out(outcome.delivered)
+        if not outcome.failures:
             return [], None
-        self._failed.inc(len(failures))
-        dead = [i for i in sorted(failures) if not failures[i].retryable]
-        if dead:
-            await self._dead_letter([records[i] for i in dead], [failures[i] for i in dead])
-        retry = [records[i] for i in sorted(failures) if failures[i].retryable]
-        return retry, next(iter(failures.values())).reason
+        self._failed.inc(len(outcome.failures))
+        if outcome.dead:
+            await self._dead_letter([records[i] for i in outcome.dead],
+                                    [outcome.failures[i] for i in outcome.dead])
+        return [records[i] for i in outcome.retry], outcome.reason
 
-    async def _keep(self, records: list[Record], reason: str | None) -> None:
+    async def _keep(self, records: list[Record], reason: str | None, *,
+                    behind: bool = False) -> None:
         """Append to the backlog; return once committed (or dead-lettered,
-        when a 0 policy disables stacking). If the backlog itself cannot be
-        written, keep trying: the records stay in memory, the batch unacked."""
-        delay = 0.1
+        when a 0 policy disables stacking). `behind`: queued only to stay
+        behind older records (nothing failed: not reported). If the backlog
+        itself cannot be written, keep trying: the records stay in memory,
+        the batch unacked."""
+        backoff = Backoff(RetryPolicy.steady(0.1, STORE_RETRY_MAX))
         while True:
             try:
                 self.busy += 1
                 appended = await self.backlog.append(self.action_id, records, reason)
                 break
             except (sqlite3.Error, OSError) as e:
+                delay = backoff.failure()
                 self._report(f"cannot write the backlog; {len(records)} record(s) stay "
                              f"unacked, retrying in {delay:g}s", f"{type(e).__name__}: {e}")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX)
             finally:
                 self.busy -= 1
         if appended.stored:
             self._appended.inc(appended.stored)
-            if reason != "queued behind the backlog":
+            if not behind:
                 self._report(f"{appended.stored} record(s) kept in the backlog", reason)
             self._drain_wake.set()
         self._out(len(records))
@@ -397,12 +394,11 @@ class ActionRunner:
     # -- counting and logging ------------------------------------------------
 
     async def _dead_letter(self, records: list[Record], failures: list[Failure]) -> None:
-        entries = [{"reason": f.reason, "source": f"action:{self.action_id}",
-                    "rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
-                    "payload": r.payload} for r, f in zip(records, failures, strict=True)]
+        source = f"action:{self.action_id}"
         log.warning("%d record(s) dead-lettered", len(records),
                     extra={**self._log, "reason": failures[0].reason})
-        await self.dead_letters.write(entries)
+        await self.dead_letters.write([entry(r, f.reason, source)
+                                       for r, f in zip(records, failures, strict=True)])
         self._count_dead(len(records))
         self._out(len(records))
 

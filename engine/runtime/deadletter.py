@@ -31,6 +31,8 @@ from engine.destinations.amqp import AmqpForwarding, AmqpSink
 from engine.destinations.base import Record, Sink
 from engine.destinations.jsonl_file import FileForwarding, JsonlFileSink
 from engine.destinations.kafka import DmsKafkaForwarding, KafkaSink
+from engine.policies.outcome import write_sorted
+from engine.policies.retry import Backoff, RetryPolicy
 from engine.schema import KafkaClient
 
 log = logging.getLogger(__name__)
@@ -76,19 +78,18 @@ class DeadLetters:
             if self.on_stored is not None:
                 self.on_stored(stored)
             return
-        delay = 0.1
+        backoff = Backoff(RetryPolicy.steady(0.1, RETRY_MAX))
         async with self._lock:
             while True:
-                result = await self.sink.write(pending)
-                if result.ok:
+                outcome = await write_sorted(self.sink, pending)
+                if not outcome.failures:
                     break
                 # Whatever the failure, retry: a dead letter has nowhere else to go.
-                first = next(iter(result.failures.values()))
-                pending = [pending[i] for i in sorted(result.failures)]
+                pending = [pending[i] for i in sorted(outcome.failures)]
+                delay = backoff.failure()
                 log.error("cannot store %d dead letter(s) in %s: %s; retrying in %gs",
-                          len(pending), self.where, first.reason, delay)
+                          len(pending), self.where, outcome.reason, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
         if self.on_stored is not None:
             self.on_stored(stored)
 
