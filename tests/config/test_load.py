@@ -100,6 +100,11 @@ def test_json_errors_have_lines(problems):
     assert (issue.line, issue.path) == (4, "rules[0].subject.event")
 
 
+def test_json_duplicate_keys_are_reported_with_their_line(problems):
+    issues = problems('{\n  "rules": [],\n  "rules": []\n}\n', name="rules.json")
+    assert [(i.line, i.message) for i in issues] == [(3, "duplicate key 'rules'")]
+
+
 def test_json_syntax_error(problems):
     (issue,) = problems('{"rules": [}\n', name="rules.json")
     assert issue.line == 1 and "JSON syntax error" in issue.message
