@@ -11,14 +11,16 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import aio_pika
-import aiormq.exceptions as amqp_errors
 from pydantic import Field, SecretStr
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import AmqpUrl, _Model
 from engine.destinations.registry import register
+
+if TYPE_CHECKING:
+    import aio_pika  # imported when a sink opens: a worker without AMQP never loads it
 
 
 class AmqpForwarding(_Model):
@@ -64,6 +66,9 @@ class AmqpSink(Sink):
     async def _connect(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             return
+        import aio_pika
+        import aiormq.exceptions as amqp_errors
+
         c = self.config
         try:
             if self._conn is None:
@@ -107,6 +112,8 @@ class AmqpSink(Sink):
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
         assert self._channel is not None
+        import aio_pika
+
         exchange = self._channel.default_exchange
         queue, timeout = self.config.queue_name, self.config.timeout_s
 
@@ -129,6 +136,8 @@ class AmqpSink(Sink):
 
 
 def _failure(exc: BaseException, queue: str) -> Failure:
+    import aiormq.exceptions as amqp_errors
+
     if isinstance(exc, amqp_errors.PublishError):
         # mandatory + no route: the queue was deleted after open.
         return Failure(f"AMQP message returned unroutable: queue {queue!r} is gone", False)

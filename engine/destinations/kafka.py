@@ -19,20 +19,20 @@ import logging
 import random
 import ssl
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka import errors as kafka_errors
-from aiokafka.conn import create_conn
-from aiokafka.partitioner import murmur2
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import Field, SecretStr, model_validator
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import SupportPrivateLinkNetAddress, _Model, client_ssl_context
 from engine.destinations.registry import register
 from engine.schema import KafkaClient
+
+# aiokafka is imported when a sink opens (or classifies an error): a worker
+# without Kafka actions or dead letters never loads it.
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 
 class DmsKafkaForwarding(_Model):
@@ -77,13 +77,14 @@ MAX_REQUEST_BYTES = 1 << 20
 """Largest message (as aiokafka estimates it) accepted; aiokafka's default."""
 _KEY_CACHE_MAX = 100_000
 
-_AUTH_ERRORS = (
-    kafka_errors.SaslAuthenticationFailed,
-    kafka_errors.UnsupportedSaslMechanismError,
-    kafka_errors.IllegalSaslStateError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
-)
+
+
+def _auth_errors() -> tuple[type[Exception], ...]:
+    from aiokafka import errors as kafka_errors
+
+    return (kafka_errors.SaslAuthenticationFailed, kafka_errors.UnsupportedSaslMechanismError,
+            kafka_errors.IllegalSaslStateError, kafka_errors.TopicAuthorizationFailedError,
+            kafka_errors.ClusterAuthorizationFailedError)
 
 
 def client(c: DmsKafkaForwarding) -> KafkaClient:
@@ -121,7 +122,9 @@ def producer_kwargs(c: DmsKafkaForwarding, connection: KafkaClient | None = None
 
 
 def _failure(e: BaseException) -> Failure:
-    if isinstance(e, _AUTH_ERRORS):
+    from aiokafka import errors as kafka_errors
+
+    if isinstance(e, _auth_errors()):
         return Failure(f"Kafka refused: {type(e).__name__}", False)
     if isinstance(e, kafka_errors.KafkaTimeoutError | asyncio.TimeoutError):
         return Failure("Kafka delivery timed out", True)
@@ -163,6 +166,9 @@ class KafkaSink(Sink):
     async def _connect(self) -> None:
         if self._producer is not None:
             return
+        from aiokafka import AIOKafkaProducer
+        from aiokafka import errors as kafka_errors
+
         kw = producer_kwargs(self.config, self.connection)
         producer = AIOKafkaProducer(**kw)
         try:
@@ -174,7 +180,7 @@ class KafkaSink(Sink):
             await producer.stop()
             if isinstance(e, kafka_errors.UnknownTopicOrPartitionError):
                 raise SinkError(f"Kafka topic {self.config.topic!r} does not exist") from None
-            if isinstance(e, _AUTH_ERRORS):
+            if isinstance(e, _auth_errors()):
                 raise SinkError(f"Kafka refused the client: {type(e).__name__}") from None
             # The producer reports every bootstrap failure alike; one direct
             # connection tells a refused login or certificate from a down broker.
@@ -183,6 +189,9 @@ class KafkaSink(Sink):
         self._producer = producer
 
     async def _diagnose(self, kw: dict[str, Any]) -> None:
+        from aiokafka import errors as kafka_errors
+        from aiokafka.conn import create_conn
+
         for server in kw["bootstrap_servers"]:
             host, _, port = server.rpartition(":")
             try:
@@ -219,6 +228,9 @@ class KafkaSink(Sink):
         choice cached while the topic's partition list stays the same: a
         key's partition is murmur2(key) over all partitions (sorted); no key
         means a random available partition."""
+        from aiokafka import errors as kafka_errors
+        from aiokafka.partitioner import murmur2
+
         assert self._producer is not None
         cluster = self._producer.client.cluster
         parts = sorted(cluster.partitions_for_topic(topic) or ())
@@ -236,6 +248,9 @@ class KafkaSink(Sink):
             return WriteResult()
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
+        from aiokafka import errors as kafka_errors
+        from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
         producer = self._producer
         assert producer is not None
         topic = self.config.topic

@@ -25,17 +25,19 @@ import re
 import ssl
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
-import paho.mqtt.client as mqtt
 from pydantic import Field, SecretStr, field_validator
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import _Model
 from engine.destinations.registry import register
 from engine.schema import MqttUrl
+
+if TYPE_CHECKING:  # paho (and the dnspython it loads) is imported when a sink opens
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class MqttSink(Sink):
         """Connect. A broker that is down is not an error here (writes
         report retryable failures; paho reconnects by itself); a refused
         login or unusable TLS settings raise SinkError."""
+        import paho.mqtt.client as mqtt
+
         self._loop = asyncio.get_running_loop()
         c = self.config
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
@@ -216,6 +220,8 @@ class MqttSink(Sink):
         if client is None or not client.is_connected():
             return WriteResult.all_failed(len(records), f"MQTT broker {self.host}:{self.port} "
                                           "not connected", True)
+        import paho.mqtt.client as mqtt
+
         c = self.config
         failures: dict[int, Failure] = {}
         waits: list[tuple[int, asyncio.Future[None]]] = []

@@ -19,9 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import asyncmy
 import orjson
-from asyncmy import errors as my_errors
 
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import SqlForwarding, client_ssl_context, columns
@@ -61,6 +59,9 @@ class MysqlForwarding(SqlForwarding):
 
 def _classify(e: BaseException) -> tuple[str, str]:
     """-> (kind, reason); kind is "row" (this row's data), "retry" or "fatal"."""
+    # asyncmy is imported when it is used: a worker without MySQL never loads it.
+    from asyncmy import errors as my_errors
+
     if isinstance(e, my_errors.MySQLError) and len(e.args) >= 2:
         code, msg = e.args[0], str(e.args[1])
         if code in _FATAL:
@@ -115,6 +116,8 @@ class MysqlSink(Sink):
             return
         c = self.config
         try:
+            import asyncmy
+
             pool = await asyncmy.create_pool(
                 minsize=1, maxsize=c.pool_size,
                 host=c.address.host, port=c.address.port_or(DEFAULT_PORT),

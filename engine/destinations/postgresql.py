@@ -17,9 +17,8 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import orjson
 from pydantic import Field
 
@@ -32,6 +31,9 @@ from engine.destinations.common import (
     event_time_ms,
 )
 from engine.destinations.registry import register
+
+if TYPE_CHECKING:
+    import asyncpg  # imported when a sink opens: a worker without PostgreSQL never loads it
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ _FATAL_STATES = {
 
 def _classify(e: BaseException) -> tuple[str, str]:
     """-> (kind, reason); kind is "row" (this row's data), "retry" or "fatal"."""
+    import asyncpg
+
     if isinstance(e, asyncpg.PostgresError):
         state = e.sqlstate or ""
         if state in _FATAL_STATES:
@@ -175,6 +179,8 @@ class PostgresqlSink(Sink):
             return
         c = self.config
         try:
+            import asyncpg
+
             pool = await asyncpg.create_pool(
                 host=c.address.host, port=c.address.port_or(DEFAULT_PORT),
                 user=c.username, password=c.password.get_secret_value(), database=c.db_name,

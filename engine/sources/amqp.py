@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import Field
 
 from engine.schema import AmqpConnection
 from engine.sources.base import Batch, Source, SourceContext, SourceOptions
 from engine.sources.registry import register
+
+if TYPE_CHECKING:  # imported when the source starts: a worker without AMQP never loads it
+    import aio_pika
+    from aio_pika.abc import AbstractIncomingMessage
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class AmqpSource(Source):
                    prefetch=options.prefetch, batch_size=batch_size)
 
     async def start(self) -> None:
+        import aio_pika
+
         self._connection = await aio_pika.connect_robust(self.url)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)

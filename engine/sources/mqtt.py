@@ -39,12 +39,9 @@ import ssl
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, field_validator
 
 from engine.schema import MqttUrl
@@ -53,6 +50,9 @@ from engine.sources.base import Batch, DeadLetterWriter, Source, SourceContext, 
 from engine.sources.device_registry import Registry
 from engine.sources.registry import register
 from engine.sources.uplink import Uplink
+
+if TYPE_CHECKING:  # paho (and the dnspython it loads) is imported when a source starts
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,10 @@ class MqttSource(Source):
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         o = self.options
         self._loop = loop = asyncio.get_running_loop()
         v5 = o.protocol == "5"
@@ -390,6 +394,8 @@ def _ack_all(client: mqtt.Client, acks: list[tuple[int, int]]) -> None:
     each); here a batch's PUBACKs are queued together and the thread woken
     once - 1.3x more messages/s under load (benchmarks/README.md). Relies on
     paho 2.x internals (`_out_packet`, `_sockpairW`); without them, `ack()`."""
+    import paho.mqtt.client as mqtt
+
     out = getattr(client, "_out_packet", None)
     wake = getattr(client, "_sockpairW", None)
     if out is None or wake is None or any(q != 1 for _, q in acks):
