@@ -57,6 +57,11 @@ records would overtake its older ones.
 
 `append` raises (sqlite3.Error / OSError) only when the database cannot be
 written; nothing was stored then and the caller must keep the records.
+
+`Backlog.in_memory(dead_letters)` is the same backlog in an in-memory
+database (no file, no lock, gone with the process): what an action runner
+built without a backlog uses (tests, embedded use), so there is one
+delivery path whatever the durability.
 """
 
 from __future__ import annotations
@@ -182,6 +187,17 @@ class Backlog:
         # order, and counters are only changed there.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="backlog")
         self._expiring = asyncio.Lock()  # one select -> dead-letter -> delete at a time
+
+    MEMORY = ":memory:"
+
+    @classmethod
+    def in_memory(cls, dead_letters: DeadLetterWriter,
+                  policies: Iterable[BacklogPolicy] = ()) -> Backlog:
+        return cls(cls.MEMORY, dead_letters, policies)
+
+    @property
+    def durable(self) -> bool:
+        return self.path != self.MEMORY
 
     # -- setup ------------------------------------------------------------------
 
@@ -314,6 +330,11 @@ class Backlog:
             g.bytes += nbytes
 
     def _open(self) -> None:
+        if not self.durable:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.executescript(SCHEMA)
+            self._db = db
+            return
         # One process per database: `_next_seq` is kept in memory, and two
         # engines draining one backlog would send each other's entries. The
         # lock goes with the process (also on kill -9).

@@ -11,7 +11,10 @@ Flow control (`limiter`, engine.policies.flowcontrol) applies to every
 write: records wait for it; a batch the limit would hold back longer than
 FLOW_WAIT goes to the backlog instead (sent later, as the limit allows).
 
-With a backlog (engine.policies.backlog, what `Worker.from_config` builds):
+One delivery path, through the action's backlog (engine.policies.backlog:
+the durable one `Worker.from_config` builds, or - for a runner built
+without one, in tests and embedded use - `Backlog.in_memory`, which the
+runner owns and the worker drains before it ends):
 
 * a retryable failure (destination down, timeout, throttled) appends the
   failed records to the action's backlog - committed to disk - and the
@@ -24,11 +27,7 @@ With a backlog (engine.policies.backlog, what `Worker.from_config` builds):
 * records the backlog expires or refuses (stacking disabled by a 0 policy)
   are dead-lettered there, with the reason, and counted here.
 
-Without a backlog (unit tests, embedded use) a retryable failure is retried
-in place with capped exponential backoff for as long as it takes - the
-source batch stays unacked meanwhile, so nothing is lost if the engine stops.
-
-Either way a permanent failure is dead-lettered with its reason.
+A permanent failure is dead-lettered with its reason.
 
 Counting (per action, see engine.runtime.metrics): matched + restored =
 forwarded + backlogged + dead_lettered + inflight at every scrape; counters
@@ -101,15 +100,18 @@ class ActionRunner:
         self.sink = sink
         self.batch_size = batch_size
         self.linger = linger
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
         self.dead_letters = dead_letters
         self.limiter = limiter or Limiter(())  # no policy: unlimited
+        # No backlog given: an in-memory one of its own (retried with
+        # retry_initial/retry_max), opened and closed with the runner.
+        self.owns_backlog = backlog is None
+        if backlog is None:
+            backlog = Backlog.in_memory(dead_letters)
+            retry_policy = retry_policy or RetryPolicy(initial=retry_initial, cap=retry_max)
         self.backlog = backlog
         self.retry_policy = retry_policy or RetryPolicy()
-        if backlog is not None:
-            backlog.add_action(action_id, rule_id, sink.channel)
-            self._counted = _COUNTED.setdefault(backlog, {}).setdefault(action_id, _Counted())
+        backlog.add_action(action_id, rule_id, sink.channel)
+        self._counted = _COUNTED.setdefault(backlog, {}).setdefault(action_id, _Counted())
         self.totals = metrics.totals
         self.queue: asyncio.Queue[Parcel] = asyncio.Queue(max_queued)
         labels = (action_id, rule_id, sink.channel)
@@ -134,8 +136,8 @@ class ActionRunner:
         # A reload removed the action (set by the worker): it gets no new
         # records and drains only what its backlog holds.
         self.removed = False
-        self.draining = backlog is not None  # False: the backlog is another runner's now
-        self._drain_wake = self._counted.wake if backlog is not None else asyncio.Event()
+        self.draining = True  # False: the backlog is another runner's now
+        self._drain_wake = self._counted.wake
         # Backlog calls whose outcome is not counted yet: the expiry loop must
         # not sync the gauges in between (the counts would not balance).
         self.busy = 0
@@ -146,25 +148,25 @@ class ActionRunner:
         self._problem_logged = 0.0
 
     async def open(self) -> None:
-        """Open the sink and start writing. With a backlog (opened before):
-        what an earlier run left in it is counted as restored and drained
-        first."""
+        """Open the sink and start writing. What an earlier run left in the
+        backlog (opened before, unless the runner owns it) is counted as
+        restored and drained first."""
+        if self.owns_backlog:
+            await self.backlog.open()
         await self.sink.open()
         self._tasks.append(asyncio.create_task(self._run(), name=f"action {self.action_id}"))
-        if self.backlog is not None:
-            if not self._counted.restored:  # the first runner of the action after start-up
-                self._counted.restored = True
-                restored = self.backlog.size(self.action_id)[0]
-                if restored:
-                    self._restored.inc(restored)
-                    self.restored = restored
-                    log.info("%d record(s) in the backlog from an earlier run; draining them "
-                             "first", restored, extra=self._log)
-            self.sync_backlog()
-            self._drain_wake.set()
-            self._drain_task = asyncio.create_task(self._drain(),
-                                                   name=f"backlog {self.action_id}")
-            self._tasks.append(self._drain_task)
+        if not self._counted.restored:  # the first runner of the action after start-up
+            self._counted.restored = True
+            restored = self.backlog.size(self.action_id)[0]
+            if restored:
+                self._restored.inc(restored)
+                self.restored = restored
+                log.info("%d record(s) in the backlog from an earlier run; draining them "
+                         "first", restored, extra=self._log)
+        self.sync_backlog()
+        self._drain_wake.set()
+        self._drain_task = asyncio.create_task(self._drain(), name=f"backlog {self.action_id}")
+        self._tasks.append(self._drain_task)
 
     async def close(self) -> None:
         """Stop writing (unsettled parcels stay unacked, the backlog stays on
@@ -180,20 +182,22 @@ class ActionRunner:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        if self.backlog is not None and self.draining \
-                and (left := self.backlog.size(self.action_id)[0]):
-            if self.removed:
+        if self.draining and (left := self.backlog.size(self.action_id)[0]):
+            if not self.backlog.durable:
+                log.warning("action %s: %d record(s) in its in-memory backlog are lost (a "
+                            "runner built without a backlog keeps nothing on disk)",
+                            self.action_id, left, extra=self._log)
+            elif self.removed:
                 log.warning("action %s (removed by a reload): %d record(s) stay in the backlog "
                             "(%s); a start without this action dead-letters them", self.action_id,
                             left, self.backlog.path)
             else:
                 log.warning("action %s: %d record(s) stay in the backlog (%s); they are "
                             "delivered first on the next start", self.action_id, left,
-                            self.backlog.path)
-        if self.backlog is not None and (left := self.backlog.size(self.action_id)[0]):
-            log.warning("%d record(s) stay in the backlog (%s); they are delivered first on "
-                        "the next start", left, self.backlog.path, extra=self._log)
+                            self.backlog.path, extra=self._log)
         await self.sink.close()
+        if self.owns_backlog:
+            await self.backlog.close()
 
     def stop_draining(self) -> None:
         """Leave the action's backlog to another runner (a reload replaced
@@ -222,14 +226,10 @@ class ActionRunner:
                 parcels.append(p)
                 n += len(p.records)
             records = [r for p in parcels for r in p.records]
-            if self.backlog is None:
-                for i in range(0, len(records), self.batch_size):
-                    await self._deliver_in_place(records[i:i + self.batch_size])
-            else:
-                # One flow-control wait for the whole round, not one per batch.
-                deadline = time.monotonic() + FLOW_WAIT
-                for i in range(0, len(records), self.batch_size):
-                    await self._deliver(records[i:i + self.batch_size], deadline)
+            # One flow-control wait for the whole round, not one per batch.
+            deadline = time.monotonic() + FLOW_WAIT
+            for i in range(0, len(records), self.batch_size):
+                await self._deliver(records[i:i + self.batch_size], deadline)
             now = time.monotonic()
             for p in parcels:
                 self._latency.observe(now - p.received_at)
@@ -268,24 +268,6 @@ class ActionRunner:
                     await self._keep(retry + records, reason)
                     return
                 await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
-        self._recovered()
-
-    async def _deliver_in_place(self, records: list[Record]) -> None:
-        """Without a backlog: wait for the flow limit and retry retryable
-        failures until delivered (the source batch stays unacked)."""
-        while records:
-            k = await self.limiter.acquire(len(records))
-            batch, records = records[:k], records[k:]
-            backoff = Backoff(RetryPolicy.steady(self.retry_initial, self.retry_max))
-            while batch:
-                retry, reason = await self._write_once(batch)
-                if retry:
-                    self._count_retried(len(retry))
-                    delay = backoff.failure()
-                    self._report(f"{len(retry)} record(s) failed; retrying (attempt "
-                                 f"{backoff.failures}, next in {delay:g}s)", reason)
-                    await asyncio.sleep(delay)
-                batch = retry
         self._recovered()
 
     async def _write_once(self, records: list[Record]) -> tuple[list[Record], str | None]:

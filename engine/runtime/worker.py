@@ -226,7 +226,10 @@ class Worker:
                 raise failure
             if self.error_routes:
                 await self._error_actions_settled()
-            if self.options.drain_backlog_at_end and not self.stopping:
+            # An in-memory backlog (runners built without one) is gone with
+            # the runner: the sources ended, so it is delivered first.
+            if (self.options.drain_backlog_at_end or any(r.owns_backlog for r in self._open)) \
+                    and not self.stopping:
                 await self.drain_backlog()
         finally:
             self.metrics.ready = False
@@ -266,10 +269,12 @@ class Worker:
         return failure
 
     def backlog_size(self) -> int:
-        """Records in the backlog now, over all actions."""
+        """Records in the backlog now, over all actions (and the in-memory
+        backlogs of runners built without one)."""
+        own = sum(r.backlog.size(r.action_id)[0] for r in self._open if r.owns_backlog)
         if self.backlog is None:
-            return 0
-        return sum(self.backlog.size(a)[0] for a in self.backlog.pending_actions())
+            return own
+        return own + sum(self.backlog.size(a)[0] for a in self.backlog.pending_actions())
 
     async def drain_backlog(self) -> int:
         """Wait until the backlog is empty, as long as it shrinks: give up
@@ -285,8 +290,9 @@ class Worker:
             if now < left:
                 left, progress = now, time.monotonic()
             elif time.monotonic() - progress > self.shutdown_timeout:
+                where = self.backlog.path if self.backlog is not None else "memory"
                 log.warning("backlog: %d record(s) not delivered in %gs without progress; they "
-                            "stay in %s", left, self.shutdown_timeout, self.backlog.path)
+                            "stay in %s", left, self.shutdown_timeout, where)
                 break
         return left
 
@@ -459,7 +465,7 @@ class Worker:
         await asyncio.gather(*(self._drain_then_close(r) for r in draining))
 
     def _left(self, runner: ActionRunner) -> int:
-        return self.backlog.size(runner.action_id)[0] if self.backlog is not None else 0
+        return runner.backlog.size(runner.action_id)[0]
 
     async def _drain_then_close(self, runner: ActionRunner) -> None:
         log.warning("action %s was removed by a reload: delivering the %d record(s) of its "
