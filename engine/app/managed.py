@@ -50,22 +50,13 @@ class WorkerMetrics:
         rules = metrics.rules
         if key not in rules.matched:
             return None  # not running (inactive, or not applied yet)
-        sample = metrics.registry.get_sample_value
         actions: dict[str, ActionCounters] = {}
         config = self.worker.config
         for action in config.actions_of(key) if config is not None else ():
-            labels = {"action": action.action_id, "rule": key, "channel": action.channel}
-
-            def value(name: str, labels: dict[str, str] = labels) -> int:
-                return int(sample(name, labels) or 0)
-
+            c = metrics.actions.of(action.action_id, key, action.channel)
             actions[action.action_id.split(SEP, 1)[1]] = ActionCounters(
-                matched=value("engine_action_matched_total"),
-                forwarded=value("engine_action_forwarded_total"),
-                failed=value("engine_action_failed_total"),
-                backlogged=value("engine_action_backlogged"),
-                dead_lettered=value("engine_action_dead_lettered_total"),
-                inflight=value("engine_action_inflight"))
+                matched=c.matched, forwarded=c.forwarded, failed=c.failed,
+                backlogged=c.backlogged, dead_lettered=c.dead_lettered, inflight=c.inflight)
         return RuleCounters(evaluated=rules.well_formed, matched=rules.matched.get(key, 0),
                             failed=rules.failed.get(key, 0), actions=actions)
 

@@ -56,7 +56,7 @@ def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> int:
     print(f"{t.received} notifications in {elapsed:.2f} s ({rate:,.0f}/s): "
           f"{t.malformed} malformed, {t.matched} rule matches, {t.forwarded} delivered, "
           f"{t.dead_lettered} dead-lettered", file=out)
-    restored = sum(r.restored for r in worker.runners)
+    restored = sum(r.counts.restored for r in worker.runners)
     left = worker.backlog_size()
     store = worker.backlog
     backlog = store is not None and bool(restored or left or worker.unconfigured_dead_lettered)
@@ -82,10 +82,12 @@ def print_summary(worker: Worker, elapsed: float, out=sys.stdout) -> int:
         runners = by_rule.get(rule) or [None]
         for i, r in enumerate(runners):
             head = (rule, str(matched), str(well_formed - matched)) if i == 0 else ("", "", "")
-            tail: tuple[str, ...] = ((r.action_id, str(r.forwarded), str(r.dead_lettered))
+            tail: tuple[str, ...] = ((r.action_id, str(r.counts.forwarded),
+                                      str(r.counts.dead_lettered))
                                      if r else ("-", "", ""))
             if store is not None and backlog:
-                tail += (str(r.restored), str(store.size(r.action_id)[0])) if r else ("", "")
+                tail += (str(r.counts.restored), str(store.size(r.action_id)[0])) if r \
+                    else ("", "")
             rows.append(head + tail)
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:

@@ -112,27 +112,14 @@ class ActionRunner:
         self.retry_policy = retry_policy or RetryPolicy()
         backlog.add_action(action_id, rule_id, sink.channel)
         self._counted = _COUNTED.setdefault(backlog, {}).setdefault(action_id, _Counted())
-        self.totals = metrics.totals
         self.queue: asyncio.Queue[Parcel] = asyncio.Queue(max_queued)
         labels = (action_id, rule_id, sink.channel)
         self._log = {"action_id": action_id, "rule_id": rule_id}  # fields of its log lines
-        self._matched = metrics.action_matched.labels(*labels)
-        self._forwarded = metrics.action_forwarded.labels(*labels)
-        self._failed = metrics.action_failed.labels(*labels)
-        self._dead = metrics.action_dead_lettered.labels(*labels)
-        self._inflight = metrics.action_inflight.labels(*labels)
-        self._retried = metrics.action_retried.labels(*labels)
-        self._throttled = metrics.action_throttled.labels(*labels)
-        self._backlogged = metrics.action_backlogged.labels(*labels)
-        self._appended = metrics.backlog_appended.labels(*labels)
-        self._restored = metrics.backlog_restored.labels(*labels)
-        self._expired = metrics.backlog_expired.labels(*labels)
-        self._backlog_bytes = metrics.backlog_bytes.labels(*labels)
+        # The action's counts (shared with a runner replacing this one): what
+        # /metrics, the status line and the API read.
+        self.counts = metrics.actions.of(*labels)
         self._latency = metrics.latency.labels(*labels)
         self._rule_stats = metrics.rules
-        self.forwarded = 0        # plain counts of this action, for summaries
-        self.dead_lettered = 0
-        self.restored = 0
         # A reload removed the action (set by the worker): it gets no new
         # records and drains only what its backlog holds.
         self.removed = False
@@ -159,8 +146,7 @@ class ActionRunner:
             self._counted.restored = True
             restored = self.backlog.size(self.action_id)[0]
             if restored:
-                self._restored.inc(restored)
-                self.restored = restored
+                self.counts.restored += restored
                 log.info("%d record(s) in the backlog from an earlier run; draining them "
                          "first", restored, extra=self._log)
         self.sync_backlog()
@@ -207,9 +193,8 @@ class ActionRunner:
 
     async def submit(self, parcel: Parcel) -> None:
         n = len(parcel.records)
-        self._matched.inc(n)
-        self._inflight.inc(n)
-        self.totals.inflight += n
+        self.counts.matched += n
+        self.counts.inflight += n
         await self.queue.put(parcel)
 
     # -- the writer -----------------------------------------------------------
@@ -248,7 +233,7 @@ class ActionRunner:
             k = limiter.try_acquire(len(records))
             if k < len(records) and not throttled:  # count each record once
                 throttled = True
-                self._throttled.inc(len(records) - k)
+                self.counts.throttled += len(records) - k
             if not k:
                 wait = limiter.delay_until_available(len(records))
                 if not backlog.stacking(self.action_id):
@@ -281,7 +266,7 @@ class ActionRunner:
         self._out(outcome.delivered)
         if not outcome.failures:
             return [], None
-        self._failed.inc(len(outcome.failures))
+        self.counts.failed += len(outcome.failures)
         if outcome.dead:
             await self._dead_letter([records[i] for i in outcome.dead],
                                     [outcome.failures[i] for i in outcome.dead])
@@ -308,7 +293,7 @@ class ActionRunner:
             finally:
                 self.busy -= 1
         if appended.stored:
-            self._appended.inc(appended.stored)
+            self.counts.appended += appended.stored
             if not behind:
                 self._report(f"{appended.stored} record(s) kept in the backlog", reason)
             self._drain_wake.set()
@@ -346,7 +331,7 @@ class ActionRunner:
                             extra={**self._log, "reason": step.reason})
                 self._count_dead(step.dead_lettered)
             if step.failed or step.dead_lettered:
-                self._failed.inc(step.failed + step.dead_lettered)
+                self.counts.failed += step.failed + step.dead_lettered
             self.sync_backlog()
             if step.failed:
                 self._count_retried(step.failed)
@@ -366,12 +351,11 @@ class ActionRunner:
         expired, refused = s.expired - c.expired, s.refused - c.refused
         if expired or refused:
             c.expired, c.refused = s.expired, s.refused
-            self._expired.inc(expired)
+            self.counts.expired += expired
             self._count_dead(expired + refused)
-        self.totals.backlogged += s.count - c.in_backlog
         c.in_backlog = s.count
-        self._backlogged.set(s.count)
-        self._backlog_bytes.set(s.bytes)
+        self.counts.backlogged = s.count
+        self.counts.backlog_bytes = s.bytes
 
     # -- counting and logging ------------------------------------------------
 
@@ -387,24 +371,18 @@ class ActionRunner:
     def _out(self, n: int) -> None:
         """n records handed over by the pipeline are settled (counted elsewhere)."""
         if n:
-            self._inflight.dec(n)
-            self.totals.inflight -= n
+            self.counts.inflight -= n
 
     def _count_forwarded(self, n: int) -> None:
         if n:
-            self._forwarded.inc(n)
-            self.totals.forwarded += n
-            self.forwarded += n
+            self.counts.forwarded += n
 
     def _count_retried(self, n: int) -> None:
-        self._retried.inc(n)
-        self.totals.retried += n
+        self.counts.retried += n
 
     def _count_dead(self, n: int) -> None:
         if n:
-            self._dead.inc(n)
-            self.totals.dead_lettered += n
-            self.dead_lettered += n
+            self.counts.dead_lettered += n
             failed = self._rule_stats.failed
             failed[self.rule_id] = failed.get(self.rule_id, 0) + n
 

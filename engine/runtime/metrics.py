@@ -11,6 +11,11 @@ in its durable backlog now (a gauge); `restored` = records an earlier run
 left in the backlog, found at start-up - 0 on a first start.) Counters move once per
 batch, never per event. Each `Metrics` has its own registry, so several
 workers (tests) can live in one process.
+
+One count, read three ways: an action's counts live in one `ActionCounters`
+(plain ints the runner adds to), which /metrics exports at scrape time
+(`ActionStats`), the status line and exit summary sum (`Metrics.totals`)
+and the management API reads (`app.managed.WorkerMetrics`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import platform
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +51,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 @dataclass
 class Totals:
-    """Plain running totals over all labels, for status lines and summaries."""
+    """Running totals over all labels, for status lines and summaries: a
+    snapshot (`Metrics.totals`), or a plain object a test fills in."""
 
     received: int = 0
     malformed: int = 0
@@ -58,6 +64,134 @@ class Totals:
     backlogged: int = 0       # records in the durable backlogs now
 
 
+@dataclass
+class Flow:
+    """What sources and the pipeline count (the actions count in ActionCounters)."""
+
+    received: int = 0
+    malformed: int = 0
+    matched: int = 0
+    dead_lettered: int = 0    # before any action: malformed or refused input
+
+
+@dataclass(slots=True)
+class ActionCounters:
+    """One action's counts (labels action, rule, channel). The runner adds to
+    them once per batch; they are exported as engine_action_<name>."""
+
+    matched: int = 0
+    forwarded: int = 0
+    failed: int = 0
+    retried: int = 0
+    throttled: int = 0
+    dead_lettered: int = 0
+    appended: int = 0
+    restored: int = 0
+    expired: int = 0
+    inflight: int = 0        # gauges from here on
+    backlogged: int = 0
+    backlog_bytes: int = 0
+
+
+# engine_action_<name>: (field, help). Counters, then gauges.
+_ACTION_COUNTERS = (
+    ("matched", "matched", "Rule outputs handed to the action"),
+    ("forwarded", "forwarded", "Records the destination acknowledged"),
+    ("failed", "failed", "Failed write attempts, per record (retried or dead-lettered)"),
+    ("retried", "retried", "Records whose write failed retryably and that will be tried "
+     "again (from the backlog), per attempt"),
+    ("throttled", "throttled", "Records flow control held back (waited, or sent to the "
+     "backlog to go out later)"),
+    ("dead_lettered", "dead_lettered", "Records that failed permanently"),
+    ("backlog_appended", "appended", "Records put in the durable backlog (destination failed "
+     "retryably or flow control held them back)"),
+    ("backlog_restored", "restored", "Records found in the backlog at start-up (left by an "
+     "earlier run)"),
+    ("backlog_expired", "expired", "Backlog records past backlog_size/backlog_time, "
+     "dead-lettered (also in dead_lettered)"),
+)
+_ACTION_GAUGES = (
+    ("inflight", "inflight", "Records handed to the action and not yet settled"),
+    ("backlogged", "backlogged", "Records in the action's durable backlog now"),
+    ("backlog_bytes", "backlog_bytes", "Bytes of the action's backlog records (what "
+     "backlog_size counts)"),
+)
+
+
+class ActionStats:
+    """Every action's `ActionCounters`, by (action, rule, channel), exported
+    at scrape time (each from 0 as soon as its runner exists)."""
+
+    def __init__(self) -> None:
+        self.by_labels: dict[tuple[str, str, str], ActionCounters] = {}
+
+    def of(self, action: str, rule: str, channel: str) -> ActionCounters:
+        return self.by_labels.setdefault((action, rule, channel), ActionCounters())
+
+    def total(self, name: str) -> int:
+        return sum(getattr(c, name) for c in list(self.by_labels.values()))
+
+    def collect(self):
+        labels = ["action", "rule", "channel"]
+        items = list(self.by_labels.items())
+        families = []
+        for kind, specs in ((CounterMetricFamily, _ACTION_COUNTERS),
+                            (GaugeMetricFamily, _ACTION_GAUGES)):
+            for metric, field_name, text in specs:
+                family = kind(f"engine_action_{metric}", text, labels=labels)
+                for key, counters in items:
+                    family.add_metric(list(key), getattr(counters, field_name))
+                families.append(family)
+        return families
+
+
+class LiveTotals:
+    """`Metrics.totals`: the running totals, read live - the flow's counts
+    plus the sums of every action's counters (nothing counted twice)."""
+
+    __slots__ = ("_flow", "_actions")
+
+    def __init__(self, flow: Flow, actions: ActionStats) -> None:
+        self._flow, self._actions = flow, actions
+
+    @property
+    def received(self) -> int:
+        return self._flow.received
+
+    @property
+    def malformed(self) -> int:
+        return self._flow.malformed
+
+    @property
+    def matched(self) -> int:
+        return self._flow.matched
+
+    @property
+    def forwarded(self) -> int:
+        return self._actions.total("forwarded")
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._flow.dead_lettered + self._actions.total("dead_lettered")
+
+    @property
+    def retried(self) -> int:
+        return self._actions.total("retried")
+
+    @property
+    def inflight(self) -> int:
+        return self._actions.total("inflight")
+
+    @property
+    def backlogged(self) -> int:
+        return self._actions.total("backlogged")
+
+
+def snapshot(totals: Totals | LiveTotals) -> Totals:
+    """A copy of the totals as they are now."""
+    return Totals(**{f.name: getattr(totals, f.name) for f in fields(Totals)})
+
+
 class Metrics:
     # Set by add_operational_metrics (kept apart from the flow counters).
     reload_attempts: Counter
@@ -65,13 +199,11 @@ class Metrics:
     reload_failures: Counter
     reload_last_success: Gauge
     reload_last_ok: Gauge
-    action_retried: Counter
-    action_throttled: Counter
     scraped: ScrapeTimeStats
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.totals = Totals()
+        self.flow = Flow()
         self.ready = False
         self._auth: Authenticator | None = None
         self.received = Counter("engine_source_received", "Notifications received", ["source"],
@@ -82,34 +214,9 @@ class Metrics:
         self.rules = RuleStats()
         r.register(self.rules)
         labels = ["action", "rule", "channel"]
-        self.action_matched = Counter("engine_action_matched", "Rule outputs handed to the action",
-                                      labels, registry=r)
-        self.action_forwarded = Counter("engine_action_forwarded",
-                                        "Records the destination acknowledged", labels, registry=r)
-        self.action_failed = Counter("engine_action_failed",
-                                     "Failed write attempts, per record (retried or dead-lettered)",
-                                     labels, registry=r)
-        self.action_backlogged = Gauge("engine_action_backlogged",
-                                       "Records in the action's durable backlog now", labels,
-                                       registry=r)
-        self.backlog_appended = Counter("engine_action_backlog_appended",
-                                        "Records put in the durable backlog (destination failed "
-                                        "retryably or flow control held them back)", labels,
-                                        registry=r)
-        self.backlog_restored = Counter("engine_action_backlog_restored",
-                                        "Records found in the backlog at start-up (left by an "
-                                        "earlier run)", labels, registry=r)
-        self.backlog_expired = Counter("engine_action_backlog_expired",
-                                       "Backlog records past backlog_size/backlog_time, "
-                                       "dead-lettered (also in dead_lettered)", labels, registry=r)
-        self.backlog_bytes = Gauge("engine_action_backlog_bytes",
-                                   "Bytes of the action's backlog records (what backlog_size "
-                                   "counts)", labels, registry=r)
-        self.action_dead_lettered = Counter("engine_action_dead_lettered",
-                                            "Records that failed permanently", labels, registry=r)
-        self.action_inflight = Gauge("engine_action_inflight",
-                                     "Records handed to the action and not yet settled", labels,
-                                     registry=r)
+        self.actions = ActionStats()
+        r.register(self.actions)
+        self.totals = LiveTotals(self.flow, self.actions)
         self.unauthorized = Counter("engine_listener_unauthorized",
                                     "Requests refused with 401 (credentials missing or wrong)",
                                     ["listener"], registry=r)
@@ -214,13 +321,6 @@ def add_operational_metrics(m: Metrics) -> None:
                              "1 if the last reload (or the start-up load) succeeded, else 0",
                              registry=r)
     m.reload_last_ok.set(1)
-    labels = ["action", "rule", "channel"]
-    m.action_retried = Counter("engine_action_retried",
-                               "Records whose write failed retryably and that will be tried "
-                               "again (from the backlog), per attempt", labels, registry=r)
-    m.action_throttled = Counter("engine_action_throttled",
-                                 "Records flow control held back (waited, or sent to the "
-                                 "backlog to go out later)", labels, registry=r)
     m.scraped = ScrapeTimeStats()
     r.register(m.scraped)
 

@@ -225,7 +225,7 @@ class Pipeline:
     def _count(self, source: str, received: int, malformed: int, matched: dict[str, int]) -> None:
         m = self.metrics
         m.received.labels(source).inc(received)
-        t = m.totals
+        t = m.flow
         t.received += received
         if malformed:
             m.malformed.labels(source).inc(malformed)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from engine.runtime.metrics import Totals
+from engine.runtime.metrics import LiveTotals, Totals, snapshot
 
 log = logging.getLogger("engine.status")
 
@@ -109,8 +109,11 @@ def _rate(n: float) -> str:
 
 
 class StatusReporter:
-    def __init__(self, totals: Totals, *, tty: bool | None = None, interval: float = 10.0,
-                 stream: TextIO = sys.stderr, extra: Callable[[], str] | None = None) -> None:
+    def __init__(self, totals: Totals | LiveTotals, *, tty: bool | None = None,
+                 interval: float = 10.0, stream: TextIO = sys.stderr,
+                 extra: Callable[[], str] | None = None) -> None:
+        """`totals`: read every interval (`Metrics.totals`, or a `Totals` a
+        test changes)."""
         self.totals = totals
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
@@ -127,11 +130,11 @@ class StatusReporter:
         return f"{self.extra()}  {text}" if self.extra else text
 
     async def run(self) -> None:
-        prev, t_prev = Totals(**vars(self.totals)), time.monotonic()
+        prev, t_prev = snapshot(self.totals), time.monotonic()
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                now, t_now = Totals(**vars(self.totals)), time.monotonic()
+                now, t_now = snapshot(self.totals), time.monotonic()
                 text = self.line(prev, now, max(t_now - t_prev, 1e-9))
                 if self.tty:
                     self.stream.write("\r\x1b[K" + text)

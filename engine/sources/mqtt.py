@@ -368,9 +368,9 @@ class MqttSource(Source):
         if m is not None:  # counted like the pipeline's malformed inputs
             m.received.labels(self.name).inc(n)
             m.malformed.labels(self.name).inc(n)
-            m.totals.received += n
-            m.totals.malformed += n
-            m.totals.dead_lettered += n
+            m.flow.received += n
+            m.flow.malformed += n
+            m.flow.dead_lettered += n
         now = time.monotonic()
         if now - self._last_warning >= 10:  # one line per 10 s, not one per message
             self._last_warning = now

@@ -126,7 +126,7 @@ async def test_flow_control_holds_back_without_dropping(tmp_path):
     assert took >= (600 - 20) / 200 * 0.9  # 200/s after a 0.1 s burst
     assert acked_after < took
     assert w.metrics.totals.dead_lettered == 0
-    appended = w.metrics.backlog_appended.labels("out", "all", "MEMORY")._value.get()
+    appended = w.metrics.actions.of("out", "all", "MEMORY").appended
     assert appended > 0, "held back longer than FLOW_WAIT: should have gone to the backlog"
 
 
@@ -158,7 +158,7 @@ async def test_expired_backlog_entries_are_dead_lettered_and_counted(tmp_path):
     dl = dead_letters(tmp_path)
     assert len(dl) == 300
     assert dl[0]["reason"] == "expired: older than backlog_time 1 s of backlog policy short"
-    assert w.metrics.backlog_expired.labels("out", "all", "MEMORY")._value.get() == 300
+    assert w.metrics.actions.of("out", "all", "MEMORY").expired == 300
 
 
 async def test_without_dead_letter_config_the_worker_writes_a_file(tmp_path):
