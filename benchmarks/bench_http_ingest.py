@@ -69,10 +69,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _good_stream(url: str, seconds: float, concurrency: int = 4) -> float:
+async def _good_stream(url: str, seconds: float, concurrency: int = 4,
+                       force_close: bool = False) -> float:
+    """Events/s of GOOD arrays answered 200. `force_close`: a new connection
+    per request (for SO_REUSEPORT to spread them over workers)."""
     sent = 0
     end = time.monotonic() + seconds
-    async with aiohttp.ClientSession() as s:
+    connector = aiohttp.TCPConnector(force_close=force_close)
+    async with aiohttp.ClientSession(connector=connector) as s:
         async def client() -> None:
             nonlocal sent
             while time.monotonic() < end:

@@ -19,28 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from engine.sources.simulator import SimulatorSource
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_http_ingest import _free_port, _good_stream  # noqa: E402 - the same load
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
-ITEMS = SimulatorSource(rate=1e6, devices=300, seed=3, start=1.7e9).make(100)
-GOOD = b"[" + b",".join(ITEMS) + b"]"
 RESULTS: dict[int, dict[str, float]] = {}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_s(pid: int) -> float:
@@ -55,29 +46,10 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-async def _load(url: str, seconds: float, concurrency: int = 8) -> float:
-    sent = 0
-    end = time.monotonic() + seconds
-    # force_close: a new connection per request, for SO_REUSEPORT to spread.
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as s:
-        async def client() -> None:
-            nonlocal sent
-            while time.monotonic() < end:
-                async with s.post(url, data=GOOD,
-                                  headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-                sent += len(ITEMS)
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    return sent / seconds
-
-
 def _round(tmp: Path, workers: int) -> dict[str, float]:
-    ingest, metrics = _port(), _port()
+    ingest, metrics = _free_port(), _free_port()
     while metrics + 1 == ingest:
-        metrics = _port()
+        metrics = _free_port()
     (tmp / "engine.yaml").write_text(f"""
 sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none}}}}]
 worker: {{state_dir: {tmp}/state}}
@@ -140,6 +112,6 @@ def test_http_ingest_with_workers(benchmark, tmp_path, workers):
 
 
 if __name__ == "__main__":  # the load process: prints events/s and its own CPU seconds
-    rate = asyncio.run(_load(sys.argv[1], float(sys.argv[2])))
+    rate = asyncio.run(_good_stream(sys.argv[1], float(sys.argv[2]), 8, force_close=True))
     usage = os.times()
     print(rate, usage.user + usage.system)
