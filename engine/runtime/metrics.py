@@ -64,14 +64,36 @@ class Totals:
     backlogged: int = 0       # records in the durable backlogs now
 
 
-@dataclass
-class Flow:
-    """What sources and the pipeline count (the actions count in ActionCounters)."""
-
+@dataclass(slots=True)
+class SourceCounters:
     received: int = 0
-    malformed: int = 0
-    matched: int = 0
-    dead_lettered: int = 0    # before any action: malformed or refused input
+    malformed: int = 0        # not a notification: dead-lettered before any rule
+
+
+class Flow:
+    """What the sources and the pipeline count (the actions count in
+    ActionCounters): per source, exported as engine_source_received_total
+    and engine_source_malformed_total at scrape time, and the rule matches."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, SourceCounters] = {}
+        self.matched = 0
+
+    def source(self, name: str) -> SourceCounters:
+        return self.sources.setdefault(name, SourceCounters())
+
+    def total(self, name: str) -> int:
+        return sum(getattr(c, name) for c in list(self.sources.values()))
+
+    def collect(self):
+        received = CounterMetricFamily("engine_source_received", "Notifications received",
+                                       labels=["source"])
+        malformed = CounterMetricFamily("engine_source_malformed", "Notifications that are "
+                                        "not a JSON object (dead-lettered)", labels=["source"])
+        for name, c in list(self.sources.items()):
+            received.add_metric([name], c.received)
+            malformed.add_metric([name], c.malformed)
+        return [received, malformed]
 
 
 @dataclass(slots=True)
@@ -156,11 +178,11 @@ class LiveTotals:
 
     @property
     def received(self) -> int:
-        return self._flow.received
+        return self._flow.total("received")
 
     @property
     def malformed(self) -> int:
-        return self._flow.malformed
+        return self._flow.total("malformed")
 
     @property
     def matched(self) -> int:
@@ -172,7 +194,7 @@ class LiveTotals:
 
     @property
     def dead_lettered(self) -> int:
-        return self._flow.dead_lettered + self._actions.total("dead_lettered")
+        return self._flow.total("malformed") + self._actions.total("dead_lettered")
 
     @property
     def retried(self) -> int:
@@ -204,13 +226,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.flow = Flow()
+        r.register(self.flow)
         self.ready = False
         self._auth: Authenticator | None = None
-        self.received = Counter("engine_source_received", "Notifications received", ["source"],
-                                registry=r)
-        self.malformed = Counter("engine_source_malformed",
-                                 "Notifications that are not a JSON object (dead-lettered)",
-                                 ["source"], registry=r)
         self.rules = RuleStats()
         r.register(self.rules)
         labels = ["action", "rule", "channel"]
@@ -229,8 +247,7 @@ class Metrics:
         """Export every source's counters from the start (at 0), and the
         requests it refused (`source.rejected`: reason -> count), if it keeps any."""
         for source in sources:
-            self.received.labels(source.name)
-            self.malformed.labels(source.name)
+            self.flow.source(source.name)
         self.scraped.sources = list(sources)
 
     def watch_backlog(self, backlog) -> None:

@@ -224,13 +224,11 @@ class Pipeline:
 
     def _count(self, source: str, received: int, malformed: int, matched: dict[str, int]) -> None:
         m = self.metrics
-        m.received.labels(source).inc(received)
         t = m.flow
-        t.received += received
+        of_source = t.source(source)
+        of_source.received += received
         if malformed:
-            m.malformed.labels(source).inc(malformed)
-            t.malformed += malformed
-            t.dead_lettered += malformed
+            of_source.malformed += malformed
             log.warning("%d malformed notification(s) dead-lettered", malformed,
                         extra={"source": source})
         rules = m.rules

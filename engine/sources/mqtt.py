@@ -366,11 +366,9 @@ class MqttSource(Source):
         self.dead_lettered += n
         m = self.metrics
         if m is not None:  # counted like the pipeline's malformed inputs
-            m.received.labels(self.name).inc(n)
-            m.malformed.labels(self.name).inc(n)
-            m.flow.received += n
-            m.flow.malformed += n
-            m.flow.dead_lettered += n
+            counts = m.flow.source(self.name)
+            counts.received += n
+            counts.malformed += n
         now = time.monotonic()
         if now - self._last_warning >= 10:  # one line per 10 s, not one per message
             self._last_warning = now
