@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from engine.config import channels
 from engine.config.limits import ApiLimits
+from engine.language import RuleSpec
 from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_EVENTS
     RESOURCE_EVENTS,
     AmqpConnection,
@@ -48,9 +49,6 @@ from engine.schema import (  # noqa: F401 - re-exported: parse_listen, RESOURCE_
 from engine.schema import StrictModel as _Model
 from engine.sources import SOURCES
 from engine.sources.device_registry import RegistryConfig
-
-if TYPE_CHECKING:
-    from engine.language import RuleSpec
 
 # ------------------------------------------------------------------ shared types
 
@@ -170,8 +168,6 @@ class Rule(_Model):
         """The rule as the worker compiles it (engine.runtime.assembly): its
         subject, app scope, dialect and topic. Rule tests and `engine eval
         --rules` evaluate this same spec, so they see what `engine run` does."""
-        from engine.language import RuleSpec
-
         return RuleSpec(key=self.rule_id, select=self.select, where=self.where,
                         resource=self.subject.resource, event=self.subject.event,
                         app_id=self.app_id if self.app_type == "APP" else None,

@@ -19,7 +19,7 @@ from engine.config import channels
 from engine.config.errors import ConfigError, Issue, Loc, format_loc, pydantic_message
 from engine.config.models import EngineConfig
 from engine.config.secrets import collect_secrets, redact
-from engine.language import RuleError, compile_rule
+from engine.language import RuleError, check_rule
 from engine.language.aliyun import DIALECTS, split_sql
 
 Problem = tuple[Loc, str]
@@ -224,7 +224,7 @@ def _compile_rules(data: dict[str, Any]) -> list[Problem]:
             continue  # the model reports the wrong type
         try:
             # Every rule, active or not: activating one later must not fail.
-            compile_rule(select or None, where or None, dialect)
+            check_rule(select or None, where or None, dialect)
         except RuleError as err:
             field = "sql" if sql is not None else err.clause or "where"
             problems.append((("rules", i, field), _rule_message(err)))

@@ -227,6 +227,21 @@ def rebase(node: Expr, root: str) -> Expr:
     return replace(node, **changes)
 
 
+def with_strings(node: Any, values: dict[Pos, str]) -> Any:
+    """`node` (a clause's tree) with the string literal at each position of
+    `values` holding that value instead; nothing else changes."""
+    if isinstance(node, Literal):
+        value = values.get(node.pos) if isinstance(node.value, str) else None
+        return node if value is None else Literal(value, node.pos, node.paren)
+    if isinstance(node, tuple):
+        return tuple(with_strings(x, values) for x in node)
+    if node is None or isinstance(node, (Path, str, int, float, bool)):
+        return node
+    changes = {f.name: with_strings(getattr(node, f.name), values)
+               for f in fields(node) if f.compare}
+    return replace(node, **changes)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A parsed and checked rule: both clauses."""

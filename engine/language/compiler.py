@@ -229,3 +229,13 @@ def compile_rule(select: str | None = None, where: str | None = None,
 
     rule = parse_rule(select, where, dialect)
     return build_rule(rule, select, where, prefilter=derive_prefilter(rule.where))
+
+
+@guarded
+def check_rule(select: str | None = None, where: str | None = None,
+               dialect: str = "iotda") -> None:
+    """Raise the RuleError compile_rule would, without deriving the byte
+    pre-filter nobody uses: what validating a rule file needs."""
+    from engine.language import parse_rule
+
+    build_rule(parse_rule(select, where, dialect), select, where)

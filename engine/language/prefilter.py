@@ -13,6 +13,8 @@ clause only weakens the filter, so every size cap below is sound.
 
 from __future__ import annotations
 
+import re
+
 from engine import _core
 from engine.language import ast
 
@@ -46,10 +48,13 @@ def derive_prefilter(where: ast.Expr | None, required: list[list[bytes]] = ()) -
     return [sorted(c, key=_weight, reverse=True) for c in cnf]
 
 
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')   # characters JSON always writes escaped
+
+
 def json_string_needle(s: str, prefix: bytes = b'"', suffix: bytes = b'"') -> bytes | None:
     """The bytes of s inside a JSON document without escapes, or None when s
     cannot appear unescaped (quote, backslash, control characters)."""
-    if any(c in s for c in '"\\') or any(ord(c) < 0x20 for c in s):
+    if _ESCAPED.search(s):
         return None
     try:
         return prefix + s.encode("utf-8") + suffix
