@@ -61,6 +61,12 @@ class KafkaOptions(KafkaConnection, SourceOptions):
     session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
     max_batch: int = Field(default=500, ge=1, le=100_000)
     """Most records taken per poll."""
+    fetch_wait_max_ms: int = Field(default=10, ge=1, le=30_000)
+    """The longest the broker may hold a fetch before answering (librdkafka's
+    fetch.wait.max.ms). A broker that does not answer as soon as records
+    arrive (tansu) otherwise hands them over in bursts of up to 500 ms,
+    which then queue behind each other in the worker. The price: an idle
+    consumer sends each broker a fetch every fetch_wait_max_ms."""
 
 
 class KafkaStartError(RuntimeError):
@@ -76,7 +82,7 @@ class KafkaSource(Source):
                  topics: list[str], group_id: str, batch_size: int = 1000,
                  auto_offset_reset: str = "earliest", session_timeout_ms: int = 10000,
                  heartbeat_interval_ms: int = 3000, name: str | None = None,
-                 handoff_timeout: float = 10.0,
+                 handoff_timeout: float = 10.0, fetch_wait_max_ms: int = 10,
                  config: Mapping[str, Any] | None = None) -> None:
         """`config`: further librdkafka settings (security, client.id; see
         `engine.schema.KafkaClient`); they override the defaults below."""
@@ -100,6 +106,7 @@ class KafkaSource(Source):
             "auto.offset.reset": auto_offset_reset,
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": heartbeat_interval_ms,
+            "fetch.wait.max.ms": fetch_wait_max_ms,
             "log.connection.close": False,
             # librdkafka's statistics carry each partition's consumer lag
             # (engine_source_kafka_consumer_lag); parsed on the poll thread.
@@ -129,7 +136,7 @@ class KafkaSource(Source):
                    batch_size=o.max_batch, auto_offset_reset=o.auto_offset_reset,
                    session_timeout_ms=o.session_timeout_ms,
                    heartbeat_interval_ms=max(o.session_timeout_ms // 3, 100),
-                   config=o.client().librdkafka())
+                   fetch_wait_max_ms=o.fetch_wait_max_ms, config=o.client().librdkafka())
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

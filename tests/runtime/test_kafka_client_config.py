@@ -63,6 +63,9 @@ def test_build_source_passes_the_config_on():
     assert c["auto.offset.reset"] == "earliest" and src.batch_size == 123
     assert (c["security.protocol"], c["sasl.mechanism"], c["sasl.password"]) == (
         "sasl_ssl", "PLAIN", "p")
+    assert c["fetch.wait.max.ms"] == 10   # not librdkafka's 500: see KafkaOptions
+    slow = build_source(SourceEntry(kafka=conf(fetch_wait_max_ms=250)))
+    assert slow.config["fetch.wait.max.ms"] == 250
 
 
 def free_port() -> int:
