@@ -9,8 +9,7 @@ import random
 
 import pytest
 
-from engine.language import RuleSyntaxError, parse_rule
-from engine.language import parser
+from engine.language import RuleSyntaxError, parse_rule, parser
 
 CLAUSES = [
     ("where", "notify_data.header.product_id = '{}'"),
@@ -75,7 +74,6 @@ def test_string_values_and_positions_come_from_the_text_itself():
 
 def test_checked_rules_are_cached_and_errors_are_not():
     assert parse_rule("a", "b = 'c'") is parse_rule("a", "b = 'c'")
-    first = second = None
     with pytest.raises(RuleSyntaxError) as first:
         parse_rule(None, "b = ")
     with pytest.raises(RuleSyntaxError) as second:
