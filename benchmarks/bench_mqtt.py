@@ -129,8 +129,7 @@ async def _engine(port: int, client_id: str, registry: Registry) -> dict:
                           batch_size=2000, linger=0.005)
     worker = Worker(compile_ruleset([RULE]), [runner], [source], metrics=metrics,
                     rule_keys=["r"])
-    worker.freeze_gc = True
-    await worker.run()
+    await worker.run(freeze_gc=True)  # as `engine run` does
     end = time.perf_counter()
     assert source.messages >= N and source.dead_lettered == 0
     return {"msgs_per_s": round(N / (end - source.first)), "matched": sink.count}

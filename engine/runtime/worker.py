@@ -23,7 +23,6 @@ every action).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -49,6 +48,7 @@ from engine.runtime.assembly import (
     split_routes,
 )
 from engine.runtime.deadletter import DeadLetters
+from engine.runtime.memory import ScheduledCollection
 from engine.runtime.metrics import Metrics
 from engine.runtime.pipeline import Generation, Pipeline
 from engine.runtime.reloader import ConfigProvider, Reloader, RuleFiles, reload_poll
@@ -184,6 +184,7 @@ class Worker:
         `freeze_gc`: a process-wide setting, for a process of its own
         (`main.serve`, benchmarks): freeze what start-up created."""
         metrics_runner = None
+        collection: ScheduledCollection | None = None
         started: list[Source] = []
         dead_letters_open = backlog_open = False
         expiry = None
@@ -212,11 +213,10 @@ class Worker:
                     ssl_context=server_ssl_context(m.tls) if m else None)
             self.metrics.ready = not self.stopping
             if freeze_gc:
-                # Modules, compiled rules, clients: alive for the whole run.
-                # Frozen, they are no longer scanned by every full collection
-                # (which otherwise paused the loop for 100-200 ms: the p90/p99
-                # of the delivery latency, see benchmarks/bench_pipeline.py).
-                gc.freeze()
+                # Modules, compiled rules, clients: alive for the whole run,
+                # frozen; the rest collected on a timer (runtime/memory.py).
+                collection = ScheduledCollection()
+                collection.start()
             self._tasks = [asyncio.create_task(self.pipeline.consume(s), name=f"source {s.name}")
                            for s in self.sources]
             if self.reloader is not None:
@@ -233,6 +233,8 @@ class Worker:
                 await self.drain_backlog()
         finally:
             self.metrics.ready = False
+            if collection is not None:
+                collection.stop()
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
             if self.reloader is not None:
