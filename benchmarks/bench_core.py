@@ -275,3 +275,34 @@ def test_foreach_core(benchmark):
     rule = engine.compile_rule(FOREACH, None)
     out = run(benchmark, lambda: rule.apply_many(FIVE_EVENTS))
     assert out[0] == hand_foreach(FIVE_EVENTS[0])
+
+
+# ------------------------------------------------- sparse decoding (issue 16)
+
+SIMULATED = __import__("engine.sources.simulator", fromlist=["SimulatorSource"]) \
+    .SimulatorSource(rate=10_000, devices=1000, seed=1, start=1.7e9).make(N)
+SPARSE_RULES = {
+    "broad": engine.RuleSpec("r", "notify_data.header.device_id AS device_id, event_time", None,
+                             "device.property", "report"),
+    "whole": engine.RuleSpec("r", None,
+                             "notify_data.header.product_id <> '1027c4d1c386bbc4cd613e30'",
+                             "device.property", "report"),
+}
+
+
+@pytest.mark.parametrize("decode", ["whole", "sparse"])
+@pytest.mark.parametrize("rule", list(SPARSE_RULES))
+@pytest.mark.benchmark(group="sparse decoding: route_raw_many, 10k simulated notifications")
+def test_route_sparse_or_whole(benchmark, rule, decode):
+    """The same rule set decoding every notification whole (what it did
+    before) or only the members its rule reads (engine/_sparse.pxi)."""
+    rs = engine.compile_ruleset([SPARSE_RULES[rule]])
+    assert rs.sparse is not None
+    if decode == "whole":
+        rs.sparse = None
+    out = run(benchmark, lambda: rs.route_raw_many(SIMULATED), rounds=20)
+    events = [orjson.loads(x) for x in SIMULATED]
+    expected = sum(e["resource"] == "device.property" and e["event"] == "report" and (
+        rule == "broad" or e["notify_data"]["header"]["product_id"] != "1027c4d1c386bbc4cd613e30")
+        for e in events)
+    assert sum(r is not None for r in out) == expected

@@ -4,7 +4,7 @@ Only what Python code calls: the compiler builds nodes, the runtime calls
 CompiledRule / RuleSet / Columns, everything else goes through those.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 JSON = Any   # dict | list | str | int | float | bool | None
@@ -142,13 +142,22 @@ class RuleSet:
     def evaluate_many(self, events: list[JSON]) -> list[list[tuple[Any, dict[str, JSON]]]]: ...
     def evaluate_raw(self, data: bytes) -> list[tuple[Any, dict[str, JSON]]] | MalformedEvent: ...
     def evaluate_raw_many(self, datas: list[bytes], with_events: bool = ...) -> list[Any]: ...
-    # per input: None, a MalformedEvent, or (event, device id, event_time, [(key, output), ...])
+    # per input: None, a MalformedEvent, or (event, device id, event_time, [(key, output), ...]);
+    # event is None when only the read members were decoded (sparse)
     def route_raw_many(self, datas: list[bytes]) -> list[
-        tuple[dict[str, JSON], str | None, str | None, list[tuple[Any, Any]]]
+        tuple[dict[str, JSON] | None, str | None, str | None, list[tuple[Any, Any]]]
         | MalformedEvent | None]: ...
     subjects: dict[Any, tuple[str | None, str | None]]  # rule key -> (resource, event)
+    sparse: SparseReader | None  # decodes only what the rules read (route_raw_many)
     # decoded events per (resource, event) since the last call (route_raw_many counts them)
     def take_kinds(self) -> dict[tuple[Any, Any], int]: ...
+
+class SparseReader:
+    """The member paths a rule set reads; builds a skeleton of only those."""
+    def __init__(self, paths: Iterable[tuple[str, ...]]) -> None: ...
+    @staticmethod
+    def limit() -> int: ...  # most nodes (the top level and every member on the paths)
+    def read_bytes(self, data: bytes) -> dict[str, JSON] | None: ...
 
 class Record:
     """One rule output on its way to one action (engine.destinations.base)."""

@@ -83,6 +83,7 @@ cdef class AppIs(Cond):
 
 include "_projection.pxi"
 include "_rawbytes.pxi"
+include "_sparse.pxi"
 
 
 # ---------------------------------------------------------------- rules
@@ -167,6 +168,8 @@ cdef class RuleSet:
     cdef dict kinds
     # key -> (resource, event) of each rule (compile_ruleset sets it).
     cdef public dict subjects
+    # Decodes only what the rules read (route_raw_many); None: decode whole.
+    cdef public SparseReader sparse
 
     def __init__(self, rules, keys, index_path, buckets, always, prefilters):
         self.rules = tuple(rules)
@@ -230,9 +233,8 @@ cdef class RuleSet:
             out.append(self._evaluate(ev))
         return out
 
-    cdef object _decode_unless_skipped(self, object data):
-        """The decoded event, None when the pre-filter proves no rule can
-        match, or a MalformedEvent."""
+    cdef bint _skipped(self, object data):
+        """Does the pre-filter prove that no rule can match `data`?"""
         cdef Prefilter pf
         cdef const char* s
         cdef Py_ssize_t n
@@ -242,10 +244,15 @@ cdef class RuleSet:
             if memchr(s, 92, n) == NULL:
                 for pf in self.prefilters:
                     if pf.may_match(s, n):
-                        break
-                else:
-                    if _is_json_object(<const unsigned char*>s, n):
-                        return None
+                        return False
+                return _is_json_object(<const unsigned char*>s, n)
+        return False
+
+    cdef object _decode_unless_skipped(self, object data):
+        """The decoded event, None when the pre-filter proves no rule can
+        match, or a MalformedEvent."""
+        if self._skipped(data):
+            return None
         return decode(data)
 
     cdef object _raw(self, object data):
@@ -281,14 +288,22 @@ cdef class RuleSet:
         return out
 
     cdef object _route_raw(self, object data):
-        ev = self._decode_unless_skipped(data)
-        if ev is None:
+        cdef bint whole = True
+        if self._skipped(data):
             return None
-        if type(ev) is MalformedEvent:
-            return ev
+        ev = None
+        if self.sparse is not None and type(data) is bytes:
+            ev = self.sparse.read(<bytes>data)
+            whole = ev is None
+        if ev is None:
+            ev = decode(data)
+            if type(ev) is MalformedEvent:
+                return ev
         cdef PyObject* r = PyDict_GetItem(<dict>ev, "resource")
         cdef PyObject* e = PyDict_GetItem(<dict>ev, "event")
-        kind = (<object>r if r != NULL else None, <object>e if e != NULL else None)
+        # Only strings name a kind (a list there must not break the count).
+        kind = (<object>r if r != NULL and PyUnicode_Check(<object>r) else None,
+                <object>e if e != NULL and PyUnicode_Check(<object>e) else None)
         cdef PyObject* n = PyDict_GetItem(self.kinds, kind)
         self.kinds[kind] = (<object>n + 1) if n != NULL else 1
         cdef list matches = self._evaluate(ev, False, data if type(data) is bytes else None)
@@ -300,12 +315,16 @@ cdef class RuleSet:
             if not PyUnicode_Check(key):
                 key = None
         et = _EVENT_TIME.value(ev)
-        return (ev, key, et if PyUnicode_Check(et) else None, matches)
+        return (ev if whole else None, key, et if PyUnicode_Check(et) else None, matches)
 
     def route_raw_many(self, list datas):
         """What the runtime needs to route a batch, in one pass: per input
         None (nothing matched, or the pre-filter skipped it), a
         MalformedEvent, or (event, device id, event_time, [(key, output), …]).
+        `event` is the decoded notification, or None when the rule set has
+        a `sparse` reader and only the members its rules read were decoded
+        (the input was then a valid JSON object: `orjson.loads` of it is
+        the event).
         The device id (notify_data.header.device_id, else
         notify_data.body.device_id) and event_time, strings only, are the
         record key and time. A rule whose output is the input unchanged

@@ -189,8 +189,11 @@ cdef class Record:
     as written, key order and escapes, and are not re-encoded; sinks
     that need values (SQL columns, InfluxDB) read `payload`. Sinks never
     modify `payload`: one decoded notification may be shared by several
-    records."""
-    cdef public object payload     # the rule's output (a JSON object)
+    records. A record made with `payload` None and `raw` set decodes `raw`
+    when `payload` is first read (the runtime does so when the rule set
+    did not decode the whole notification, so sinks that send `raw` never
+    pay for it)."""
+    cdef object _payload           # the rule's output (a JSON object)
     cdef public object key         # device id: ordering / partitioning key, or None
     cdef public object event_time  # notification event_time, e.g. 20151212T121212Z, or None
     cdef public object rule_id
@@ -199,25 +202,35 @@ cdef class Record:
 
     def __init__(self, payload, key=None, event_time=None, rule_id=None, action_id=None,
                  raw=None):
-        self.payload = payload
+        self._payload = payload
         self.key = key
         self.event_time = event_time
         self.rule_id = rule_id
         self.action_id = action_id
         self.raw = raw
 
+    @property
+    def payload(self):
+        if self._payload is None and self.raw is not None:
+            self._payload = orjson.loads(self.raw)
+        return self._payload
+
+    @payload.setter
+    def payload(self, value):
+        self._payload = value
+
     def json_bytes(self):
         """The output as JSON: `raw` if known, else `payload` encoded."""
         if self.raw is not None:
             return self.raw
-        return orjson.dumps(self.payload)
+        return orjson.dumps(self._payload)
 
     def json_value(self):
         """The output to embed in a larger document encoded with orjson
         (an envelope, a backlog entry): `raw` as is, else `payload`."""
         if self.raw is not None:
             return orjson.Fragment(self.raw)
-        return self.payload
+        return self._payload
 
     def _fields(self):
         return (self.payload, self.key, self.event_time, self.rule_id, self.action_id, self.raw)

@@ -20,8 +20,15 @@ from engine.language.aliyun import TOPIC, topic_levels
 from engine.language.compiler import build_rule, guarded
 from engine.language.errors import RuleError
 from engine.language.prefilter import derive_prefilter, json_string_needle
+from engine.language.reads import merge, rule_reads
 
 MAX_PREFILTER_RULES = 64   # beyond this, checking needles costs more than decoding
+
+# What the rule set itself reads of every notification besides its rules:
+# the subject (and the per-kind counts), the record key and time.
+_ALWAYS_READ = (("resource",), ("event",), ("event_time",),
+                ("notify_data", "header", "device_id"), ("notify_data", "body", "device_id"))
+_APP_ID = (("notify_data", "header", "app_id"), ("notify_data", "body", "app_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
     with `rule_key` set to the spec's key."""
     specs = list(specs)
     rules, conjuncts, prefilters = [], [], []
+    reads: set[tuple[str, ...]] | None = set(_ALWAYS_READ)
     for spec in specs:
         try:
             rule = parse_rule(spec.select, spec.where, spec.dialect)
@@ -87,6 +95,16 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
                 extra.append(_core.TopicMatch(topic, levels, rest))
                 needle = json_string_needle(literal, suffix=b"")
             required.append([needle] if needle else [])
+        if reads is not None:
+            more = rule_reads(rule)
+            if more is None:
+                reads = None
+            else:
+                reads |= more
+                if spec.app_id is not None:
+                    reads.update(_APP_ID)
+                if spec.topic is not None:
+                    reads.add(TOPIC)
         eqs.update({k: v for k, v in _eq_conjuncts(rule.where).items() if k not in eqs})
         conjuncts.append(eqs)
         prefilters.append(derive_prefilter(rule.where, required))
@@ -108,7 +126,19 @@ def compile_ruleset(specs: Iterable[RuleSpec]) -> _core.RuleSet:
         [_core.Prefilter(p) for p in prefilters] if use_pf else None,
     )
     ruleset.subjects = {s.key: (s.resource, s.event) for s in specs}
+    ruleset.sparse = _sparse_reader(reads)
     return ruleset
+
+
+def _sparse_reader(reads: set[tuple[str, ...]] | None) -> _core.SparseReader | None:
+    """A reader of only the paths the rule set reads; None (decode every
+    notification whole) when a rule reads it whole or the paths are too many."""
+    if reads is None:
+        return None
+    paths = merge(reads)
+    if len({p[:d] for p in paths for d in range(1, len(p) + 1)}) + 1 > _core.SparseReader.limit():
+        return None
+    return _core.SparseReader(paths)
 
 
 def _choose_index(conjuncts: list[dict[tuple, str]]) -> tuple | None:

@@ -166,8 +166,8 @@ def _decode(blob: bytes) -> Record:
         return Record(d["payload"], d["key"], d["event_time"], d["rule_id"], d["action_id"])
     d = orjson.loads(blob[:cut])
     raw = blob[cut + 1:]
-    return Record(orjson.loads(raw), d["key"], d["event_time"], d["rule_id"], d["action_id"],
-                  raw)
+    # payload None: decoded from raw if a sink reads it (most send raw as is)
+    return Record(None, d["key"], d["event_time"], d["rule_id"], d["action_id"], raw)
 
 
 class Backlog:

@@ -43,3 +43,10 @@ def test_route_non_bytes_input_gets_a_built_output():
     rs = compile_ruleset([RuleSpec("r", "*", None)])
     (_, _, _, [(_, out)]), = rs.route_raw_many([bytearray(b'{"a":1}')])
     assert out == {"a": 1}
+
+
+def test_route_counts_a_kind_that_is_not_a_string_without_failing():
+    rs = compile_ruleset([RuleSpec("r", "event_time AS t", None)])
+    out = rs.route_raw_many([b'{"resource":[],"event":{},"event_time":"1"}'])
+    assert out[0][3] == [("r", {"t": "1"})]
+    assert rs.take_kinds() == {(None, None): 1}
