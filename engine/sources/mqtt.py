@@ -167,6 +167,12 @@ class MqttSource(Source):
             topics = [*topics, *ALIBABA_TOPICS]
         self.topics = [f"$share/{options.shared_group}/{t}" if options.shared_group else t
                        for t in topics]
+        if options.shared_group and (dollar := [t for t in topics if t.startswith("$")]):
+            # Subscribing works, then nothing arrives: say so at start.
+            log.warning("MQTT source: shared_group %r with $-prefixed topics (%s): Mosquitto "
+                        "2.0 delivers none of these to a shared subscription; use topic_prefix "
+                        "(docs/devices.md) or a broker that shares them (EMQX, HiveMQ)",
+                        options.shared_group, ", ".join(dollar[:2]) + (", …" if dollar[2:] else ""))
         # Counters (the pipeline counts what it receives; these count what
         # never became a notification).
         self.messages = 0

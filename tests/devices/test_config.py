@@ -36,7 +36,7 @@ def test_bad_values_are_named(data, message):
     assert message in str(e.value)
 
 
-def test_mqtt_source_defaults_and_shared_topics():
+def test_mqtt_source_defaults_and_shared_topics(caplog):
     config = validate_config_dict({
         "sources": [{"mqtt": {"client_id": "w1", "shared_group": "g",
                               "url": "mqtt://u:p%40ss@127.0.0.1:1884"}}],
@@ -46,4 +46,11 @@ def test_mqtt_source_defaults_and_shared_topics():
     assert src.dead_letters is dead and src.uplink.registry.products.keys() == {"p"}
     assert (src.host, src.port, src._user, src._password) == ("127.0.0.1", 1884, "u", "p@ss")
     assert src.topics[0] == "$share/g/$oc/devices/+/sys/properties/report"
+    # Mosquitto 2.0 shares no $-topic: a warning at start, not silence.
+    assert "shared_group 'g' with $-prefixed topics ($oc/devices/+/sys/" in caplog.text
+    caplog.clear()
+    prefixed = validate_config_dict({"sources": [{"mqtt": {
+        "shared_group": "g", "topic_prefix": "oc/devices/"}}]})
+    build_source(prefixed.sources[0], context=source_context(prefixed, dead))
+    assert "shared_group" not in caplog.text
     assert "p@ss" not in repr(config.sources[0])
