@@ -141,7 +141,17 @@ def run_quix(in_topic: str, out_topic: str, group: str, n: int, kind: str) -> di
     end = time.perf_counter()
     return {"events_per_s": round(n / (end - state["first"])), "whole_s": round(end - t0, 2),
             "consumed": state["count"],
-            "events_per_cpu_s_running": round(n / (_cpu() - state["cpu0"]))}
+            "events_per_cpu_s_running": round(n / (_cpu() - state["cpu0"])),
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM: this process's peak resident memory (ru_maxrss would carry
+    the benchmark parent's over the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _cpu() -> float:
@@ -189,7 +199,9 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
     assert t.inflight == 0 and t.dead_lettered == 0
     return {"events_per_s": round(n / (end - source.first)), "whole_s": round(end - t0, 2),
             "consumed": source.seen,
-            "events_per_cpu_s_running": round(n / (_cpu() - source.cpu0))}
+            "events_per_cpu_s_running": round(n / (_cpu() - source.cpu0)),
+            # peak resident memory (issue 16, goal 6: at the maximum rate)
+            "peak_rss_mb": _peak_rss_mb()}
 
 
 def run_engine(*args) -> dict:
@@ -316,7 +328,8 @@ def test_kafka_to_kafka(benchmark, input_topic, kind, tmp_path):
               f"{', '.join(format(r['events_per_s'], ',') for r in rs)}), "
               f"{max(r['events_per_cpu_s'] for r in rs):,} events per CPU-second "
               f"({max(r['events_per_cpu_s_running'] for r in rs):,} from the first input), "
-              f"{best[which]['outputs']:,} outputs, whole round {best[which]['whole_s']} s")
+              f"{best[which]['outputs']:,} outputs, whole round {best[which]['whole_s']} s, "
+              f"peak RSS {max(r['peak_rss_mb'] for r in rs)} MB")
     ratio = best["engine"]["events_per_s"] / best["quixstreams"]["events_per_s"]
     benchmark.extra_info["engine_over_quixstreams"] = round(ratio, 2)
     per_cpu = {w: max(r["events_per_cpu_s"] for r in rs) for w, rs in results.items()}
