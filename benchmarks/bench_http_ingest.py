@@ -70,9 +70,11 @@ def _free_port() -> int:
 
 
 async def _good_stream(url: str, seconds: float, concurrency: int = 4,
-                       force_close: bool = False) -> float:
-    """Events/s of GOOD arrays answered 200. `force_close`: a new connection
-    per request (for SO_REUSEPORT to spread them over workers)."""
+                       force_close: bool = False, body: bytes = GOOD,
+                       content_type: str = "application/json") -> float:
+    """Events/s of GOOD arrays (or `body`, also the 100 ITEMS) answered 200.
+    `force_close`: a new connection per request (for SO_REUSEPORT to spread
+    them over workers)."""
     sent = 0
     end = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(force_close=force_close)
@@ -80,8 +82,7 @@ async def _good_stream(url: str, seconds: float, concurrency: int = 4,
         async def client() -> None:
             nonlocal sent
             while time.monotonic() < end:
-                async with s.post(url, data=GOOD,
-                                  headers={"Content-Type": "application/json"}) as r:
+                async with s.post(url, data=body, headers={"Content-Type": content_type}) as r:
                     await r.read()
                     assert r.status == 200, r.status
                 sent += len(ITEMS)
