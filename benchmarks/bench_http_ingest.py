@@ -71,8 +71,9 @@ def _free_port() -> int:
 
 async def _good_stream(url: str, seconds: float, concurrency: int = 4,
                        force_close: bool = False, body: bytes = GOOD,
-                       content_type: str = "application/json") -> float:
-    """Events/s of GOOD arrays (or `body`, also the 100 ITEMS) answered 200.
+                       content_type: str = "application/json",
+                       events: int = len(ITEMS)) -> float:
+    """Events/s of GOOD arrays (or `body`, of `events` events) answered 200.
     `force_close`: a new connection per request (for SO_REUSEPORT to spread
     them over workers)."""
     sent = 0
@@ -85,7 +86,7 @@ async def _good_stream(url: str, seconds: float, concurrency: int = 4,
                 async with s.post(url, data=body, headers={"Content-Type": content_type}) as r:
                     await r.read()
                     assert r.status == 200, r.status
-                sent += len(ITEMS)
+                sent += events
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return sent / seconds

@@ -4,9 +4,11 @@ and with 2 worker processes on this 2-core machine.
 Each round starts `engine run --workers N` with an HTTP source (the workers
 share its port through SO_REUSEPORT) and the selective rule of
 `bench_http_ingest.py` (a file action), waits until every worker's /readyz
-answers, then a separate load process posts 100-event JSON arrays from 8
-connections for `BENCH_SECONDS` (new connections per request, so the
-kernel spreads them over the workers). events/s = events answered 200 per
+answers, then a separate load process posts JSON arrays of `BENCH_EVENTS`
+simulated notifications (default 3,000, ~2 MB: few requests, so the load
+process needs little of the 2 cores) from 8 connections for
+`BENCH_SECONDS` (new connections per request, so the kernel spreads them
+over the workers). events/s = events answered 200 per
 second; the CPU seconds the workers (and the load process) used in that
 time are read from /proc. The load process shares the 2 cores with the
 workers, which caps the 2-worker figure: its share is reported too.
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http_ingest import _free_port, _good_stream  # noqa: E402 - the same load
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
 RESULTS: dict[int, dict[str, float]] = {}
 
 
@@ -51,7 +54,7 @@ def _round(tmp: Path, workers: int) -> dict[str, float]:
     while metrics + 1 == ingest:
         metrics = _free_port()
     (tmp / "engine.yaml").write_text(f"""
-sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none}}}}]
+sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none, max_body_bytes: 8388608}}}}]
 worker: {{state_dir: {tmp}/state}}
 rules:
   - rule_id: low
@@ -112,6 +115,10 @@ def test_http_ingest_with_workers(benchmark, tmp_path, workers):
 
 
 if __name__ == "__main__":  # the load process: prints events/s and its own CPU seconds
-    rate = asyncio.run(_good_stream(sys.argv[1], float(sys.argv[2]), 8, force_close=True))
+    from engine.sources.simulator import SimulatorSource
+
+    items = SimulatorSource(rate=1e6, devices=300, seed=3, start=1.7e9).make(EVENTS)
+    rate = asyncio.run(_good_stream(sys.argv[1], float(sys.argv[2]), 8, force_close=True,
+                                    body=b"[" + b",".join(items) + b"]", events=EVENTS))
     usage = os.times()
     print(rate, usage.user + usage.system)
