@@ -58,6 +58,9 @@ def check_sources(config: Any) -> str | None:
         if kind == "mqtt" and entry.options.shared_group is None:
             return ("source 'mqtt' without shared_group cannot be shared by several workers "
                     "(each would get every message); set mqtt.shared_group")
+        if kind == "mqtt" and entry.options.device_status is not None:
+            return ("mqtt.device_status cannot be shared by several workers (each would "
+                    "report every connect and disconnect); run it in a worker of its own")
         if kind not in SHARED_SOURCES:
             return (f"source {kind!r} cannot be shared by several workers; --workers "
                     f"supports {', '.join(SHARED_SOURCES)} (mqtt with shared_group)")

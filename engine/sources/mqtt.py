@@ -49,7 +49,7 @@ from engine.sources.alink import ALIBABA_TOPICS, BothUplinks
 from engine.sources.base import Batch, DeadLetterWriter, Source, SourceContext, SourceOptions
 from engine.sources.device_registry import Registry
 from engine.sources.registry import register
-from engine.sources.uplink import Uplink
+from engine.sources.uplink import MOSQUITTO_LOG_TOPIC, ConnectionStatus, Uplink
 
 if TYPE_CHECKING:  # paho (and the dnspython it loads) is imported when a source starts
     import paho.mqtt.client as mqtt
@@ -93,6 +93,12 @@ class MqttOptions(SourceOptions):
     messages. (Mosquitto 2.0 delivers no `$`-prefixed topic, such as `$oc/…`,
     to shared subscriptions: there, use `topic_prefix` with device topics
     remapped by the broker, or a broker that does, e.g. EMQX.)"""
+    device_status: Literal["mosquitto-log"] | None = None
+    """Where device ONLINE/OFFLINE comes from. `mosquitto-log`: Mosquitto's
+    connection log on `$SYS/broker/log/N` (the broker needs `log_dest topic`
+    and `log_type notice`); each connect or disconnect of a registered
+    device becomes a `device.status`/`update` notification. None: only
+    gateways' sub-device status events."""
     alibaba_topics: bool = False
     """Also take Alibaba IoT device topics (`/sys/{ProductKey}/{DeviceName}/thing/…`,
     `/{ProductKey}/{DeviceName}/user/…`, engine.sources.alink), and subscribe
@@ -167,6 +173,11 @@ class MqttSource(Source):
             topics = [*topics, *ALIBABA_TOPICS]
         self.topics = [f"$share/{options.shared_group}/{t}" if options.shared_group else t
                        for t in topics]
+        self.status = None
+        if options.device_status == "mosquitto-log":
+            # Not shared: every worker would get every line (supervisor refuses it).
+            self.topics.append(MOSQUITTO_LOG_TOPIC)
+            self.status = ConnectionStatus(self.uplink.registry)
         if options.shared_group and (dollar := [t for t in topics if t.startswith("$")]):
             # Subscribing works, then nothing arrives: say so at start.
             log.warning("MQTT source: shared_group %r with $-prefixed topics (%s): Mosquitto "
@@ -328,7 +339,7 @@ class MqttSource(Source):
 
     async def batches(self) -> AsyncIterator[Batch]:
         pending, wake, size = self._pending, self._wake, self.options.max_batch
-        convert = self.uplink.convert
+        convert, status = self.uplink.convert, self.status
         while not self._stopped:
             if not pending:
                 self._waiting = True
@@ -348,8 +359,11 @@ class MqttSource(Source):
             generation = self._generation
             for _ in range(n):
                 msg, gen, received = pending.popleft()
-                props = _publish_properties(msg) if msg.properties is not None else None
-                notifications, reason = convert(msg.topic, msg.payload, received, props)
+                if status is not None and msg.topic == MOSQUITTO_LOG_TOPIC:
+                    notifications, reason = status.convert(msg.payload, received), None
+                else:
+                    props = _publish_properties(msg) if msg.properties is not None else None
+                    notifications, reason = convert(msg.topic, msg.payload, received, props)
                 if notifications:
                     items.extend(notifications)
                 elif reason is not None:

@@ -314,3 +314,66 @@ def _notification(resource: str, event: str, header: dict[str, Any] | None,
     return {"resource": resource, "event": event, "event_time": times[0],
             "event_time_ms": times[1], "request_id": request_id or _next_request_id(),
             "notify_data": notify}
+
+
+# -- device status from the broker's connection log ------------------------------------
+#
+# Mosquitto reports each client's connect and disconnect only in its log;
+# with `log_dest topic` and `log_type notice` it publishes every log line
+# on $SYS/broker/log/N (QoS 0: lines logged while no worker is subscribed
+# are not kept for it), e.g.
+#   1796359737: New client connected from 127.0.0.1:52562 as d1_0_0_2024120401 (p2, c1, k60, u'd1').
+#   1796359737: Client d1_0_0_2024120401 disconnected.
+# ("closed its connection.", "has exceeded timeout, disconnecting.", and
+# "disconnected due to …" end a connection too; "already connected, closing
+# old connection" does not: the device is back at once.)
+
+MOSQUITTO_LOG_TOPIC = "$SYS/broker/log/N"
+_CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \([^)]*?(?:, u'([^']*)')?\)\.$")
+_DISCONNECTED = re.compile(
+    r"Client (\S+) (?:disconnected|closed its connection|has exceeded timeout)")
+_IOTDA_CLIENT_ID = re.compile(r"(.+)_0_[01]_\d{10}")   # {device_id}_0_{sign type}_{YYYYMMDDHH}
+
+
+class ConnectionStatus:
+    """`device.status`/`update` ONLINE and OFFLINE for registered devices
+    from the broker's connection log. The device is the connection's user
+    name (IoTDA devices log in with their device id), else the device id in
+    an IoTDA client id, else the client id itself; other clients (the
+    engine's own, unregistered or frozen devices) are ignored."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._clients: dict[str, tuple[str, str]] = {}  # client id -> (device, online since)
+
+    def _device(self, client_id: str, username: str | None) -> str | None:
+        m = _IOTDA_CLIENT_ID.fullmatch(client_id)
+        for candidate in (username, m.group(1) if m else None, client_id):
+            if candidate and type(self.registry.header(candidate)) is dict:
+                return candidate
+        return None
+
+    def convert(self, payload: bytes | bytearray, received: float) -> list[bytes]:
+        line = bytes(payload).decode("utf-8", "replace").rstrip()
+        _, _, line = line.partition(": ")   # "<epoch seconds>: " first
+        times = receipt_times(received)
+        if (m := _CONNECTED.search(line)) is not None:
+            device = self._device(m.group(1), m.group(2))
+            if device is None:
+                return []
+            self._clients[m.group(1)] = (device, times[0])
+            status, since = "ONLINE", times[0]
+        elif (m := _DISCONNECTED.match(line)) is not None:
+            known = self._clients.pop(m.group(1), None)
+            device = known[0] if known else self._device(m.group(1), None)
+            if device is None:
+                return []
+            status, since = "OFFLINE", known[1] if known else times[0]
+        else:
+            return []
+        header = self.registry.header(device)
+        if not isinstance(header, dict):   # frozen or removed meanwhile
+            return []
+        return [orjson.dumps(_notification("device.status", "update", header, {
+            "status": status, "last_online_time": since, "status_update_time": times[1]},
+            times, None))]

@@ -327,3 +327,63 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path):
         broker.stop()
     seqs = _seqs(rx)
     assert set(seqs) == set(range(n)), f"missing: {sorted(set(range(n)) - set(seqs))[:20]}"
+
+
+async def test_device_status_from_mosquitto_connection_log(tmp_path):
+    """A broker that logs to $SYS/broker/log/N: a registered device's
+    connect and disconnect (clean or dropped) become ONLINE and OFFLINE;
+    other clients (unregistered, the engine's own) become nothing."""
+    import paho.mqtt.client as mqtt
+
+    broker = Mosquitto(tmp_path, extra="log_dest topic\nlog_type notice\n").start()
+    u = uuid.uuid4().hex[:8]
+    dev_a, dev_b = f"a_{u}", f"b_{u}"
+    registry = {"products": [{"product_id": "p", "app_id": "app1"}],
+                "devices": [{"device_id": dev_a, "product_id": "p"},
+                            {"device_id": dev_b, "product_id": "p", "node_id": "nb"}]}
+
+    def connect(client_id: str, username: str | None = None) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=mqtt.MQTTv311)
+        if username:
+            c.username_pw_set(username, "secret")
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        return c
+
+    try:
+        async with Receiver() as rx:
+            config = validate_config_dict(_config(
+                f"mqtt://127.0.0.1:{broker.port}", f"engine-{u}", rx.url, registry,
+                str(tmp_path / "dead.jsonl"), device_status="mosquitto-log"))
+            worker = Worker.from_config(config, serve_metrics=False)
+            run = asyncio.create_task(worker.run())
+            try:
+                while not worker.sources[0]._connected or not worker.sources[0]._connected.done():
+                    await asyncio.sleep(0.05)
+                # IoTDA style: user name = device id, client id {device_id}_0_0_{YYYYMMDDHH}
+                a = await asyncio.to_thread(connect, f"{dev_a}_0_0_2026120404", dev_a)
+                b = await asyncio.to_thread(connect, dev_b)   # client id = device id
+                stranger = await asyncio.to_thread(connect, f"stranger_{u}")
+                await rx.wait_for(2, timeout=20)
+                await asyncio.to_thread(a.disconnect)          # clean DISCONNECT
+                b._sock.close()                                 # dropped connection
+                await asyncio.to_thread(stranger.disconnect)
+                await rx.wait_for(4, timeout=20)
+                for c in (a, b, stranger):
+                    c.loop_stop()
+                await asyncio.sleep(0.5)   # nothing more arrives
+            finally:
+                worker.stop()
+                await run
+    finally:
+        broker.stop()
+    got = [(n["notify_data"]["header"]["device_id"], n["notify_data"]["body"]["status"])
+           for n in rx.bodies]
+    assert sorted(got[:2]) == [(dev_a, "ONLINE"), (dev_b, "ONLINE")]
+    assert sorted(got[2:]) == [(dev_a, "OFFLINE"), (dev_b, "OFFLINE")]
+    for n in rx.bodies:
+        assert (n["resource"], n["event"]) == ("device.status", "update")
+        assert n["notify_data"]["header"]["app_id"] == "app1"   # from the registry
+        body = n["notify_data"]["body"]
+        assert len(body["last_online_time"]) == 16 and len(body["status_update_time"]) == 24

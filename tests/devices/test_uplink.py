@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from engine.sources.device_registry import Registry, RegistryConfig
-from engine.sources.uplink import Uplink, device_times
+from engine.sources.uplink import ConnectionStatus, Uplink, device_times
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
 NOW_C, NOW_MS = "20231114T221320Z", "2023-11-14T22:13:20.250Z"
@@ -182,3 +182,42 @@ def test_device_times():
     assert device_times("20151212T121212Z") == ("20151212T121212Z", "2015-12-12T12:12:12.000Z")
     assert device_times("2015-12-12T12:12:12.5Z") is None
     assert device_times(None) is None
+
+
+def _statuses(lines: list[str]) -> list[tuple[str, str, str]]:
+    status = ConnectionStatus(Registry(RegistryConfig.model_validate(REGISTRY)))
+    out = []
+    for line in lines:
+        for n in status.convert(line.encode(), NOW):
+            d = orjson.loads(n)
+            body = d["notify_data"]["body"]
+            assert d["event_time"] == body["last_online_time"] == NOW_C
+            assert body["status_update_time"] == NOW_MS
+            out.append((d["notify_data"]["header"]["device_id"], body["status"], d["resource"]))
+    return out
+
+
+def test_connection_log_lines_become_device_status():
+    got = _statuses([
+        "1: New connection from 127.0.0.1:5 on port 1883.",
+        "1: New client connected from 127.0.0.1:5 as thermo_n1_0_0_2026120404 (p2, c1, k60, "
+        "u'thermo_n1').",
+        "1: New client connected from 127.0.0.1:6 as gw_1 (p5, c1, k60).",
+        "1: New client connected from 127.0.0.1:7 as whatever (p5, c0, k30, u'child_a').",
+        # not devices of the registry, or frozen: nothing
+        "1: New client connected from 127.0.0.1:8 as iot-engine-host (p5, c0, k30).",
+        "1: New client connected from 127.0.0.1:9 as cold (p4, c1, k60, u'cold').",
+        # a takeover is not a disconnect
+        "1: Client gw_1 already connected, closing old connection.",
+        "1: Client thermo_n1_0_0_2026120404 disconnected.",
+        "1: Client gw_1 has exceeded timeout, disconnecting.",
+        "1: Client whatever disconnected due to protocol error.",
+        "1: Client iot-engine-host closed its connection.",
+        "1: Client child_a closed its connection.",   # never seen connecting: its own id
+        "garbage",
+    ])
+    assert got == [("thermo_n1", "ONLINE", "device.status"), ("gw_1", "ONLINE", "device.status"),
+                   ("child_a", "ONLINE", "device.status"),
+                   ("thermo_n1", "OFFLINE", "device.status"),
+                   ("gw_1", "OFFLINE", "device.status"), ("child_a", "OFFLINE", "device.status"),
+                   ("child_a", "OFFLINE", "device.status")]

@@ -101,6 +101,9 @@ def test_workers_refuse_sources_they_cannot_divide(tmp_path):
     cases = {
         "mqtt without shared_group": ({"mqtt": {"topics": ["a/#"]}},
                                       "set mqtt.shared_group"),
+        "mqtt device_status": ({"mqtt": {"topics": ["a/#"], "shared_group": "g",
+                                         "device_status": "mosquitto-log"}},
+                               "mqtt.device_status cannot be shared"),
         "device_api": ({"device_api": {"listen": "127.0.0.1:0"}},
                        "source 'device_api' cannot be shared"),
         "file": ({"file": {"path": str(tmp_path / "in.ndjson")}}, "source 'file' cannot"),
