@@ -205,3 +205,16 @@ def test_whole_output_record_decodes_its_payload_only_when_read():
     assert rec.json_bytes() is data
     assert rec.payload == {"event_time": "1", "n": 1.5, "o": {"k": [1]}}
     assert rec == Record(orjson.loads(data), "k", "1", "r", "a", data)
+
+
+def test_alibaba_dialect_rules_route_the_same():
+    from tests.language.test_aliyun_dialect import EXAMPLES, message
+
+    payloads = [{"temp": 31, "hum": 2}, {"items": {"t": {"value": 3}}}, [1, 2], "x"]
+    selects = [f"{expr} AS v" for expr, _, _ in EXAMPLES] + [
+        "*", "*, deviceName() AS dn", "thingPropertyFlatMapNotify() AS flat, items.t.value"]
+    datas = [orjson.dumps(message(p)) for p in payloads + [p for _, p, _ in EXAMPLES]]
+    for select in selects:
+        specs = [RuleSpec("r", select, None, dialect="aliyun"),
+                 RuleSpec("w", "*", "temp > 30", dialect="aliyun")]
+        assert_same_routes(specs, datas)
