@@ -426,12 +426,55 @@ cdef Py_ssize_t _number_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) 
     return i
 
 
+DEF _MAX_READ_NODES = 64
+
+
+cdef struct _Reads:
+    # The member paths a rule set reads, as a tree numbered in preorder
+    # (node 0: the top-level object; see engine/_sparse.pxi), and where the
+    # last input held each leaf's value (vstart -1: absent).
+    int n
+    int parent[_MAX_READ_NODES]
+    int end[_MAX_READ_NODES]        # one past the node's last descendant
+    bint leaf[_MAX_READ_NODES]
+    const char* key[_MAX_READ_NODES]
+    Py_ssize_t keylen[_MAX_READ_NODES]
+    Py_ssize_t vstart[_MAX_READ_NODES]
+    Py_ssize_t vend[_MAX_READ_NODES]
+
+
+cdef inline int _read_child(_Reads* r, int node, const unsigned char* s, Py_ssize_t a,
+                            Py_ssize_t b) noexcept nogil:
+    """The child of `node` named s[a:b], or -1."""
+    cdef int c = node + 1
+    cdef Py_ssize_t kn = b - a
+    while c < r.end[node]:
+        if r.keylen[c] == kn and memcmp(r.key[c], s + a, kn) == 0:
+            return c
+        c = r.end[c]   # the next sibling
+    return -1
+
+
 cdef bint _is_json_object(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """A complete, valid JSON document whose top level is an object, nested at
     most MAX_DEPTH levels (RFC 8259)."""
+    return _scan_object(s, n, NULL)
+
+
+cdef bint _scan_object(const unsigned char* s, Py_ssize_t n, _Reads* r) noexcept nogil:
+    """_is_json_object; with `r`, also notes where the values of the members
+    it reads are (r.vstart/r.vend). A member that occurs again replaces
+    what was noted for it and below it (the decoder keeps the last one)."""
     cdef unsigned char stack[402]
-    cdef Py_ssize_t depth = 0, i
+    cdef int track[402]       # with r: node of the object at each depth, -1: not read
+    cdef int opened[402]      # with r: leaf whose value is the container at each depth, or -1
+    cdef Py_ssize_t depth = 0, i, a
     cdef unsigned char c
+    cdef int pending = -1     # node of the member whose value comes next
+    cdef int k
+    if r != NULL:
+        for k in range(r.n):
+            r.vstart[k] = -1
     i = _ws(s, 0, n)
     if i >= n or s[i] != 123:
         return False
@@ -445,9 +488,12 @@ cdef bint _is_json_object(const unsigned char* s, Py_ssize_t n) noexcept nogil:
         if expect == 1:
             if c != 34:
                 return False
+            a = i
             i = _string_end(s, i, n)
             if i < 0:
                 return False
+            if r != NULL and track[depth] >= 0:
+                pending = _read_child(r, track[depth], s, a + 1, i - 1)
             i = _ws(s, i, n)
             if i >= n or s[i] != 58:
                 return False
@@ -455,31 +501,53 @@ cdef bint _is_json_object(const unsigned char* s, Py_ssize_t n) noexcept nogil:
             expect = 0
             continue
         # a value
+        if pending >= 0:   # forget an earlier occurrence of this member
+            for k in range(pending, r.end[pending]):
+                r.vstart[k] = -1
         if c == 123 or c == 91:
             depth += 1
             if depth > _MAX_DEPTH:
                 return False
             stack[depth] = c
+            opened[depth] = -1
+            if depth == 1:    # the document itself
+                track[depth] = 0
+            elif pending >= 0 and r.leaf[pending]:
+                r.vstart[pending] = i
+                track[depth] = -1
+                opened[depth] = pending
+            else:
+                track[depth] = pending if c == 123 else -1
+            pending = -1
             i = _ws(s, i + 1, n)
             if i < n and ((c == 123 and s[i] == 125) or (c == 91 and s[i] == 93)):
+                if opened[depth] >= 0:
+                    r.vend[opened[depth]] = i + 1
                 depth -= 1
                 i += 1
             else:
                 expect = 1 if c == 123 else 0
                 continue
-        elif c == 34:
-            i = _string_end(s, i, n)
-        elif c == 116:
-            i = i + 4 if i + 4 <= n and s[i+1] == 114 and s[i+2] == 117 and s[i+3] == 101 else -1
-        elif c == 102:
-            i = i + 5 if i + 5 <= n and s[i+1] == 97 and s[i+2] == 108 and s[i+3] == 115 \
-                and s[i+4] == 101 else -1
-        elif c == 110:
-            i = i + 4 if i + 4 <= n and s[i+1] == 117 and s[i+2] == 108 and s[i+3] == 108 else -1
         else:
-            i = _number_end(s, i, n)
-        if i < 0:
-            return False
+            a = i
+            if c == 34:
+                i = _string_end(s, i, n)
+            elif c == 116:
+                i = i + 4 if i + 4 <= n and s[i+1] == 114 and s[i+2] == 117 and s[i+3] == 101 else -1
+            elif c == 102:
+                i = i + 5 if i + 5 <= n and s[i+1] == 97 and s[i+2] == 108 and s[i+3] == 115 \
+                    and s[i+4] == 101 else -1
+            elif c == 110:
+                i = i + 4 if i + 4 <= n and s[i+1] == 117 and s[i+2] == 108 and s[i+3] == 108 else -1
+            else:
+                i = _number_end(s, i, n)
+            if i < 0:
+                return False
+            if pending >= 0:
+                if r.leaf[pending]:
+                    r.vstart[pending] = a
+                    r.vend[pending] = i
+                pending = -1
         # after a value: close containers or continue with ','
         while True:
             i = _ws(s, i, n)
@@ -493,6 +561,8 @@ cdef bint _is_json_object(const unsigned char* s, Py_ssize_t n) noexcept nogil:
                 expect = 1 if stack[depth] == 123 else 0
                 break
             if (c == 125 and stack[depth] == 123) or (c == 93 and stack[depth] == 91):
+                if opened[depth] >= 0:
+                    r.vend[opened[depth]] = i + 1
                 depth -= 1
                 i += 1
                 continue

@@ -135,10 +135,10 @@ def _sparse_reader(reads: set[tuple[str, ...]] | None) -> _core.SparseReader | N
     notification whole) when a rule reads it whole or the paths are too many."""
     if reads is None:
         return None
-    paths = merge(reads)
-    if len({p[:d] for p in paths for d in range(1, len(p) + 1)}) + 1 > _core.SparseReader.limit():
+    try:
+        return _core.SparseReader(merge(reads))
+    except ValueError:   # more than SparseReader.limit() nodes
         return None
-    return _core.SparseReader(paths)
 
 
 def _choose_index(conjuncts: list[dict[tuple, str]]) -> tuple | None:
