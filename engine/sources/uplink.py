@@ -340,7 +340,8 @@ class ConnectionStatus:
     from the broker's connection log. The device is the connection's user
     name (IoTDA devices log in with their device id), else the device id in
     an IoTDA client id, else the client id itself; other clients (the
-    engine's own, unregistered or frozen devices) are ignored."""
+    engine's own, unregistered or frozen devices) are ignored, also when
+    the registry accepts unknown devices' traffic."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -349,7 +350,7 @@ class ConnectionStatus:
     def _device(self, client_id: str, username: str | None) -> str | None:
         m = _IOTDA_CLIENT_ID.fullmatch(client_id)
         for candidate in (username, m.group(1) if m else None, client_id):
-            if candidate and type(self.registry.header(candidate)) is dict:
+            if candidate and candidate in self.registry.devices:
                 return candidate
         return None
 
@@ -372,7 +373,7 @@ class ConnectionStatus:
         else:
             return []
         header = self.registry.header(device)
-        if not isinstance(header, dict):   # frozen or removed meanwhile
+        if not isinstance(header, dict):   # frozen
             return []
         return [orjson.dumps(_notification("device.status", "update", header, {
             "status": status, "last_online_time": since, "status_update_time": times[1]},

@@ -221,3 +221,9 @@ def test_connection_log_lines_become_device_status():
                    ("thermo_n1", "OFFLINE", "device.status"),
                    ("gw_1", "OFFLINE", "device.status"), ("child_a", "OFFLINE", "device.status"),
                    ("child_a", "OFFLINE", "device.status")]
+
+
+def test_connection_log_ignores_clients_even_when_unknown_devices_are_accepted():
+    status = ConnectionStatus(Registry(RegistryConfig(unknown_devices="accept")))
+    assert status.convert(b"1: New client connected from 127.0.0.1:8 as iot-engine-host "
+                          b"(p5, c0, k30).", NOW) == []
