@@ -6,9 +6,10 @@ event loop never blocks on the client, and hands the payloads (bytes) to the
 pipeline as they are.
 
 Offsets are committed by hand, only when the pipeline acks a batch: the
-commit covers exactly the records of that batch (next offset per partition).
-The pipeline acks batches in order, so committed offsets only move forward and
-never past a record still in flight. After a rebalance a commit for a lost
+commit covers the records of that batch (next offset per partition), and of
+the batches acked while the previous commit was under way. The pipeline
+acks batches in order, so committed offsets only move forward and never past
+a record still in flight. After a rebalance a commit for a lost
 partition fails; its records are then redelivered to the new owner
 (at-least-once), which is logged, not fatal.
 
@@ -119,7 +120,11 @@ class KafkaSource(Source):
         # another one commits, so that a commit never waits for a poll.
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="kafka-poll")
         self._committer_thread = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
-        self._outstanding = 0            # batches yielded, not acked yet
+        self._commit_lock = threading.Lock()
+        self._to_commit: dict[tuple[str, int], int] = {}  # acked, not committed: last offsets
+        self._commit_batches = 0  # the acked batches _to_commit covers
+        self._committing = False  # _commit_pending is queued or running
+        self._outstanding = 0            # batches yielded, not committed yet
         self._acked = threading.Condition()  # notified whenever _outstanding drops to 0
         self._errors: list[KafkaError] = []  # reported by librdkafka, not handled yet
         self._fatal: KafkaError | None = None
@@ -257,25 +262,49 @@ class KafkaSource(Source):
                 self._outstanding += 1
         return items, last
 
-    def _settled(self) -> None:
+    def _settled(self, n: int = 1) -> None:
         with self._acked:
-            self._outstanding -= 1
+            self._outstanding -= n
             if not self._outstanding:
                 self._acked.notify_all()
 
     # -- acks ---------------------------------------------------------------------
 
     def _ack_for(self, last: dict[tuple[str, int], int]):
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
         async def ack() -> None:
-            try:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._committer_thread, self._commit, offsets)
-            finally:
-                self._settled()
+            self._queue_commit(last)
 
         return ack
+
+    def _queue_commit(self, last: dict[tuple[str, int], int]) -> None:
+        """An acked batch's offsets join the next commit. Acks come in order,
+        so the latest offset of a partition covers the earlier ones: while
+        one commit is under way, the batches acked meanwhile are merged into
+        one more (a commit takes milliseconds; the pipeline acks a batch
+        every few, and would otherwise wait for each)."""
+        with self._commit_lock:
+            self._to_commit.update(last)
+            self._commit_batches += 1
+            if self._committing:
+                return
+            self._committing = True
+        self._committer_thread.submit(self._commit_pending)
+
+    def _commit_pending(self) -> None:
+        """(committer thread) Commit what was acked until nothing is left. A
+        batch stops counting as outstanding once its offsets are committed
+        (or the commit failed: its records are then redelivered)."""
+        while True:
+            with self._commit_lock:
+                last, self._to_commit = self._to_commit, {}
+                n, self._commit_batches = self._commit_batches, 0
+                if not n:
+                    self._committing = False
+                    return
+            try:
+                self._commit([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
+            finally:
+                self._settled(n)
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         consumer = self._consumer

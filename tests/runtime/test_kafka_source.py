@@ -1,4 +1,5 @@
 import asyncio
+import threading
 import uuid
 
 import pytest
@@ -86,3 +87,47 @@ async def test_unacked_batches_are_consumed_again(kafka):
     finally:
         await src.close()
     assert rest == values[acked:]  # one partition: exact order, from the commit on
+
+
+async def test_acks_during_a_commit_join_the_next_one(kafka):
+    # A commit takes milliseconds; batches acked meanwhile are committed
+    # together, by one more commit, and the pipeline never waits for one.
+    topic = await make_topic(kafka, partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    values = [b'{"n":%d}' % i for i in range(1000)]
+    await produce(kafka, topic, values)
+    src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, batch_size=100,
+                      **FAST_GROUP)
+    commits: list[list[int]] = []
+    commit = src._commit
+    go = threading.Event()  # holds the first commit until every ack returned
+
+    def slow_commit(offsets):
+        commits.append([tp.offset for tp in offsets])
+        go.wait(10)
+        commit(offsets)
+
+    src._commit = slow_commit  # type: ignore[method-assign]
+    await src.start()
+    try:
+        acks, got = [], 0
+        async for batch in src.batches():
+            acks.append(batch.ack)
+            got += len(batch.items)
+            if got == len(values):
+                break
+        assert len(acks) >= 2
+        for ack in acks:
+            await ack()  # returns at once: the first commit is still held
+        go.set()
+    finally:
+        await src.close()  # the merged commit lands before the consumer closes
+    assert len(commits) == 2 and commits[1] == [len(values)]
+    more = [b'{"m":%d}' % i for i in range(5)]
+    await produce(kafka, topic, more)
+    src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
+    await src.start()
+    try:
+        assert await asyncio.wait_for(take(src, len(more)), 30) == more
+    finally:
+        await src.close()
