@@ -64,6 +64,7 @@ def test_build_source_passes_the_config_on():
     assert (c["security.protocol"], c["sasl.mechanism"], c["sasl.password"]) == (
         "sasl_ssl", "PLAIN", "p")
     assert c["fetch.wait.max.ms"] == 10   # not librdkafka's 500: see KafkaOptions
+    assert c["fetch.queue.backoff.ms"] == 10  # not 1 s: a fast worker would idle (runtime.md)
     slow = build_source(SourceEntry(kafka=conf(fetch_wait_max_ms=250)))
     assert slow.config["fetch.wait.max.ms"] == 250
 
