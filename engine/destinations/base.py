@@ -62,6 +62,12 @@ class Sink(abc.ABC):
     channel: ClassVar[str]               # IoTDA channel name, e.g. "HTTP_FORWARDING"
     detail_key: ClassVar[str]            # key inside channel_detail, e.g. "http_forwarding"
     Config: ClassVar[type[BaseModel]]    # the channel_detail model (IoTDA field names)
+    # How many write() calls the action runner may have under way at once.
+    # More than 1 only for a sink that puts concurrent writes on the wire in
+    # the order they were called (per key), so that a device's records stay
+    # in order while the next write is built during the previous one's round
+    # trip.
+    writes_in_flight: ClassVar[int] = 1
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

@@ -141,6 +141,11 @@ class KafkaSink(Sink):
     detail_key = "dms_kafka_forwarding"
     Config = DmsKafkaForwarding
     config: DmsKafkaForwarding
+    # A write queues its batches in call order (see write) and then
+    # waits for the broker; the next write is packed and queued meanwhile
+    # and goes out as soon as the producer has room (aiokafka sends one
+    # batch per partition at a time, so order holds per partition).
+    writes_in_flight = 2
 
     def __init__(self, config: DmsKafkaForwarding, *,
                  connection: KafkaClient | None = None) -> None:
@@ -149,7 +154,7 @@ class KafkaSink(Sink):
         super().__init__(config)
         self.connection = connection
         self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
+        self._turn: asyncio.Future[None] | None = None  # the latest write's turn to queue
         self._parts: list[int] = []          # the topic's partitions the cache is for
         # device id -> (its bytes, partition): one lookup per record
         self._key_parts: dict[str, tuple[bytes, int]] = {}
@@ -246,6 +251,19 @@ class KafkaSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
+        # Concurrent writes queue their batches in the order write() was
+        # called, whatever each awaits before: each waits for the previous
+        # one's turn to end (batches queued, or the write gave up).
+        after, turn = self._turn, asyncio.get_running_loop().create_future()
+        self._turn = turn
+        try:
+            return await self._write(records, after, turn)
+        finally:
+            if not turn.done():
+                turn.set_result(None)
+
+    async def _write(self, records: Sequence[Record], after: asyncio.Future[None] | None,
+                     turn: asyncio.Future[None]) -> WriteResult:
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
         from aiokafka import errors as kafka_errors
@@ -305,8 +323,8 @@ class KafkaSink(Sink):
         # Queue the batches (the producer holds one undrained batch per
         # partition, so a partition's later batches wait for the earlier ones;
         # different partitions are queued concurrently), then wait for every
-        # acknowledgement. The lock keeps concurrent writes from interleaving
-        # their batches within a partition.
+        # acknowledgement. Waiting for the turn keeps concurrent writes from
+        # interleaving their batches within a partition.
         pending: list[tuple[list[int], asyncio.Future[Any]]] = []
 
         async def enqueue(p: int, group: list[tuple[Any, list[int]]]) -> None:
@@ -322,8 +340,10 @@ class KafkaSink(Sink):
                     return
                 pending.append((idx, fut))
 
-        async with self._lock:
-            await asyncio.gather(*(enqueue(p, g) for p, g in batches.items()))
+        if after is not None and not after.done():
+            await after
+        await asyncio.gather(*(enqueue(p, g) for p, g in batches.items()))
+        turn.set_result(None)
         outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
         for (idx, _), out in zip(pending, outcomes, strict=True):
             if isinstance(out, BaseException):

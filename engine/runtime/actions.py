@@ -200,32 +200,76 @@ class ActionRunner:
     # -- the writer -----------------------------------------------------------
 
     async def _run(self) -> None:
+        """Take parcels and write them in rounds of up to batch_size records.
+        Up to `sink.writes_in_flight` rounds are under way at once; each
+        handles its outcome (counts, backlog, settling) only after the
+        previous round has, so the backlog receives records in order."""
         queue = self.queue
-        while True:
-            parcels = [await queue.get()]
-            n = len(parcels[0].records)
-            if n < self.batch_size and queue.empty() and self.linger:
-                await asyncio.sleep(self.linger)  # let a partial batch fill up a little
-            while n < self.batch_size and not queue.empty():
-                p = queue.get_nowait()
-                parcels.append(p)
-                n += len(p.records)
+        slots = asyncio.Semaphore(max(1, self.sink.writes_in_flight))
+        rounds: set[asyncio.Task[None]] = set()
+        previous: asyncio.Future[None] | None = None
+        try:
+            while True:
+                parcels = [await queue.get()]
+                n = len(parcels[0].records)
+                if n < self.batch_size and queue.empty() and self.linger:
+                    await asyncio.sleep(self.linger)  # let a partial batch fill up a little
+                while n < self.batch_size and not queue.empty():
+                    p = queue.get_nowait()
+                    parcels.append(p)
+                    n += len(p.records)
+                await slots.acquire()
+                done = asyncio.get_running_loop().create_future()
+                task = asyncio.create_task(self._round(parcels, previous, done))
+                rounds.add(task)
+
+                def ended(t: asyncio.Task[None]) -> None:
+                    rounds.discard(t)
+                    slots.release()
+                    self._crashed(t)
+
+                task.add_done_callback(ended)
+                previous = done
+        finally:
+            for task in rounds:
+                task.cancel()
+            await asyncio.gather(*rounds, return_exceptions=True)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (e := task.exception()) is not None:
+            # A bug, not a delivery problem: its parcels stay unsettled (their
+            # source batches unacked, redelivered after a restart).
+            log.error("action %s: write round failed: %s: %s", self.action_id,
+                      type(e).__name__, e, exc_info=e, extra=self._log)
+
+    async def _round(self, parcels: list[Parcel], previous: asyncio.Future[None] | None,
+                     done: asyncio.Future[None]) -> None:
+        try:
             records = [r for p in parcels for r in p.records]
             # One flow-control wait for the whole round, not one per batch.
             deadline = time.monotonic() + FLOW_WAIT
             for i in range(0, len(records), self.batch_size):
-                await self._deliver(records[i:i + self.batch_size], deadline)
+                await self._deliver(records[i:i + self.batch_size], deadline, previous)
+                previous = None  # its turn came before the first batch's outcome
+            if previous is not None and not previous.done():
+                await previous
             now = time.monotonic()
             for p in parcels:
                 self._latency.observe(now - p.received_at)
                 p.settle()
+        finally:
+            done.set_result(None)
 
-    async def _deliver(self, records: list[Record], deadline: float) -> None:
+    async def _deliver(self, records: list[Record], deadline: float,
+                       previous: asyncio.Future[None] | None = None) -> None:
         """Deliver within the flow limit, or put in the backlog what cannot
         be delivered now (failed retryably, or held back by flow control
-        past `deadline`). Returns once every record is settled."""
+        past `deadline`). Returns once every record is settled. The outcome
+        is handled - records counted, kept or dead-lettered - only once
+        `previous` (the round before, writing concurrently) is done."""
         backlog, limiter = self.backlog, self.limiter
         if backlog.size(self.action_id)[0]:  # keep per-device order: behind the backlog
+            await _after(previous)
             await self._keep(records, "queued behind the backlog", behind=True)
             return
         throttled = False
@@ -239,6 +283,7 @@ class ActionRunner:
                 if not backlog.stacking(self.action_id):
                     k = await limiter.acquire(len(records))  # nowhere to keep them: wait
                 elif time.monotonic() + wait > deadline:
+                    await _after(previous)
                     await self._keep(records, f"held back by flow control policy "
                                               f"{limiter.limited_by}")
                     return
@@ -246,22 +291,27 @@ class ActionRunner:
                     await asyncio.sleep(wait)
                     continue
             batch, records = records[:k], records[k:]
-            retry, reason = await self._write_once(batch)
+            retry, reason = await self._write_once(batch, previous)
+            previous = None
             if retry:
                 if backlog.stacking(self.action_id):  # these and the rest, in order
                     self._count_retried(len(retry))
                     await self._keep(retry + records, reason)
                     return
                 await self._keep(retry, reason)  # stacking disabled: dead-lettered, with reason
+        await _after(previous)
         self._recovered()
 
-    async def _write_once(self, records: list[Record]) -> tuple[list[Record], str | None]:
+    async def _write_once(self, records: list[Record], previous: asyncio.Future[None] | None = None
+                          ) -> tuple[list[Record], str | None]:
         """One write. Counts what was delivered, dead-letters permanent
         failures; returns the records that failed retryably (in order) and
         the first reason. Delivered and dead-lettered records leave the
         in-flight count when they are counted (no await in between: the
-        counts balance at every scrape)."""
+        counts balance at every scrape). The outcome is handled after
+        `previous` is done."""
         outcome = await write_sorted(self.sink, records)
+        await _after(previous)
         self._count_forwarded(outcome.delivered)
         self._out(outcome.delivered)
         if not outcome.failures:
@@ -398,6 +448,11 @@ class ActionRunner:
         if self._problem is not None:
             log.info("delivering again", extra=self._log)
             self._problem = None
+
+
+async def _after(previous: asyncio.Future[None] | None) -> None:
+    if previous is not None and not previous.done():
+        await previous
 
 
 async def expire_periodically(backlog: Backlog,

@@ -184,6 +184,41 @@ async def test_many_small_batches_keep_placement_and_order(topic):
 
 
 @pytest.mark.services
+async def test_concurrent_writes_go_out_in_call_order(topic):
+    # The action runner has two writes under way (KafkaSink.writes_in_flight).
+    # The first one is held up before queueing (a metadata lookup that takes
+    # a while); the second must still queue its batches after it.
+    assert KafkaSink.writes_in_flight == 2
+    devices = [f"dev-{d}" for d in range(6)]
+    writes = [[Record({"device": d, "seq": w * 100 + i}, d) for i in range(20) for d in devices]
+              for w in range(3)]
+    sink = KafkaSink(cfg(topic=topic))
+    await sink.open()
+    producer = sink._producer
+    assert producer is not None
+    lookup, slow = producer.partitions_for, [True]
+
+    async def partitions_for(t):
+        if slow[0]:
+            slow[0] = False
+            await asyncio.sleep(0.3)
+        return await lookup(t)
+
+    producer.partitions_for = partitions_for  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(sink.write(w) for w in writes))
+    finally:
+        await sink.close()
+    assert all(r.ok for r in results)
+    got = await consume(topic, 3 * 120)
+    seen: dict[str, list[int]] = {}
+    for m in sorted(got, key=lambda m: (m.partition, m.offset)):
+        seen.setdefault(m.key.decode(), []).append(orjson.loads(m.value)["seq"])
+    for d in devices:
+        assert seen[d] == [w * 100 + i for w in range(3) for i in range(20)], d
+
+
+@pytest.mark.services
 async def test_batch_of_10000(topic):
     result = await run(cfg(topic=topic, compression="gzip"), records(10_000, device="dev-z"))
     assert result.ok
