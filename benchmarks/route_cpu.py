@@ -54,8 +54,12 @@ async def one(kind: str, items: list[bytes]) -> tuple[float, float]:
         await p.process("s", b)
     t1 = time.process_time()
     dumps = orjson.dumps
+    # Each encoding is dropped before the next, as the Kafka sink does (it
+    # copies the bytes into its batch): kept, orjson's over-allocated
+    # output (shrunk in place) costs ~2 us more per record in malloc.
     for parcel in runner.parcels:
-        [getattr(r, "raw", None) or dumps(r.payload) for r in parcel.records]
+        for r in parcel.records:
+            getattr(r, "raw", None) or dumps(r.payload)
     t2 = time.process_time()
     return t1 - t0, t2 - t1
 
