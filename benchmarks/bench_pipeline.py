@@ -140,7 +140,7 @@ async def _round(topic: str, rule: RuleSpec) -> dict:
                               group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=2000,
                               session_timeout_ms=3000, heartbeat_interval_ms=1000)
     runner = ActionRunner("count", "r", sink, metrics=metrics, dead_letters=DeadLetters(),
-                          batch_size=2000, linger=0.005)
+                          batch_size=2000)  # linger: the default (0, flush on idle)
     worker = Worker(compile_ruleset([rule]), [runner], [source], metrics=metrics,
                     rule_keys=["r"])
     t0 = time.perf_counter()
@@ -271,7 +271,7 @@ async def _latency_round(topic: str, rule: RuleSpec, rate: float, count: int) ->
                               group_id=f"bench-{uuid.uuid4().hex[:8]}", batch_size=2000,
                               session_timeout_ms=3000, heartbeat_interval_ms=1000)
     runner = LatencyRunner("count", "r", CountingSink(), metrics=metrics,
-                           dead_letters=DeadLetters(), batch_size=2000, linger=0.005)
+                           dead_letters=DeadLetters(), batch_size=2000)  # default linger
     worker = Worker(compile_ruleset([rule]), [runner], [source], metrics=metrics,
                     rule_keys=["r"])
     run = asyncio.create_task(worker.run(freeze_gc=True))  # as `engine run` does

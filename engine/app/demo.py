@@ -87,7 +87,7 @@ def demo_config(http_url: str, out: Path, *, rate: float, devices: int, seed: in
             "sources": [{"simulator": {"rate": rate, "devices": devices, "seed": seed,
                                        "duration": duration}}],
             "dead_letter": {"file": str(out / "dead-letter.jsonl")},
-            "worker": {"batch_size": 500, "linger_ms": 20, "shutdown_timeout": 10}}
+            "worker": {"batch_size": 500, "shutdown_timeout": 10}}
 
 
 async def run_demo(*, duration: float = 10.0, rate: float = 2000.0, devices: int = 200,

@@ -410,8 +410,10 @@ class ApiConfig(_Model):
 class WorkerConfig(_Model):
     batch_size: int = Field(default=500, ge=1, le=100_000)
     """Most records handed to a destination in one write."""
-    linger_ms: int = Field(default=20, ge=0, le=60_000)
-    """How long a partial batch may wait for more records."""
+    linger_ms: int = Field(default=0, ge=0, le=60_000)
+    """How long a partial batch may wait for more records once the action
+    can write. 0: at once; under load records queue while the action's
+    writes are under way, so batches grow with the arrival rate anyway."""
     shutdown_timeout: float = Field(default=30.0, ge=0, le=3600)
     """Seconds to drain in-flight batches on shutdown before giving up."""
     state_dir: str = Field(default="engine-state", min_length=1)

@@ -90,7 +90,7 @@ class Parcel:
 
 class ActionRunner:
     def __init__(self, action_id: str, rule_id: str, sink: Sink, *, metrics: Metrics,
-                 dead_letters: DeadLetters, batch_size: int = 500, linger: float = 0.02,
+                 dead_letters: DeadLetters, batch_size: int = 500, linger: float = 0.0,
                  max_queued: int = 16, retry_initial: float = 0.1,
                  retry_max: float = 10.0, limiter: Limiter | None = None,
                  backlog: Backlog | None = None, retry_policy: RetryPolicy | None = None) -> None:
@@ -200,10 +200,12 @@ class ActionRunner:
     # -- the writer -----------------------------------------------------------
 
     async def _run(self) -> None:
-        """Take parcels and write them in rounds of up to batch_size records.
-        Up to `sink.writes_in_flight` rounds are under way at once; each
-        handles its outcome (counts, backlog, settling) only after the
-        previous round has, so the backlog receives records in order."""
+        """Take parcels and write them in rounds of up to batch_size records:
+        what is queued when a write slot is free (after `linger`, if set and
+        the batch is partial). Up to `sink.writes_in_flight` rounds are
+        under way at once; each handles its outcome (counts, backlog,
+        settling) only after the previous round has, so the backlog
+        receives records in order."""
         queue = self.queue
         slots = asyncio.Semaphore(max(1, self.sink.writes_in_flight))
         rounds: set[asyncio.Task[None]] = set()
@@ -211,6 +213,10 @@ class ActionRunner:
         try:
             while True:
                 parcels = [await queue.get()]
+                # A free write slot first: while the writes under way take
+                # their time, parcels queue, and the round takes them all -
+                # batches grow with the arrival rate, with no timer.
+                await slots.acquire()
                 n = len(parcels[0].records)
                 if n < self.batch_size and queue.empty() and self.linger:
                     await asyncio.sleep(self.linger)  # let a partial batch fill up a little
@@ -218,7 +224,6 @@ class ActionRunner:
                     p = queue.get_nowait()
                     parcels.append(p)
                     n += len(p.records)
-                await slots.acquire()
                 done = asyncio.get_running_loop().create_future()
                 task = asyncio.create_task(self._round(parcels, previous, done))
                 rounds.add(task)

@@ -95,7 +95,7 @@ actions:
     assert hook["http_forwarding"]["token"] == "**********"          # masked
     assert hook["http_forwarding"]["timeout_s"] == 15.0              # default filled in
     assert queue["amqp_forwarding"]["url"] == "amqp://bob:**********@127.0.0.1:5672/"
-    assert doc["worker"] == {"batch_size": 500, "linger_ms": 20, "shutdown_timeout": 30.0,
+    assert doc["worker"] == {"batch_size": 500, "linger_ms": 0, "shutdown_timeout": 30.0,
                              "state_dir": "engine-state"}
     as_json = engine("config", "--effective", "--format", "json", str(rules), env=env)
     assert json.loads(as_json.stdout) == doc
