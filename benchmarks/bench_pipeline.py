@@ -14,7 +14,9 @@ process, so producing does not take the worker's CPU), while the worker
 consumes it; for every record handed to the action, the time from the
 receipt of its source batch (Kafka fetch returned) to the action's ack is
 recorded. p50/p90/p99/max go into extra_info (per record; for the selective
-rule only matched events make records).
+rule only matched events make records). `BENCH_LATENCY_RATE=n` sets the
+rate instead (e.g. to run the latency test alone, or to compare trees at
+one rate).
 
     bash scripts/services.sh up
     .venv/bin/python -m pytest benchmarks/bench_pipeline.py --benchmark-only \
@@ -24,6 +26,7 @@ rule only matched events make records).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -296,7 +299,7 @@ async def _latency_round(topic: str, rule: RuleSpec, rate: float, count: int) ->
 
 @pytest.mark.parametrize("kind", list(RULES))
 def test_latency_at_half_rate(benchmark, kind):
-    rate = BEST.get(kind, 40_000) / 2
+    rate = float(os.environ.get("BENCH_LATENCY_RATE", 0)) or BEST.get(kind, 40_000) / 2
     count = int(min(200_000, rate * 8))  # about 8 s of stream
     name = f"bench-latency-{uuid.uuid4().hex[:8]}"
     results = []

@@ -97,3 +97,41 @@ async def test_one_write_at_a_time_by_default():
     assert sink.most_under_way == 1
     assert [r.payload for r in sink.records] == list(range(30))
     assert settled == [0, 10, 20]
+
+
+class SizedSink(MemorySink):
+    """Records the size of each write; the first one waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.release = asyncio.Event()
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        self.sizes.append(len(records))
+        if len(self.sizes) == 1:
+            await self.release.wait()
+        return await super().write(records)
+
+
+async def test_flush_on_idle_and_batches_grow_while_a_write_is_under_way():
+    # Default linger (0): a partial batch goes out at once when the action
+    # is idle; what arrives during that write goes out together after it.
+    sink = SizedSink()
+    runner = ActionRunner("a", "r", sink, metrics=Metrics(), dead_letters=DeadLetters(),
+                          batch_size=100)
+    await runner.open()
+    settled: list[int] = []
+    try:
+        await runner.submit(parcel(0, 3, settled))
+        await until(lambda: sink.sizes == [3])     # written without waiting for more
+        for first in (3, 6, 9):
+            await runner.submit(parcel(first, 3, settled))
+            await asyncio.sleep(0.02)  # the writer sees each parcel arrive
+        assert sink.sizes == [3]                   # one write at a time
+        sink.release.set()
+        await until(lambda: len(settled) == 4)
+        assert sink.sizes == [3, 9]                # the three queued parcels in one write
+        assert [r.payload for r in sink.records] == list(range(12))
+    finally:
+        await runner.close()
