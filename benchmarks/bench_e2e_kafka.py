@@ -186,7 +186,7 @@ async def _run_engine(in_topic: str, out_topic: str, group: str, n: int, kind: s
                      "channel_detail": {"dms_kafka_forwarding": {
                          "region_name": "local", "project_id": "bench", "topic": out_topic,
                          "addresses": [{"ip": "127.0.0.1", "port": 9092}]}}}],
-        "worker": {"batch_size": 2000, "linger_ms": 5},
+        "worker": {"batch_size": 2000},  # linger: the default (0, flush on idle)
     })
     source = TimedKafkaSource(bootstrap_servers=BOOTSTRAP, topics=[in_topic], group_id=group,
                               batch_size=2000, session_timeout_ms=3000,
