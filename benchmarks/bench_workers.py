@@ -51,7 +51,7 @@ def _children(pid: int) -> list[int]:
 
 def _round(tmp: Path, workers: int) -> dict[str, float]:
     ingest, metrics = _free_port(), _free_port()
-    while metrics + 1 == ingest:
+    while ingest in (metrics + 1, metrics + 2):  # the workers' own ports
         metrics = _free_port()
     (tmp / "engine.yaml").write_text(f"""
 sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none, max_body_bytes: 8388608}}}}]
@@ -74,14 +74,13 @@ actions:
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     try:
         deadline = time.monotonic() + 60
-        for i in range(workers):   # worker i serves metrics on the port + i
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{metrics + i}/readyz", timeout=1)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline and proc.poll() is None, "not ready"
-                    time.sleep(0.1)
+        while True:  # with --workers the supervisor's /readyz: every worker is ready
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "not ready"
+                time.sleep(0.1)
         pids = _children(proc.pid) if workers > 1 else [proc.pid]
         cpu0 = sum(_cpu_s(p) for p in pids)
         load = subprocess.Popen([sys.executable, __file__, f"http://127.0.0.1:{ingest}/in",

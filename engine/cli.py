@@ -300,7 +300,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             extra += ["--metrics-listen", args.metrics_listen]
         if args.state_dir is not None:
             extra += ["--state-dir", args.state_dir]
-        return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout)
+        return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout,
+                                    config.metrics.listen if config.metrics else None)
     if index is not None:
         base, i = overrides, index
 

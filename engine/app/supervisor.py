@@ -18,8 +18,10 @@ workers); the HTTP source binds its port with SO_REUSEPORT, so the kernel
 spreads connections over the workers; an MQTT source with a `shared_group`
 subscribes as one member of the broker's shared subscription. Per worker, `for_worker` gives a
 state directory `<worker.state_dir>/worker-<i>` (the backlog is locked per
-directory) and the metrics endpoint the configured port + i (port 0 stays
-0: any free port), composed on top of `--metrics-listen`/`--state-dir`.
+directory) and the metrics endpoint the configured port + 1 + i (port 0
+stays 0: any free port), composed on top of `--metrics-listen`/`--state-dir`;
+the supervisor serves the configured port itself, every worker's metrics
+merged (engine.app.metrics_merge).
 Other sources are not divided (MQTT without `shared_group`: every worker
 would receive every message; device_api: its device registry and
 connections live in one process), so the supervisor refuses them.
@@ -69,14 +71,15 @@ def check_sources(config: Any) -> str | None:
 
 def for_worker(config: Any, index: int) -> Any:
     """The configuration of worker `index`: its own state directory and
-    metrics port (the configured port + index; 0 stays 0)."""
+    metrics port (the configured port + 1 + index, the configured one being
+    the supervisor's merged endpoint; 0 stays 0)."""
     update: dict[str, Any] = {"worker": config.worker.model_copy(update={
         "state_dir": os.path.join(config.worker.state_dir, f"worker-{index}")})}
     if config.metrics is not None:
         host, _, port = config.metrics.listen.rpartition(":")
         if int(port):
             update["metrics"] = config.metrics.model_copy(
-                update={"listen": f"{host}:{int(port) + index}"})
+                update={"listen": f"{host}:{int(port) + 1 + index}"})
     return config.model_copy(update=update)
 
 
@@ -168,6 +171,24 @@ class Supervisor:
 
 
 def supervise(files: Sequence[str], extra_args: Sequence[str], n: int,
-              shutdown_timeout: float) -> int:
+              shutdown_timeout: float, metrics_listen: str | None = None) -> int:
+    """Run N workers; with `metrics_listen` (HOST:PORT, PORT not 0) serve
+    their metrics merged there (the workers use PORT + 1 + i)."""
+    from engine.app.metrics_merge import MergedEndpoint
+
     argv = [sys.executable, "-m", "engine", "run", *extra_args, "--", *files]
-    return Supervisor(argv, n, shutdown_timeout=shutdown_timeout).run()
+    endpoint = None
+    if metrics_listen is not None:
+        host, _, port = metrics_listen.rpartition(":")
+        if int(port):
+            try:
+                endpoint = MergedEndpoint(host, int(port), n)
+            except OSError as e:
+                log.error("cannot serve the merged metrics on %s: %s", metrics_listen, e)
+                return 1
+            endpoint.start()
+    try:
+        return Supervisor(argv, n, shutdown_timeout=shutdown_timeout).run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.app import supervisor
 from engine.config import validate_config_dict
@@ -18,17 +19,19 @@ from tests.runtime.e2e import ENGINE, EngineProcess, free_port, wait_ready, writ
 from tests.runtime.test_cli import RULE, expected_status, file_action
 
 
-def two_free_ports() -> int:
-    """A port p with p + 1 free too (worker i serves metrics on p + i)."""
+def three_free_ports() -> int:
+    """A port p with p + 1 and p + 2 free too (the supervisor serves the
+    merged metrics on p, worker i its own on p + 1 + i)."""
     for _ in range(50):
         p = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
+        try:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind(("127.0.0.1", p + 1))
+                s2.bind(("127.0.0.1", p + 2))
+        except OSError:
+            continue
         return p
-    raise RuntimeError("no two consecutive free ports")
+    raise RuntimeError("no three consecutive free ports")
 
 
 def children(pid: int) -> list[int]:
@@ -42,8 +45,22 @@ async def received(s: aiohttp.ClientSession, port: int) -> float:
                if line.startswith("engine_source_received_total{"))
 
 
+async def merged(s: aiohttp.ClientSession, port: int) -> dict[str, dict[str, float]]:
+    """The supervisor's /metrics: per worker label, received total and up."""
+    async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):  # also checks the format
+        for sample in family.samples:
+            if sample.name in ("engine_source_received_total", "engine_worker_up"):
+                w = out.setdefault(sample.labels["worker"], {})
+                w[sample.name] = w.get(sample.name, 0) + sample.value
+    return out
+
+
 async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
-    http_port, metrics = free_port(), two_free_ports()
+    http_port, metrics = free_port(), three_free_ports()
     out = tmp_path / "out.jsonl"
     # The file's metrics port and state dir are overridden on the command
     # line; each worker takes its own port and directory from those.
@@ -56,8 +73,9 @@ async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
     with EngineProcess(config, "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics}",
                        "--state-dir", str(tmp_path / "st"),
                        stderr_file=tmp_path / "err.log") as engine:
-        await wait_ready(metrics, engine)
+        await wait_ready(metrics, engine)      # the supervisor: every worker is ready
         await wait_ready(metrics + 1, engine)
+        await wait_ready(metrics + 2, engine)
         url = f"http://127.0.0.1:{http_port}/in"
         # A new connection per request: the kernel spreads them over the workers.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
@@ -65,8 +83,12 @@ async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
                 async with s.post(url, data=b"\n".join(items[i:i + 150]),
                                   headers={"Content-Type": "application/x-ndjson"}) as r:
                     assert (r.status, await r.json()) == (200, {"accepted": 150})
-            counts = [await received(s, metrics + i) for i in range(2)]
+            counts = [await received(s, metrics + 1 + i) for i in range(2)]
+            together = await merged(s, metrics)
         assert sum(counts) == 3000 and min(counts) > 0, counts
+        # One endpoint for both: each worker's samples under its label.
+        assert together == {str(i): {"engine_source_received_total": counts[i],
+                                     "engine_worker_up": 1.0} for i in range(2)}
         assert sorted(out.read_bytes().splitlines()) == sorted(
             orjson.dumps(x) for x in expected_status(items))
         assert {p.name for p in (tmp_path / "st").iterdir()} == {"worker-0", "worker-1"}
@@ -85,7 +107,6 @@ async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
         else:
             raise AssertionError(f"worker not restarted: {children(engine.proc.pid)}")
         await wait_ready(metrics, engine)
-        await wait_ready(metrics + 1, engine)
         assert "restarting" in engine.log()
 
         # SIGTERM stops every worker; the supervisor exits 0.
@@ -130,5 +151,23 @@ def test_each_worker_gets_its_own_port_and_state_dir_after_the_overrides():
         "sources": [{"http": {"auth": "none"}}], "metrics": {"listen": "127.0.0.1:9000"},
         "rules": [RULE], "actions": [file_action("/dev/null")]})
     w = supervisor.for_worker(config, 3)
-    assert w.metrics.listen == "127.0.0.1:9003"
+    assert w.metrics.listen == "127.0.0.1:9004"  # 9000: the supervisor's merged endpoint
     assert w.worker.state_dir == os.path.join(config.worker.state_dir, "worker-3")
+
+
+def test_merged_metrics_label_each_worker_and_keep_families_whole():
+    from engine.app.metrics_merge import merge
+
+    one = ('# HELP engine_x_total X.\n# TYPE engine_x_total counter\n'
+           'engine_x_total{rule="a"} 3.0\n# HELP engine_up Up.\n# TYPE engine_up gauge\n'
+           'engine_up 1.0\n')
+    two = one.replace(" 3.0", " 4.0")
+    text = merge([one, None, two])
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [(s.labels, s.value) for s in families["engine_x"].samples] == [
+        ({"worker": "0", "rule": "a"}, 3.0), ({"worker": "2", "rule": "a"}, 4.0)]
+    assert [(s.labels, s.value) for s in families["engine_up"].samples] == [
+        ({"worker": "0"}, 1.0), ({"worker": "2"}, 1.0)]
+    assert [(s.labels["worker"], s.value) for s in families["engine_worker_up"].samples] == [
+        ("0", 1.0), ("1", 0.0), ("2", 1.0)]
+    assert text.count("# TYPE engine_x_total counter") == 1
