@@ -128,15 +128,39 @@ actions:
     with open(tmp / "engine.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(tmp / "engine.yaml")],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    deadline = time.monotonic() + 30
+    _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz")
+    return proc, f"http://127.0.0.1:{ingest}/in"
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 30) -> None:
+    """Until `url` answers 200 (the server process must keep running)."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1)
-            break
+            urllib.request.urlopen(url, timeout=1)
+            return
         except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "engine not ready"
+            assert time.monotonic() < deadline and proc.poll() is None, f"{url} not ready"
             time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{ingest}/in"
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _serve_load(proc: subprocess.Popen, load: list[str], seconds: float) -> tuple[float, float]:
+    """Run the load process `load` (it prints events/s first) against the
+    server `proc`, then stop the server: (events/s, server CPU seconds)."""
+    try:
+        cpu0 = _cpu_s(proc.pid)
+        out = subprocess.run(load, capture_output=True, text=True, timeout=seconds + 60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout.split()[0]), _cpu_s(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def test_good_stream_under_flood(benchmark, tmp_path):

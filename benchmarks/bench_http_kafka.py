@@ -34,8 +34,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -44,8 +42,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e_kafka import BOOTSTRAP, OTHER, RULES, _admin, _count, _whole_filter  # noqa: E402
-from bench_http_ingest import _free_port, _good_stream  # noqa: E402
-from bench_workers import _cpu_s  # noqa: E402
+from bench_http_ingest import _free_port, _good_stream, _serve_load, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -119,17 +116,6 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-def _wait_ready(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, f"{url} not ready"
-            time.sleep(0.1)
-
-
 def _engine(tmp: Path, topic: str) -> tuple[subprocess.Popen, str]:
     ingest, metrics = _free_port(), _free_port()
     rule = RULES["whole"]
@@ -172,16 +158,7 @@ def _round(which: str, tmp: Path) -> dict[str, float]:
     asyncio.run(_admin(create=[topic]))
     try:
         proc, url = _engine(tmp, topic) if which == "engine" else _alternative(topic)
-        try:
-            cpu0 = _cpu_s(proc.pid)
-            load = subprocess.run([sys.executable, __file__, url, str(SECONDS)],
-                                  capture_output=True, text=True, timeout=SECONDS + 60)
-            assert load.returncode == 0, load.stderr[-2000:]
-            cpu = _cpu_s(proc.pid) - cpu0
-            rate = float(load.stdout.split()[0])
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        rate, cpu = _serve_load(proc, [sys.executable, __file__, url, str(SECONDS)], SECONDS)
         bodies = round(rate * SECONDS / len(ITEMS))
         outputs = asyncio.run(_count(topic, bodies * MATCHES))
     finally:

@@ -22,13 +22,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http_ingest import ITEMS, _engine, _free_port, _good_stream  # noqa: E402
-from bench_workers import _cpu_s  # noqa: E402
+from bench_http_ingest import ITEMS, _engine, _free_port, _good_stream, _serve_load, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -66,28 +63,13 @@ async def _load(url: str, seconds: float) -> float:
 def _bare() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", BARE, str(port)])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            return proc, f"http://127.0.0.1:{port}/in"
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, "bare app not ready"
-            time.sleep(0.1)
+    _wait_ready(proc, f"http://127.0.0.1:{port}/readyz")
+    return proc, f"http://127.0.0.1:{port}/in"
 
 
 def _round(which: str, tmp: Path) -> dict[str, float]:
     proc, url = _engine(tmp) if which == "engine" else _bare()
-    try:
-        cpu0 = _cpu_s(proc.pid)
-        load = subprocess.run([sys.executable, __file__, url, str(SECONDS)],
-                              capture_output=True, text=True, timeout=SECONDS + 60)
-        assert load.returncode == 0, load.stderr[-2000:]
-        cpu = _cpu_s(proc.pid) - cpu0
-        rate = float(load.stdout.split()[0])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    rate, cpu = _serve_load(proc, [sys.executable, __file__, url, str(SECONDS)], SECONDS)
     return {"events_per_s": round(rate), "server_cpu_s": round(cpu, 2),
             "events_per_server_cpu_s": round(rate * SECONDS / cpu) if cpu else 0}
 

@@ -23,23 +23,16 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http_ingest import _free_port, _good_stream  # noqa: E402 - the same load
+from bench_http_ingest import _cpu_s, _free_port, _good_stream, _wait_ready  # noqa: E402 - the same load
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
 RESULTS: dict[int, dict[str, float]] = {}
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -73,14 +66,8 @@ actions:
                                  "--metrics-listen", f"127.0.0.1:{metrics}"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # with --workers the supervisor's /readyz: every worker is ready
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "not ready"
-                time.sleep(0.1)
+        # with --workers the supervisor's /readyz: every worker is ready
+        _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz", 60)
         pids = _children(proc.pid) if workers > 1 else [proc.pid]
         cpu0 = sum(_cpu_s(p) for p in pids)
         load = subprocess.Popen([sys.executable, __file__, f"http://127.0.0.1:{ingest}/in",

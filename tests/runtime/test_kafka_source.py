@@ -36,6 +36,24 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
+async def one_partition(kafka: str, n: int = 1000) -> tuple[str, str, list[bytes]]:
+    """A new one-partition topic holding n messages, and a new group id."""
+    topic = await make_topic(kafka, partitions=1)
+    values = [b'{"n":%d}' % i for i in range(n)]
+    await produce(kafka, topic, values)
+    return topic, f"g-{uuid.uuid4().hex[:8]}", values
+
+
+async def resume(kafka: str, topic: str, group: str, n: int) -> list[bytes]:
+    """The next n messages the group gets (from its committed offsets)."""
+    src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
+    await src.start()
+    try:
+        return await asyncio.wait_for(take(src, n), 30)
+    finally:
+        await src.close()
+
+
 async def test_committed_batches_are_not_consumed_again(kafka):
     topic = await make_topic(kafka)
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -63,10 +81,7 @@ async def test_committed_batches_are_not_consumed_again(kafka):
 
 
 async def test_unacked_batches_are_consumed_again(kafka):
-    topic = await make_topic(kafka, partitions=1)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    values = [b'{"n":%d}' % i for i in range(1000)]
-    await produce(kafka, topic, values)
+    topic, group, values = await one_partition(kafka)
     src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, batch_size=100,
                       **FAST_GROUP)
     await src.start()
@@ -80,22 +95,14 @@ async def test_unacked_batches_are_consumed_again(kafka):
                 break  # "crash": later batches never acked
     finally:
         await src.close()
-    src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
-    await src.start()
-    try:
-        rest = await asyncio.wait_for(take(src, len(values) - acked), 30)
-    finally:
-        await src.close()
+    rest = await resume(kafka, topic, group, len(values) - acked)
     assert rest == values[acked:]  # one partition: exact order, from the commit on
 
 
 async def test_acks_during_a_commit_join_the_next_one(kafka):
     # A commit takes milliseconds; batches acked meanwhile are committed
     # together, by one more commit, and the pipeline never waits for one.
-    topic = await make_topic(kafka, partitions=1)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    values = [b'{"n":%d}' % i for i in range(1000)]
-    await produce(kafka, topic, values)
+    topic, group, values = await one_partition(kafka)
     src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, batch_size=100,
                       **FAST_GROUP)
     commits: list[list[int]] = []
@@ -125,9 +132,4 @@ async def test_acks_during_a_commit_join_the_next_one(kafka):
     assert len(commits) == 2 and commits[1] == [len(values)]
     more = [b'{"m":%d}' % i for i in range(5)]
     await produce(kafka, topic, more)
-    src = KafkaSource(bootstrap_servers=kafka, topics=[topic], group_id=group, **FAST_GROUP)
-    await src.start()
-    try:
-        assert await asyncio.wait_for(take(src, len(more)), 30) == more
-    finally:
-        await src.close()
+    assert await resume(kafka, topic, group, len(more)) == more
