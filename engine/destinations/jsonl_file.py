@@ -59,14 +59,20 @@ class JsonlFileSink(Sink):
             self._fd = None
 
     def _encode(self, records: Sequence[Record]) -> bytes:
-        if self.config.include_metadata:
-            lines = [orjson.dumps({"rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
-                                   "event_time": r.event_time, "payload": r.json_value()})
-                     for r in records]
-        else:
+        if not self.config.include_metadata:
             lines = [r.json_bytes() for r in records]
-        lines.append(b"")
-        return b"\n".join(lines)
+            lines.append(b"")
+            return b"\n".join(lines)
+        # Appended one by one, so each orjson result is freed before the next
+        # is made (kept in a list, each costs a fresh malloc chunk: see
+        # Record.json_bytes).
+        out = bytearray()
+        dumps = orjson.dumps
+        for r in records:
+            out += dumps({"rule_id": r.rule_id, "action_id": r.action_id, "key": r.key,
+                          "event_time": r.event_time, "payload": r.json_value()})
+            out += b"\n"
+        return bytes(out)
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:

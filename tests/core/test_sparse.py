@@ -218,3 +218,13 @@ def test_alibaba_dialect_rules_route_the_same():
         specs = [RuleSpec("r", select, None, dialect="aliyun"),
                  RuleSpec("w", "*", "temp > 30", dialect="aliyun")]
         assert_same_routes(specs, datas)
+
+
+def test_json_bytes_is_the_payload_encoded_small_or_large():
+    # Small outputs are copied out of orjson's buffer (Record.json_bytes);
+    # the bytes are the same either way, on both sides of the size limit.
+    for n in (0, 1, 400, 470, 471, 472, 480, 500, 5000):
+        payload = {"s": "é" * (n // 2) + "x" * (n - n // 2), "n": [1, 2.5, None, True]}
+        rec = Record(payload, "k")
+        assert rec.json_bytes() == orjson.dumps(payload)
+        assert orjson.loads(rec.json_bytes()) == payload
