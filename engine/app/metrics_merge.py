@@ -70,14 +70,14 @@ def merge(texts: list[str | None]) -> str:
 
 
 class MergedEndpoint:
-    """Serves the merged /metrics, /readyz and /healthz of N workers whose
-    endpoints are http://<host>:<port + 1 + i>."""
+    """Serves on host:port the merged /metrics, /readyz and /healthz of the
+    workers whose endpoints are http://<host>:<worker_ports[i]>."""
 
-    def __init__(self, host: str, port: int, n: int) -> None:
-        self.n = n
+    def __init__(self, host: str, port: int, worker_ports: list[int]) -> None:
+        self.n = n = len(worker_ports)
         peer = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host.strip("[]")
         peer = f"[{peer}]" if ":" in peer else peer
-        self.urls = [f"http://{peer}:{port + 1 + i}" for i in range(n)]
+        self.urls = [f"http://{peer}:{p}" for p in worker_ports]
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="metrics-scrape")
         endpoint = self
 

@@ -69,17 +69,27 @@ def check_sources(config: Any) -> str | None:
     return None
 
 
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host, int(port)
+
+
+def worker_port(port: int, index: int) -> int:
+    """Worker `index`'s metrics port when the configured one is `port` (the
+    supervisor's merged endpoint)."""
+    return port + 1 + index
+
+
 def for_worker(config: Any, index: int) -> Any:
     """The configuration of worker `index`: its own state directory and
-    metrics port (the configured port + 1 + index, the configured one being
-    the supervisor's merged endpoint; 0 stays 0)."""
+    metrics port (`worker_port`; port 0 stays 0)."""
     update: dict[str, Any] = {"worker": config.worker.model_copy(update={
         "state_dir": os.path.join(config.worker.state_dir, f"worker-{index}")})}
     if config.metrics is not None:
-        host, _, port = config.metrics.listen.rpartition(":")
-        if int(port):
+        host, port = _host_port(config.metrics.listen)
+        if port:
             update["metrics"] = config.metrics.model_copy(
-                update={"listen": f"{host}:{int(port) + 1 + index}"})
+                update={"listen": f"{host}:{worker_port(port, index)}"})
     return config.model_copy(update=update)
 
 
@@ -173,16 +183,16 @@ class Supervisor:
 def supervise(files: Sequence[str], extra_args: Sequence[str], n: int,
               shutdown_timeout: float, metrics_listen: str | None = None) -> int:
     """Run N workers; with `metrics_listen` (HOST:PORT, PORT not 0) serve
-    their metrics merged there (the workers use PORT + 1 + i)."""
+    their metrics merged there (the workers use `worker_port`)."""
     from engine.app.metrics_merge import MergedEndpoint
 
     argv = [sys.executable, "-m", "engine", "run", *extra_args, "--", *files]
     endpoint = None
     if metrics_listen is not None:
-        host, _, port = metrics_listen.rpartition(":")
-        if int(port):
+        host, port = _host_port(metrics_listen)
+        if port:
             try:
-                endpoint = MergedEndpoint(host, int(port), n)
+                endpoint = MergedEndpoint(host, port, [worker_port(port, i) for i in range(n)])
             except OSError as e:
                 log.error("cannot serve the merged metrics on %s: %s", metrics_listen, e)
                 return 1

@@ -256,8 +256,7 @@ class ActionRunner:
             for i in range(0, len(records), self.batch_size):
                 await self._deliver(records[i:i + self.batch_size], deadline, previous)
                 previous = None  # its turn came before the first batch's outcome
-            if previous is not None and not previous.done():
-                await previous
+            await _after(previous)
             now = time.monotonic()
             for p in parcels:
                 self._latency.observe(now - p.received_at)
