@@ -265,7 +265,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """The forwarding worker: runs until its sources end or SIGTERM/SIGINT."""
     from engine.app.main import run_sync, serve
     from engine.runtime.status import StatusReporter, setup_logging
-    from engine.runtime.worker import Worker
+    from engine.runtime.worker import Worker, WorkerOptions
 
     setup_logging(args.log_format, args.log_level)
     config = _load_for("run", args.files)
@@ -302,6 +302,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             extra += ["--state-dir", args.state_dir]
         return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout,
                                     config.metrics.listen if config.metrics else None)
+    # Backlogs a different number of workers left under this state directory.
+    adopt = supervisor.stranded_backlogs(config.worker.state_dir, index,
+                                         supervisor.worker_count())
     if index is not None:
         base, i = overrides, index
 
@@ -321,9 +324,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if config.api is not None:  # the management API in this worker
             from engine.app.managed import run_with_api
 
-            worker = await run_with_api(config, status, config_paths=args.files)
+            worker = await run_with_api(config, status, config_paths=args.files,
+                                        options=WorkerOptions(adopt_backlogs=adopt))
         else:
-            worker = Worker.from_config(config, config_paths=args.files)
+            worker = Worker.from_config(config, config_paths=args.files,
+                                        options=WorkerOptions(adopt_backlogs=adopt))
             if index is not None:
                 supervisor.share_ports(worker.sources)
             await serve(worker, status(worker))

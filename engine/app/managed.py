@@ -32,7 +32,7 @@ from engine.config.limits import ApiLimits
 from engine.config.models import parse_listen
 from engine.runtime.reloader import RuleFiles
 from engine.runtime.status import StatusReporter
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 from engine.sources.listen import start_site
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,11 @@ class StoreConfig:
 
 async def run_with_api(config: EngineConfig,
                        status: Callable[[Worker], StatusReporter | None],
-                       config_paths: Sequence[str] | None = None) -> Worker:
+                       config_paths: Sequence[str] | None = None,
+                       options: WorkerOptions | None = None) -> Worker:
     """Run a worker for `config` (which has an `api:` section) with the
     management API, until its sources end or SIGTERM/SIGINT. Returns the
-    stopped worker."""
+    stopped worker. `options`: see `Worker.from_config`."""
     api = config.api
     assert api is not None
     async with open_store(api.storage) as store:
@@ -106,7 +107,8 @@ async def run_with_api(config: EngineConfig,
             files = RuleFiles(config_paths or (), config)
             worker = Worker.from_config(await effective_config(config, store),
                                         provider=StoreConfig(files, store),
-                                        extra_sources=[RegistryEvents(store)])
+                                        extra_sources=[RegistryEvents(store)],
+                                        options=options)
             runner = ApiRunner(create_app(api, store, ApiLimits.from_config(api.limits),
                                                metrics=WorkerMetrics(worker),
                                                broker=republish_broker(config)))

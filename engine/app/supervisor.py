@@ -21,7 +21,8 @@ state directory `<worker.state_dir>/worker-<i>` (the backlog is locked per
 directory) and the metrics endpoint the configured port + 1 + i (port 0
 stays 0: any free port), composed on top of `--metrics-listen`/`--state-dir`;
 the supervisor serves the configured port itself, every worker's metrics
-merged (engine.app.metrics_merge).
+merged (engine.app.metrics_merge). Backlogs a different number of workers
+left behind are taken over at start (`stranded_backlogs`).
 Other sources are not divided (MQTT without `shared_group`: every worker
 would receive every message; device_api: its device registry and
 connections live in one process), so the supervisor refuses them.
@@ -42,6 +43,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENV_INDEX = "ENGINE_WORKER_INDEX"
+ENV_COUNT = "ENGINE_WORKERS"
 SHARED_SOURCES = ("kafka", "http", "mqtt")  # sources N workers can divide between them
 _RESTART_MIN, _RESTART_MAX, _STABLE_S = 1.0, 30.0, 60.0
 _PR_SET_PDEATHSIG = 1
@@ -51,6 +53,38 @@ def worker_index() -> int | None:
     """This process's index when a supervisor started it, else None."""
     v = os.environ.get(ENV_INDEX)
     return int(v) if v is not None else None
+
+
+def worker_count() -> int:
+    """How many workers the supervisor that started this process runs (1: none)."""
+    return int(os.environ.get(ENV_COUNT, "1"))
+
+
+def worker_state_dir(root: str, index: int) -> str:
+    return os.path.join(root, f"worker-{index}")
+
+
+def stranded_backlogs(root: str, index: int | None, n: int) -> tuple[str, ...]:
+    """The backlogs under the state directory `root` that no process of
+    this layout opens, which worker `index` of `n` (None: a single process
+    using `root` itself) takes over: a single process takes every worker's;
+    worker 0 the single process's; worker i those of workers j >= n with
+    j % n == i. So going from N workers to fewer, or to or from one process,
+    strands nothing a backlog held."""
+    found: list[tuple[int, str]] = []
+    if index == 0:
+        found.append((-1, os.path.join(root, "backlog.db")))
+    try:
+        names = os.listdir(root)
+    except OSError:  # no state directory yet
+        names = []
+    for name in names:
+        prefix, _, j = name.partition("-")
+        if prefix != "worker" or not j.isdigit():
+            continue
+        if index is None or (int(j) >= n and int(j) % n == index):
+            found.append((int(j), os.path.join(root, name, "backlog.db")))
+    return tuple(path for _, path in sorted(found) if os.path.exists(path))
 
 
 def check_sources(config: Any) -> str | None:
@@ -84,7 +118,7 @@ def for_worker(config: Any, index: int) -> Any:
     """The configuration of worker `index`: its own state directory and
     metrics port (`worker_port`; port 0 stays 0)."""
     update: dict[str, Any] = {"worker": config.worker.model_copy(update={
-        "state_dir": os.path.join(config.worker.state_dir, f"worker-{index}")})}
+        "state_dir": worker_state_dir(config.worker.state_dir, index)})}
     if config.metrics is not None:
         host, port = _host_port(config.metrics.listen)
         if port:
@@ -122,7 +156,7 @@ class Supervisor:
         self._stopping = False
 
     def _start(self, i: int) -> None:
-        env = {**os.environ, ENV_INDEX: str(i)}
+        env = {**os.environ, ENV_INDEX: str(i), ENV_COUNT: str(self.n)}
         p = self.procs[i] = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
         self._started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, p.pid)

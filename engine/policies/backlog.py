@@ -58,6 +58,12 @@ records would overtake its older ones.
 `append` raises (sqlite3.Error / OSError) only when the database cannot be
 written; nothing was stored then and the caller must keep the records.
 
+Changing the number of workers (`engine run --workers`, one state
+directory each) leaves backlogs no worker opens: `Backlog(..., adopt=paths)`
+moves their entries into its own at `open` (see `stranded_backlogs` in
+engine.app.supervisor for who takes which), so they are delivered, not
+stranded.
+
 `Backlog.in_memory(dead_letters)` is the same backlog in an in-memory
 database (no file, no lock, gone with the process): what an action runner
 built without a backlog uses (tests, embedded use), so there is one
@@ -68,6 +74,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -99,6 +106,8 @@ EXPIRE_CHUNK = 2000   # rows dead-lettered per store write while expiring
 IN_CHUNK = 500        # seqs per DELETE ... IN (...) statement
 
 DEFAULT_POLICY = BacklogPolicy(policy_id="default")
+
+log = logging.getLogger(__name__)
 
 
 class BacklogInUse(OSError):
@@ -173,8 +182,12 @@ def _decode(blob: bytes) -> Record:
 class Backlog:
     def __init__(self, path: str, dead_letters: DeadLetterWriter,
                  policies: Iterable[BacklogPolicy] = (), *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, adopt: Sequence[str] = ()) -> None:
+        """`adopt`: backlog databases no process opens any more (left by a
+        different number of workers); `open` moves their entries into this
+        one and deletes them."""
         self.path = path
+        self.adopt = list(adopt)
         self.dead_letters = dead_letters
         self.policies = list(policies)
         self.clock = clock
@@ -352,12 +365,65 @@ class Backlog:
             raise sqlite3.OperationalError(f"{self.path}: cannot use WAL mode (got {mode})")
         db.execute("PRAGMA synchronous=FULL")  # see the module docstring
         db.executescript(SCHEMA)
+        for other in self.adopt:
+            self._take_over(db, other)
         rows = db.execute("SELECT action_id, count(*), sum(size) FROM backlog "
                           "GROUP BY action_id").fetchall()
         for action_id, count, nbytes in rows:
             self._account(action_id, count, nbytes)
         self._next_seq = (db.execute("SELECT max(seq) FROM backlog").fetchone()[0] or 0) + 1
         self._db = db
+
+    @staticmethod
+    def _take_over(db: sqlite3.Connection, other: str) -> None:
+        """Move the entries of the backlog database `other` behind this one's
+        (their order kept), in one committed transaction, then delete
+        `other`. A crash between the two leaves the entries in both, to be
+        delivered twice rather than never. Skipped when a process holds it."""
+        if not os.path.exists(other):
+            return
+        fd = os.open(other + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("backlog %s is in use by another process: not taken over", other)
+                return
+            try:
+                db.execute("ATTACH DATABASE ? AS stranded", (other,))
+                found = db.execute("SELECT 1 FROM stranded.sqlite_master WHERE type = "
+                                   "'table' AND name = 'backlog'").fetchone()
+            except sqlite3.DatabaseError as e:  # not a database: keep it, say which
+                try:
+                    db.execute("DETACH DATABASE stranded")
+                except sqlite3.Error:
+                    pass
+                raise sqlite3.DatabaseError(f"cannot take over the backlog {other}: {e} "
+                                            "(move it away to start without it)") from None
+            try:
+                moved = 0
+                if found:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        top = db.execute("SELECT coalesce(max(seq), 0) FROM main.backlog"
+                                         ).fetchone()[0]
+                        moved = db.execute(
+                            "INSERT INTO main.backlog SELECT action_id, seq + ?, stored, size, "
+                            "record FROM stranded.backlog", (top,)).rowcount
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+            finally:
+                db.execute("DETACH DATABASE stranded")
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                try:
+                    os.unlink(other + suffix)
+                except FileNotFoundError:
+                    pass
+            log.info("took over %d backlog entries from %s", moved, other)
+        finally:
+            os.close(fd)
 
     def _insert(self, action_id: str, records: Sequence[Record], now: float) -> None:
         blobs = [_encode(r) for r in records]

@@ -90,12 +90,13 @@ def split_routes(rule_ids: Sequence[str], runners: Sequence[ActionRunner]
     return routes, errors
 
 
-def durable_state(config: EngineConfig, deliver: bool = True
+def durable_state(config: EngineConfig, deliver: bool = True, adopt: Sequence[str] = ()
                   ) -> tuple[DeadLetters, Backlog | None]:
     """The dead-letter store and the backlog of a delivering worker. Without
     `dead_letter:` the dead letters go to a file in `worker.state_dir` rather
     than nowhere: nothing the engine accepted is dropped silently. A dry run
-    (`deliver=False`) has no backlog and touches no state directory."""
+    (`deliver=False`) has no backlog and touches no state directory.
+    `adopt`: other backlogs the backlog takes over when it opens."""
     if not deliver:
         return dead_letters_from_config(config.dead_letter), None
     state_dir = config.worker.state_dir
@@ -107,5 +108,5 @@ def durable_state(config: EngineConfig, deliver: bool = True
     else:
         dead_letters = dead_letters_from_config(config.dead_letter)
     backlog = Backlog(os.path.join(state_dir, "backlog.db"), dead_letters,
-                      config.backlog_policies)
+                      config.backlog_policies, adopt=adopt)
     return dead_letters, backlog

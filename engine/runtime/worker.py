@@ -76,6 +76,9 @@ class WorkerOptions:
     """Seconds between polls of the rule files (`ENGINE_RELOAD_POLL`); 0: SIGHUP only."""
     drain_backlog_at_end: bool = False
     """Once the sources ended, wait for the backlog to drain (`engine replay`)."""
+    adopt_backlogs: tuple[str, ...] = ()
+    """Backlog databases of other state directories to take over at start
+    (left by a different number of workers; `Backlog(adopt=...)`)."""
 
 
 class Worker:
@@ -139,7 +142,7 @@ class Worker:
         if options is None:
             options = WorkerOptions(deliver=actions, serve_metrics=serve_metrics)
         metrics = metrics or Metrics()
-        dead_letters, backlog = durable_state(config, options.deliver)
+        dead_letters, backlog = durable_state(config, options.deliver, options.adopt_backlogs)
         flow = FlowControl(config.flowcontrol_policies)
         specs = runner_specs(config, options.deliver)
         runners = [make_runner(spec, metrics, dead_letters, flow, backlog)

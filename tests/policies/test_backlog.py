@@ -391,3 +391,76 @@ async def test_throughput_figures(tmp_path, dead):
         assert b.size("a1") == (0, 0)
     finally:
         await b.close()
+
+
+async def test_take_over_moves_a_stranded_backlog_behind_its_own(tmp_path, dead, caplog):
+    # What a worker left (a different number of workers now): its entries
+    # move into this backlog, in their order, after this one's; its file goes.
+    stranded, own = tmp_path / "w1" / "backlog.db", tmp_path / "backlog.db"
+    stranded.parent.mkdir()
+    b = await opened(stranded, dead, actions=[("a1", "r1", HTTP), ("a2", "r1", HTTP)])
+    await b.append("a1", records(5))
+    await b.append("a2", records(2, action_id="a2"))
+    await b.close()
+    b = await opened(own, dead)
+    await b.append("a1", records(2, start=100))
+    await b.close()
+
+    caplog.set_level("INFO", logger="engine.policies.backlog")
+    b = Backlog(str(own), dead, adopt=[str(stranded), str(tmp_path / "none" / "backlog.db")])
+    b.add_action("a1", "r1", HTTP)
+    b.add_action("a2", "r1", HTTP)
+    await b.open()
+    try:
+        assert [r.payload["i"] for _, r in await b.peek("a1", 10)] == [100, 101, 0, 1, 2, 3, 4]
+        assert [r.action_id for _, r in await b.peek("a2", 10)] == ["a2", "a2"]
+        assert b.size("a1") == (7, nbytes(records(2, start=100)) + nbytes(records(5)))
+        assert not any(stranded.parent.iterdir())  # db, wal, shm and lock: all gone
+        assert f"took over 7 backlog entries from {stranded}" in caplog.text
+        await b.append("a1", records(1, start=200))  # the sequence continues after them
+        assert [r.payload["i"] for _, r in await b.peek("a1", 10)][-1] == 200
+    finally:
+        await b.close()
+
+
+async def test_take_over_of_a_backlog_killed_mid_append(tmp_path, dead):
+    # kill -9 leaves the committed entries in the WAL: they are taken over too.
+    stranded = tmp_path / "stranded.db"
+    acked = await asyncio.to_thread(_run_and_kill, stranded, 1000)
+    b = Backlog(str(tmp_path / "own.db"), dead, adopt=[str(stranded)])
+    b.add_action("a1", "r1", HTTP)
+    await b.open()
+    try:
+        count, _ = b.size("a1")
+        assert acked <= count <= acked + 100
+        assert [r.payload["i"] for _, r in await b.peek("a1", count + 1)] == list(range(count))
+        assert not stranded.exists()
+    finally:
+        await b.close()
+
+
+async def test_a_backlog_in_use_is_not_taken_over(tmp_path, dead, caplog):
+    other = await opened(tmp_path / "other.db", dead)
+    await other.append("a1", records(3))
+    try:
+        b = Backlog(str(tmp_path / "own.db"), dead, adopt=[str(tmp_path / "other.db")])
+        b.add_action("a1", "r1", HTTP)
+        await b.open()
+        try:
+            assert b.size("a1") == (0, 0)
+        finally:
+            await b.close()
+        assert other.size("a1")[0] == 3 and len(await other.peek("a1", 10)) == 3
+        assert "in use by another process: not taken over" in caplog.text
+    finally:
+        await other.close()
+
+
+async def test_a_stranded_file_that_is_no_backlog_stops_the_start_naming_it(tmp_path, dead):
+    bad = tmp_path / "worker-1.db"
+    bad.write_bytes(b"not a database at all, but somebody's file" * 100)
+    b = Backlog(str(tmp_path / "own.db"), dead, adopt=[str(bad)])
+    with pytest.raises(Exception, match=f"cannot take over the backlog {bad}: .*move it away"):
+        await b.open()
+    await b.close()
+    assert bad.read_bytes().startswith(b"not a database")

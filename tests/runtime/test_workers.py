@@ -4,8 +4,10 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import aiohttp
@@ -15,8 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.app import supervisor
 from engine.config import validate_config_dict
 from engine.sources.simulator import SimulatorSource
+from tests.reliability.support import HttpReceiverProcess, duplicates
 from tests.runtime.e2e import ENGINE, EngineProcess, free_port, wait_ready, write_config
 from tests.runtime.test_cli import RULE, expected_status, file_action
+from tests.runtime.test_reload import event
 
 
 def three_free_ports() -> int:
@@ -171,3 +175,82 @@ def test_merged_metrics_label_each_worker_and_keep_families_whole():
     assert [(s.labels["worker"], s.value) for s in families["engine_worker_up"].samples] == [
         ("0", 1.0), ("1", 0.0), ("2", 1.0)]
     assert text.count("# TYPE engine_x_total counter") == 1
+
+
+def test_stranded_backlogs_are_taken_over_by_exactly_one_process(tmp_path):
+    root = tmp_path / "state"
+    for d in ("", "worker-0", "worker-1", "worker-2", "worker-3", "worker-x"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / "backlog.db").touch()
+    (root / "worker-4").mkdir()  # no backlog in it
+
+    def taken(index, n):
+        return [str(Path(p).relative_to(root)) for p in
+                supervisor.stranded_backlogs(str(root), index, n)]
+
+    # One process after N workers: all of theirs.
+    assert taken(None, 1) == [f"worker-{i}/backlog.db" for i in range(4)]
+    # 2 workers after 4 (or after one process): each backlog goes to one of them.
+    assert taken(0, 2) == ["backlog.db", "worker-2/backlog.db"]
+    assert taken(1, 2) == ["worker-3/backlog.db"]
+    # As many workers as before: worker 0 takes only the single process's.
+    assert taken(0, 4) == ["backlog.db"] and taken(3, 4) == []
+    assert supervisor.stranded_backlogs(str(tmp_path / "missing"), None, 1) == ()
+
+
+def backlog_rows(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT count(*) FROM backlog").fetchone()[0]
+
+
+async def test_fewer_workers_deliver_what_the_others_left_in_their_backlogs(tmp_path):
+    # 2 workers, destination down: what they accepted waits in their two
+    # backlogs. One process after them (destination up) delivers all of it.
+    rx = HttpReceiverProcess(tmp_path)  # not started: the destination is down
+    http_port, metrics = free_port(), three_free_ports()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
+        "metrics": {"listen": f"127.0.0.1:{metrics}"},
+        "worker": {"state_dir": str(state), "shutdown_timeout": 2},
+        "rules": [{"rule_id": "messages",
+                   "subject": {"resource": "device.message", "event": "report"},
+                   "select": "notify_data.body.content.seq AS seq",
+                   "where": "notify_data.body.content.v > 3"}],
+        "actions": [{"action_id": "push", "rule_id": "messages", "channel": "HTTP_FORWARDING",
+                     "channel_detail": {"http_forwarding": {"url": rx.url, "timeout_s": 2}}}]})
+    url = f"http://127.0.0.1:{http_port}/in"
+    try:
+        with EngineProcess(config, "--workers", "2",
+                           stderr_file=tmp_path / "two.log") as engine:
+            await wait_ready(metrics, engine)
+            async with aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(force_close=True)) as s:
+                for first in range(0, 2000, 100):  # a connection each: both workers get some
+                    body = b"\n".join(event(i) for i in range(first, first + 100))
+                    async with s.post(url, data=body) as r:
+                        assert (r.status, await r.json()) == (200, {"accepted": 100})
+            code, err = engine.stop(timeout=60)
+        assert code == 0, err
+        held = [backlog_rows(state / f"worker-{i}" / "backlog.db") for i in range(2)]
+        assert sum(held) == 1000 and min(held) > 0, held
+
+        rx.start()
+        single = free_port()
+        with EngineProcess(config, "--metrics-listen", f"127.0.0.1:{single}",
+                           stderr_file=tmp_path / "one.log") as engine:
+            await wait_ready(single, engine)
+            deadline = time.monotonic() + 60
+            while len(rx.seqs()) < 1000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            code, err = engine.stop(timeout=60)
+        assert code == 0, err
+    finally:
+        rx.kill()
+    seqs = rx.seqs()
+    assert sorted(seqs) == list(range(0, 2000, 2)) and duplicates(seqs) == 0
+    for i in range(2):
+        assert f"took over {held[i]} backlog entries from {state}/worker-{i}/backlog.db" in err
+        assert not (state / f"worker-{i}" / "backlog.db").exists()
+    assert backlog_rows(state / "backlog.db") == 0
