@@ -74,7 +74,7 @@ class Body:
         if self.kind == "array":
             items, self.pos = _core.json_array_items(self.data, self.pos, max_items)
             return items
-        items, self.pos = _lines(self.data, self.pos, max_items)
+        items, self.pos = _core.ndjson_lines(self.data, self.pos, max_items)
         self.count += len(items)
         return items
 
@@ -129,20 +129,6 @@ def _skip_ws(data: bytes, pos: int) -> int:
     while pos < n and data[pos] in _WS:
         pos += 1
     return pos if pos < n else -1
-
-
-def _lines(data: bytes, pos: int, max_items: int) -> tuple[list[bytes], int]:
-    out: list[bytes] = []
-    n = len(data)
-    while pos < n and len(out) < max_items:
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            nl = n
-        line = data[pos:nl].strip()
-        if line:
-            out.append(line)
-        pos = nl + 1
-    return out, (pos if pos < n else -1)
 
 
 def _scalar(first: int) -> str:

@@ -2,7 +2,10 @@ import asyncio
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from engine import _core
 from engine.sources.http import BodyError, HttpSource, read_body, split_body
 
 OBJ = b'{"resource": "device", "event": "delete", "notify_data": {}}'
@@ -37,6 +40,33 @@ def test_bodies_are_taken_in_batches():
     while not lines.exhausted:
         sizes.append(len(lines.take(500)))
     assert sizes == [500, 500, 1] and lines.count == 1001
+
+
+def _lines_by_python(data: bytes, pos: int, max_items: int) -> tuple[list[bytes], int]:
+    """The definition ndjson_lines (the core) must agree with."""
+    out: list[bytes] = []
+    while pos < len(data) and len(out) < max_items:
+        nl = data.find(b"\n", pos)
+        nl = len(data) if nl < 0 else nl
+        if line := data[pos:nl].strip():
+            out.append(line)
+        pos = nl + 1
+    return out, (pos if pos < len(data) else -1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"{}", b'{"a": "x y"}', b" ", b"\t", b"\r", b"\x0b",
+                                 b"\x0c", b"\n", b"\n\n", b"\xc3\xa9", b"\x00"]), max_size=30),
+       st.integers(1, 5))
+def test_ndjson_lines_are_pythons_strip_of_each_line(parts, per_take):
+    data = b"".join(parts)
+    pos, wpos, got = 0, 0, []
+    while pos >= 0:
+        lines, pos = _core.ndjson_lines(data, pos, per_take)
+        wlines, wpos = _lines_by_python(data, wpos, per_take)
+        assert (lines, pos) == (wlines, wpos)
+        got += lines
+    assert got == [x for x in (p.strip() for p in data.split(b"\n")) if x]
 
 
 @pytest.mark.parametrize("body", [b"", b"  \n", b"{oops", b"{not json}", b"nope\nnever", b"42",
