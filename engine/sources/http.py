@@ -253,13 +253,34 @@ class HttpSource(Source):
             self._runner = None
 
     async def batches(self) -> AsyncIterator[Batch]:
-        while (req := await self._queue.get()) is not None:
-            body = req.body
-            while not body.exhausted and not req.given_up:
-                items = body.take(self.batch_size)
-                # Acks come in order: the last batch's ack means all are processed.
-                ack = _acker(req) if body.exhausted else _no_ack
-                yield Batch(items, ack, req.received_at)
+        """Up to `batch_size` items a batch: a large body is cut into several,
+        and the bodies of requests already queued behind one go into the same
+        batch (under load, many small bodies make few batches, so the
+        per-batch work and the destinations' writes are not per request).
+        Acks come in order: a batch's ack answers every request whose last
+        item it holds."""
+        req = await self._queue.get()
+        while req is not None:
+            items: list[bytes] = []
+            ended: list[_Request] = []
+            received_at = req.received_at
+            while True:
+                body = req.body
+                if not req.given_up:  # answered already: take nothing more of it
+                    items.extend(body.take(self.batch_size - len(items)))
+                if not (body.exhausted or req.given_up):
+                    break  # the batch is full; this body goes on in the next one
+                ended.append(req)
+                if len(items) >= self.batch_size or self._queue.empty():
+                    req = None
+                    break
+                req = self._queue.get_nowait()
+                if req is None:  # stop() after these requests
+                    yield Batch(items, _acker(ended), received_at)
+                    return
+            yield Batch(items, _acker(ended) if ended else _no_ack, received_at)
+            if req is None:
+                req = await self._queue.get()
 
     def _refuse(self) -> web.Response:
         self.unauthorized += 1
@@ -321,8 +342,9 @@ async def _no_ack() -> None:
     return None
 
 
-def _acker(req: _Request):
+def _acker(ended: list[_Request]):
     async def ack() -> None:
-        req.finish(True)
+        for req in ended:
+            req.finish(True)
 
     return ack

@@ -100,6 +100,34 @@ async def test_answer_comes_only_after_the_ack(source):
         assert await resp.json() == {"accepted": 2}
 
 
+async def test_queued_bodies_share_batches_and_each_is_answered_with_its_last_item():
+    src = HttpSource(listen="127.0.0.1:0", path="/in", batch_size=5, timeout=5)
+    await src.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            posts = []
+            for name in "abc":  # queued one after the other, before any batch is taken
+                posts.append(asyncio.create_task(
+                    s.post(src.url, data=f'[{{"{name}":1}},{{"{name}":2}}]'.encode())))
+                while src._queue.qsize() < len(posts):
+                    await asyncio.sleep(0.01)
+            it = src.batches().__aiter__()
+            first = await asyncio.wait_for(it.__anext__(), 2)
+            assert first.items == [b'{"a":1}', b'{"a":2}', b'{"b":1}', b'{"b":2}', b'{"c":1}']
+            await first.ack()
+            assert [(await p).status for p in posts[:2]] == [200, 200]
+            await asyncio.sleep(0.1)
+            assert not posts[2].done()  # its second item is not processed yet
+            second = await asyncio.wait_for(it.__anext__(), 2)
+            assert second.items == [b'{"c":2}']
+            await second.ack()
+            resp = await asyncio.wait_for(posts[2], 2)
+            assert (resp.status, await resp.json()) == (200, {"accepted": 2})
+    finally:
+        src.stop()
+        await src.close()
+
+
 async def test_malformed_body_is_400_with_reason(source):
     async with aiohttp.ClientSession() as s:
         resp = await s.post(source.url, data=b"{not json")
@@ -111,7 +139,9 @@ async def test_backpressure_429_then_503_on_stop(source):
     async with aiohttp.ClientSession() as s:
         pending = [asyncio.create_task(s.post(source.url, data=OBJ)) for _ in range(2)]
         it = source.batches().__aiter__()
-        batches = [await asyncio.wait_for(it.__anext__(), 2) for _ in range(2)]
+        batches = []  # one, or two when the second came after the first was taken
+        while sum(len(b.items) for b in batches) < 2:
+            batches.append(await asyncio.wait_for(it.__anext__(), 2))
         resp = await s.post(source.url, data=OBJ)
         assert resp.status == 429 and resp.headers["Retry-After"]
         for b in batches:
