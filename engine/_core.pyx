@@ -84,6 +84,7 @@ cdef class AppIs(Cond):
 include "_projection.pxi"
 include "_rawbytes.pxi"
 include "_sparse.pxi"
+include "_routing.pxi"
 
 
 # ---------------------------------------------------------------- rules

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.destinations.base import Record
+from engine._core import route_records
 from engine.runtime.actions import ActionRunner, Parcel
 from engine.runtime.deadletter import DeadLetters, raw_text
 from engine.runtime.metrics import Metrics
@@ -180,38 +180,11 @@ class Pipeline:
         # and the record key and time of each matched event.
         results = gen.ruleset.route_raw_many(items)
         self.metrics.rules.count_kinds(gen.ruleset.take_kinds())
-        routes = gen.routes
-        per_action: dict[ActionRunner, list[Record]] = {}
-        matched: dict[str, int] = {}
-        fanned: dict[str, int] = {}   # FOREACH: outputs beyond one per matched event
-        malformed: list[dict[str, Any]] = []
-        for raw, res in zip(items, results, strict=True):
-            if res is None:
-                continue
-            if type(res) is not tuple:  # a MalformedEvent
-                malformed.append({"reason": res.reason, "source": source,
-                                  "payload": raw_text(raw)})
-                continue
-            event, key, event_time, matches = res
-            for rule, output in matches:
-                matched[rule] = matched.get(rule, 0) + 1
-                if type(output) is list:   # FOREACH: a record per output
-                    fanned[rule] = fanned.get(rule, 0) + len(output) - 1
-                    for one in output:
-                        for runner in routes.get(rule, ()):
-                            rec = Record(one, key, event_time, rule, runner.action_id, None)
-                            per_action.setdefault(runner, []).append(rec)
-                    continue
-                if type(output) is bytes:  # the input, forwarded as it arrived
-                    payload, exact = event, output
-                else:
-                    payload, exact = output, None
-                for runner in routes.get(rule, ()):
-                    rec = Record(payload, key, event_time, rule, runner.action_id, exact)
-                    if runner in per_action:
-                        per_action[runner].append(rec)
-                    else:
-                        per_action[runner] = [rec]
+        # Every output becomes a Record per action of its rule (compiled: it
+        # runs per match and action).
+        per_action, matched, fanned, bad = route_records(items, results, gen.routes)
+        malformed = [{"reason": reason, "source": source, "payload": raw_text(raw)}
+                     for raw, reason in bad]
         self._count(source, len(items), len(malformed), matched)
         if fanned:
             self.metrics.rules.count_fanned(fanned)

@@ -274,3 +274,34 @@ async def test_select_star_forwards_the_input_bytes_unchanged(tmp_path):
     assert len(lines) == 2 and all(line.endswith(b'"payload":' + EXACT + b"}") for line in lines)
     t = w.metrics.totals
     assert (t.received, t.matched, t.forwarded, t.inflight) == (3, 4, 6, 0)
+
+
+def test_route_records_makes_one_record_per_output_and_action():
+    from engine._core import Record, route_records
+
+    class Runner:
+        def __init__(self, action_id):
+            self.action_id = action_id
+
+    a, b, c = Runner("a"), Runner("b"), Runner("c")
+    raw = [b'{"i":0}', b"{oops", b'{"i":2}', b'{"i":3}']
+    results = [
+        ({"i": 0}, "d0", "t0", [("one", {"x": 0}), ("fan", [{"y": 1}, {"y": 2}])]),
+        type("Malformed", (), {"reason": "not JSON"})(),
+        None,
+        (None, "d3", None, [("whole", raw[3]), ("unrouted", {"z": 3}), ("fan", [])]),
+    ]
+    per, matched, fanned, bad = route_records(raw, results, {
+        "one": (a, b), "fan": (c,), "whole": (a,)})
+    assert list(per) == [a, b, c]  # in the order their first record came
+    assert per[a] == [Record({"x": 0}, "d0", "t0", "one", "a"),
+                      Record(None, "d3", None, "whole", "a", raw[3])]
+    assert per[a][1].raw is raw[3] and per[a][1].payload == {"i": 3}  # decoded when read
+    assert per[b] == [Record({"x": 0}, "d0", "t0", "one", "b")]
+    assert per[c] == [Record({"y": 1}, "d0", "t0", "fan", "c"),
+                      Record({"y": 2}, "d0", "t0", "fan", "c")]
+    assert matched == {"one": 1, "fan": 2, "whole": 1, "unrouted": 1}
+    assert fanned == {"fan": 1 + -1}  # 2 outputs for one event, none for another
+    assert bad == [(b"{oops", "not JSON")]
+    with pytest.raises(ValueError, match="2 inputs but 1 results"):
+        route_records(raw[:2], results[:1], {})
