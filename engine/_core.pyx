@@ -41,6 +41,7 @@ cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
     void* memchr(const void* s, int c, size_t n) nogil
     int memcmp(const void* a, const void* b, size_t n) nogil
+    void* memcpy(void* dst, const void* src, size_t n) nogil
 
 # The module is one extension built from several files by role (as asyncpg
 # does): values, nodes, functions, projection, raw bytes; the rule set is here.
@@ -85,6 +86,7 @@ include "_projection.pxi"
 include "_rawbytes.pxi"
 include "_sparse.pxi"
 include "_routing.pxi"
+include "_kafka.pxi"
 
 
 # ---------------------------------------------------------------- rules

@@ -2,10 +2,12 @@
 
 acks=all; the record key (the device id) is the message key, so one device's
 events land on one partition in order. A write() builds the record batches
-itself (aiokafka's batch API): its records are grouped by the partition
-aiokafka's default partitioner picks for the key, packed into batches of up
-to max_batch_bytes (optional compression), and the batches of one partition
-are queued in order. A record succeeds when its batch is acknowledged.
+itself and queues them with aiokafka's batch API: its records are grouped by
+the partition aiokafka's default partitioner picks for the key, packed into
+batches of up to max_batch_bytes, and the batches of one partition are
+queued in order. Uncompressed, the core encodes the batches (kafka_batches,
+~0.3 us a record against ~0.8-1.2 through aiokafka's builder); compressed,
+aiokafka's builder does. A record succeeds when its batch is acknowledged.
 The batches are closed before they are queued, so they go out at once
 (linger_ms does not delay them). The idempotent producer is not enabled
 (several Kafka-wire brokers do not implement it), so a retried batch can
@@ -18,12 +20,14 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
+from engine._core import kafka_batches
 from engine.destinations.base import Failure, Record, Sink, SinkError, Unavailable, WriteResult
 from engine.destinations.common import SupportPrivateLinkNetAddress, _Model, client_ssl_context
 from engine.destinations.registry import register
@@ -133,6 +137,45 @@ def _failure(e: BaseException) -> Failure:
     if isinstance(e, Exception):
         return Failure(f"Kafka error: {type(e).__name__}: {e}", True)
     raise e
+
+
+def _too_large(size: int) -> Failure:
+    from aiokafka import errors as kafka_errors
+
+    return _failure(kafka_errors.MessageSizeTooLargeError(
+        f"The message is {size} bytes when serialized which is larger than the maximum "
+        "request size you have configured with the max_request_size configuration"))  # aiokafka's
+
+
+class _Encoded:
+    """A record batch the core encoded, in the shape aiokafka's producer
+    takes a batch builder (`send_batch`): closed, so nothing is appended."""
+
+    __slots__ = ("_buffer", "_count")
+
+    def __init__(self, buffer: bytes, count: int) -> None:
+        self._buffer, self._count = buffer, count
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def append(self, **_: Any) -> None:
+        return None
+
+    def record_count(self) -> int:
+        return self._count
+
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def _build(self) -> bytes:
+        return self._buffer
+
+    def _set_producer_state(self, *_: Any) -> None:
+        raise NotImplementedError("the sink does not enable the idempotent producer")
 
 
 @register
@@ -248,40 +291,28 @@ class KafkaSink(Sink):
             parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)] if key is not None
             else random.choice(available))
 
-    async def write(self, records: Sequence[Record]) -> WriteResult:
-        if not records:
-            return WriteResult()
-        # Concurrent writes queue their batches in the order write() was
-        # called, whatever each awaits before: each waits for the previous
-        # one's turn to end (batches queued, or the write gave up).
-        after, turn = self._turn, asyncio.get_running_loop().create_future()
-        self._turn = turn
-        try:
-            return await self._write(records, after, turn)
-        finally:
-            if not turn.done():
-                turn.set_result(None)
+    def _pack(self, records: Sequence[Record], cache: dict[str, tuple[bytes, int]], choose: Any
+              ) -> tuple[dict[int, list[tuple[Any, list[int]]]], dict[int, Failure]]:
+        """Uncompressed: the core encodes the batches (`kafka_batches`), the
+        producer takes them as closed batches."""
+        from aiokafka.record.util import calc_crc32c
 
-    async def _write(self, records: Sequence[Record], after: asyncio.Future[None] | None,
-                     turn: asyncio.Future[None]) -> WriteResult:
-        if (failed := await self._connect_or_fail(len(records))) is not None:
-            return failed
-        from aiokafka import errors as kafka_errors
+        packed, too_large = kafka_batches(records, cache, choose, self.config.max_batch_bytes,
+                                          MAX_REQUEST_BYTES, int(time.time() * 1000),
+                                          calc_crc32c)
+        batches = {p: [(_Encoded(buf, len(idx)), idx) for buf, idx in group]
+                   for p, group in packed.items()}
+        return batches, {i: _too_large(size) for i, size in too_large}
+
+    def _pack_compressed(self, records: Sequence[Record], cache: dict[str, tuple[bytes, int]],
+                         choose: Any
+                         ) -> tuple[dict[int, list[tuple[Any, list[int]]]], dict[int, Failure]]:
+        """Compressed: aiokafka's batch builder (it compresses at the end)."""
         from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
         producer = self._producer
         assert producer is not None
-        topic = self.config.topic
         failures: dict[int, Failure] = {}
-        try:
-            # Metadata for the topic (no request when it is known already).
-            await producer.partitions_for(topic)
-            cache, choose = self._partitioner(topic)
-        except Exception as e:
-            return WriteResult(dict.fromkeys(range(len(records)), _failure(e)))
-
-        # Pack the records into closed batches, per partition in record order.
-        # batches[p] = [(batch, indexes of its records), ...]
         batches: dict[int, list[tuple[Any, list[int]]]] = {}
         current: dict[int, tuple[Any, list[int]]] = {}
         dumps = orjson.dumps
@@ -301,10 +332,7 @@ class KafkaSink(Sink):
             if len(value) + (len(key) if key else 0) > limit:
                 size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
                 if size > MAX_REQUEST_BYTES:  # what producer.send() refuses
-                    failures[i] = _failure(kafka_errors.MessageSizeTooLargeError(
-                        f"The message is {size} bytes when serialized which is larger than "
-                        "the maximum request size you have configured with the "
-                        "max_request_size configuration"))  # aiokafka's own wording
+                    failures[i] = _too_large(size)
                     continue
             if key is None:
                 p = choose(None)
@@ -319,6 +347,42 @@ class KafkaSink(Sink):
                     failures[i] = Failure("Kafka error: the record does not fit a batch", False)
                     continue
             cur[1].append(i)
+        return batches, failures
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        if not records:
+            return WriteResult()
+        # Concurrent writes queue their batches in the order write() was
+        # called, whatever each awaits before: each waits for the previous
+        # one's turn to end (batches queued, or the write gave up).
+        after, turn = self._turn, asyncio.get_running_loop().create_future()
+        self._turn = turn
+        try:
+            return await self._write(records, after, turn)
+        finally:
+            if not turn.done():
+                turn.set_result(None)
+
+    async def _write(self, records: Sequence[Record], after: asyncio.Future[None] | None,
+                     turn: asyncio.Future[None]) -> WriteResult:
+        if (failed := await self._connect_or_fail(len(records))) is not None:
+            return failed
+        producer = self._producer
+        assert producer is not None
+        topic = self.config.topic
+        try:
+            # Metadata for the topic (no request when it is known already).
+            await producer.partitions_for(topic)
+            cache, choose = self._partitioner(topic)
+        except Exception as e:
+            return WriteResult(dict.fromkeys(range(len(records)), _failure(e)))
+
+        # Pack the records into closed batches, per partition in record order.
+        # batches[p] = [(batch, indexes of its records), ...]
+        if self.config.compression == "none":
+            batches, failures = self._pack(records, cache, choose)
+        else:
+            batches, failures = self._pack_compressed(records, cache, choose)
 
         # Queue the batches (the producer holds one undrained batch per
         # partition, so a partition's later batches wait for the earlier ones;
