@@ -137,6 +137,11 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
         value = rec.raw
         if value is None:
             value = dumps(rec._payload)
+            if PyBytes_GET_SIZE(value) <= _SMALL_JSON:
+                # Kept until the batch is encoded: see Record.json_bytes (an
+                # orjson result kept alive costs a malloc chunk, ~2 us).
+                value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(value),
+                                                  PyBytes_GET_SIZE(value))
         size = KAFKA_BATCH_HEADER + 5 + _body_size(0, key, PyBytes_GET_SIZE(value))
         if size > max_size:
             too_large.append((i, size))

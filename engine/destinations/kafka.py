@@ -5,9 +5,9 @@ events land on one partition in order. A write() builds the record batches
 itself and queues them with aiokafka's batch API: its records are grouped by
 the partition aiokafka's default partitioner picks for the key, packed into
 batches of up to max_batch_bytes, and the batches of one partition are
-queued in order. Uncompressed, the core encodes the batches (kafka_batches,
-~0.3 us a record against ~0.8-1.2 through aiokafka's builder); compressed,
-aiokafka's builder does. A record succeeds when its batch is acknowledged.
+queued in order. Uncompressed, the core encodes the batches (kafka_batches:
+half the CPU or less of aiokafka's builder driven from Python, see
+benchmarks/route_cpu.py); compressed, aiokafka's builder does. A record succeeds when its batch is acknowledged.
 The batches are closed before they are queued, so they go out at once
 (linger_ms does not delay them). The idempotent producer is not enabled
 (several Kafka-wire brokers do not implement it), so a retried batch can
