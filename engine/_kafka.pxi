@@ -122,7 +122,7 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
     cdef object k, key, p, value
     dumps = orjson.dumps
     for r in records:
-        rec = <Record>r
+        rec = <Record?>r
         k = rec.key
         if k is None:
             key, p = None, None
@@ -131,7 +131,7 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
             if hit != NULL:
                 key, p = (<tuple>hit)[0], (<tuple>hit)[1]
             else:
-                key = (<str>k).encode()
+                key = (<str?>k).encode()
                 p = choose(key)
                 cache[k] = (key, p)
         value = rec.raw

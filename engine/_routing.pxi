@@ -55,11 +55,11 @@ def route_records(list items, list results, dict routes):
         row = <tuple>res
         event, key, event_time = row[0], row[1], row[2]
         for m in row[3]:
-            match = <tuple>m
+            match = <tuple?>m
             rule, output = match[0], match[1]
             _add_count(matched, rule, 1)
             found = PyDict_GetItem(routes, rule)
-            runners = <tuple>found if found != NULL else none
+            runners = <tuple?>found if found != NULL else none
             if type(output) is list:
                 _add_count(fanned, rule, len(<list>output) - 1)
                 for one in <list>output:
