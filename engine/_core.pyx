@@ -44,7 +44,8 @@ cdef extern from "string.h":
     void* memcpy(void* dst, const void* src, size_t n) nogil
 
 # The module is one extension built from several files by role (as asyncpg
-# does): values, nodes, functions, projection, raw bytes; the rule set is here.
+# does): values, nodes, functions, projection, raw bytes, sparse decoding,
+# routing records, Kafka batches; the rule set is here.
 include "_values.pxi"
 include "_nodes.pxi"
 
