@@ -105,8 +105,8 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
                   bint hw_crc=True):
     """The records of one write as Kafka record batches: (batches, too_large).
     `batches`: partition -> [(batch bytes, [record indexes])], in record
-    order, each batch at most `max_batch` bytes unless one record alone is
-    larger. A record's key is its `key` (str) encoded, its partition
+    order, each batch under `max_batch` bytes unless one record alone is
+    not (aiokafka's builder's rule). A record's key is its `key` (str) encoded, its partition
     `cache[key]` = (key bytes, partition), filled from `choose(key bytes)`
     on a miss; no key: `choose(None)` per record. Its value is `raw`, else
     `payload` as JSON. `too_large`: [(index, size)] of records whose batch
@@ -166,7 +166,8 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
             m = <tuple>members[j]
             body = _body_size(len(batch), m[1], PyBytes_GET_SIZE(m[2]))
             body += _varint_size(body)
-            if batch and used + body > max_batch:
+            # aiokafka's builder closes a batch at max_batch bytes, not above it.
+            if batch and used + body >= max_batch:
                 found.append((_encode_batch(batch, now_ms, crc_fallback, hw_crc),
                               [x[0] for x in batch]))
                 batch = []

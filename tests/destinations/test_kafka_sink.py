@@ -66,7 +66,7 @@ _records = st.lists(st.builds(
     st.text(max_size=300), st.booleans()), max_size=300)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_records, st.integers(64, 6000), st.booleans())
 def test_encoded_batches_are_aiokafkas_byte_for_byte(recs, max_batch, hw_crc):
     # Varints of one and more bytes (lengths, 64+ offset deltas), null and
@@ -76,6 +76,16 @@ def test_encoded_batches_are_aiokafkas_byte_for_byte(recs, max_batch, hw_crc):
                                    calc_crc32c, hw_crc)
     assert too_large == []
     assert got.get(0, []) == aiokafka_batches(recs, max_batch)
+
+
+def test_batches_are_cut_where_aiokafka_cuts_them_at_every_size():
+    # Every max_batch from one record to all of them, exact fits included
+    # (aiokafka closes a batch that would reach max_batch, not only exceed it).
+    recs = [Record({"v": v}, k) for v, k in
+            [("", None), ("", "d"), ("\x1f", None), ("x" * 130, "d"), ("é" * 40, None)]]
+    for max_batch in range(64, 480):
+        got, _ = kafka_batches(recs, {}, lambda key: 0, max_batch, 1 << 20, NOW_MS, calc_crc32c)
+        assert got[0] == aiokafka_batches(recs, max_batch), max_batch
 
 
 def test_encoded_batches_go_by_partition_and_refuse_what_is_too_large():
