@@ -15,6 +15,7 @@ import sys
 import time
 
 from engine.app.main import serve
+from engine.app.supervisor import stranded_backlogs
 from engine.config import EngineConfig
 from engine.runtime.status import StatusReporter
 from engine.runtime.worker import Worker, WorkerOptions
@@ -25,8 +26,12 @@ async def run_replay(path: str, config: EngineConfig, *, dry_run: bool = False,
                      tty: bool | None = None) -> Worker:
     source = FileSource(path, batch_size=config.worker.batch_size, name="replay")
     # A finite run: deliver the backlog too, don't leave it for later.
+    # One process: it also takes over what `engine run --workers` left in
+    # the workers' state directories (see stranded_backlogs).
+    adopt = () if dry_run else stranded_backlogs(config.worker.state_dir, None, 1)
     worker = Worker.from_config(config, sources=[source], options=WorkerOptions(
-        deliver=not dry_run, serve_metrics=False, drain_backlog_at_end=True))
+        deliver=not dry_run, serve_metrics=False, drain_backlog_at_end=True,
+        adopt_backlogs=adopt))
     size = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
     t0 = time.monotonic()
 

@@ -72,3 +72,46 @@ def test_replay_drains_the_backlog_an_earlier_replay_left(tmp_path):
     # Nothing was set aside.
     dead = tmp_path / "state" / "dead-letters.jsonl"
     assert not dead.exists() or not dead.read_bytes().strip()
+
+
+def test_replay_takes_over_what_workers_left_in_their_backlogs(tmp_path):
+    # `engine run --workers 2` left records in worker-1's backlog: a replay
+    # (one process on the same state directory) delivers them too.
+    import asyncio
+
+    from engine.destinations.base import Record
+    from engine.policies.backlog import Backlog
+    from engine.runtime.deadletter import DeadLetters
+
+    rx = HttpReceiverProcess(tmp_path)
+    rules = write_config(tmp_path / "rules.yaml", {
+        "rules": [{"rule_id": "messages",
+                   "subject": {"resource": "device.message", "event": "report"},
+                   "select": "notify_data.body.content.seq AS seq",
+                   "where": "notify_data.body.content.v > 3"}],
+        "actions": [{"action_id": "push", "rule_id": "messages", "channel": "HTTP_FORWARDING",
+                     "channel_detail": {"http_forwarding": {"url": rx.url, "timeout_s": 2}}}],
+        "worker": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 5}})
+    left = tmp_path / "state" / "worker-1" / "backlog.db"
+    left.parent.mkdir(parents=True)
+
+    async def leave() -> None:
+        b = Backlog(str(left), DeadLetters())
+        b.add_action("push", "messages", "HTTP_FORWARDING")
+        await b.open()
+        await b.append("push", [Record({"seq": -1 - i}, f"d{i % 7}", rule_id="messages",
+                                       action_id="push") for i in range(50)])
+        await b.close()
+
+    asyncio.run(leave())
+    rx.start()
+    try:
+        done = replay(ndjson(tmp_path / "data.ndjson", 0), rules)
+    finally:
+        rx.proc.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"backlog .*: 50 record\(s\) from an earlier run .*, 0 left", done.stdout), \
+        done.stdout
+    seqs = rx.seqs()
+    assert sorted(seqs) == sorted([-1 - i for i in range(50)] + list(range(0, N, 2)))
+    assert duplicates(seqs) == 0 and not left.exists()
