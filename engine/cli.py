@@ -721,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "replay", help="replay an NDJSON file through rules",
         description="Replay an NDJSON file through the rules and actions of RULES.yaml. What "
-                    "the backlog of worker.state_dir holds from an earlier run is delivered "
-                    "first, and the replay waits for the backlog to drain (up to "
+                    "the backlog of worker.state_dir holds from an earlier run (with the "
+                    "backlogs an engine run --workers left there) is delivered first, and "
+                    "the replay waits for the backlog to drain (up to "
                     "worker.shutdown_timeout seconds without progress). Exit 0 when everything "
                     "was delivered or dead-lettered, 1 when records stay in the backlog, 2 on "
                     "an error.")
