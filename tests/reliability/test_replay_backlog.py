@@ -28,17 +28,22 @@ def replay(data: str, rules) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, cwd=rules.parent)
 
 
-def test_replay_drains_the_backlog_an_earlier_replay_left(tmp_path):
-    rx = HttpReceiverProcess(tmp_path)  # not started yet: the destination is down
-    rules = write_config(tmp_path / "rules.yaml", {
+def rules_file(tmp_path, url: str, shutdown_timeout: float):
+    """Even seqs forwarded to `url`; a replay waits `shutdown_timeout` s for
+    a backlog that does not shrink."""
+    return write_config(tmp_path / "rules.yaml", {
         "rules": [{"rule_id": "messages",
                    "subject": {"resource": "device.message", "event": "report"},
                    "select": "notify_data.body.content.seq AS seq",
                    "where": "notify_data.body.content.v > 3"}],
         "actions": [{"action_id": "push", "rule_id": "messages", "channel": "HTTP_FORWARDING",
-                     "channel_detail": {"http_forwarding": {"url": rx.url, "timeout_s": 2}}}],
-        # A replay waits this long for a backlog that does not shrink.
-        "worker": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 2}})
+                     "channel_detail": {"http_forwarding": {"url": url, "timeout_s": 2}}}],
+        "worker": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": shutdown_timeout}})
+
+
+def test_replay_drains_the_backlog_an_earlier_replay_left(tmp_path):
+    rx = HttpReceiverProcess(tmp_path)  # not started yet: the destination is down
+    rules = rules_file(tmp_path, rx.url, shutdown_timeout=2)
     first = ndjson(tmp_path / "first.ndjson", 0)
     second = ndjson(tmp_path / "second.ndjson", N)
     try:
@@ -84,14 +89,7 @@ def test_replay_takes_over_what_workers_left_in_their_backlogs(tmp_path):
     from engine.runtime.deadletter import DeadLetters
 
     rx = HttpReceiverProcess(tmp_path)
-    rules = write_config(tmp_path / "rules.yaml", {
-        "rules": [{"rule_id": "messages",
-                   "subject": {"resource": "device.message", "event": "report"},
-                   "select": "notify_data.body.content.seq AS seq",
-                   "where": "notify_data.body.content.v > 3"}],
-        "actions": [{"action_id": "push", "rule_id": "messages", "channel": "HTTP_FORWARDING",
-                     "channel_detail": {"http_forwarding": {"url": rx.url, "timeout_s": 2}}}],
-        "worker": {"state_dir": str(tmp_path / "state"), "shutdown_timeout": 5}})
+    rules = rules_file(tmp_path, rx.url, shutdown_timeout=5)
     left = tmp_path / "state" / "worker-1" / "backlog.db"
     left.parent.mkdir(parents=True)
 
