@@ -120,7 +120,6 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
     cdef Record rec
     cdef PyObject* hit
     cdef object k, key, p, value
-    dumps = orjson.dumps
     for r in records:
         rec = <Record?>r
         k = rec.key
@@ -135,13 +134,8 @@ def kafka_batches(records, dict cache, object choose, Py_ssize_t max_batch,
                 p = choose(key)
                 cache[k] = (key, p)
         value = rec.raw
-        if value is None:
-            value = dumps(rec._payload)
-            if PyBytes_GET_SIZE(value) <= _SMALL_JSON:
-                # Kept until the batch is encoded: see Record.json_bytes (an
-                # orjson result kept alive costs a malloc chunk, ~2 us).
-                value = PyBytes_FromStringAndSize(PyBytes_AS_STRING(value),
-                                                  PyBytes_GET_SIZE(value))
+        if value is None:  # kept until its batch is encoded
+            value = _dumps_kept(rec._payload)
         size = KAFKA_BATCH_HEADER + 5 + _body_size(0, key, PyBytes_GET_SIZE(value))
         if size > max_size:
             too_large.append((i, size))

@@ -7,11 +7,12 @@ the partition aiokafka's default partitioner picks for the key, packed into
 batches of up to max_batch_bytes, and the batches of one partition are
 queued in order. Uncompressed, the core encodes the batches (kafka_batches:
 half the CPU or less of aiokafka's builder driven from Python, see
-benchmarks/route_cpu.py); compressed, aiokafka's builder does. A record succeeds when its batch is acknowledged.
-The batches are closed before they are queued, so they go out at once
-(linger_ms does not delay them). The idempotent producer is not enabled
-(several Kafka-wire brokers do not implement it), so a retried batch can
-duplicate messages: delivery is at-least-once.
+benchmarks/route_cpu.py); compressed, aiokafka's builder does. A record
+succeeds when its batch is acknowledged. The batches are closed before they
+are queued, so they go out at once (linger_ms does not delay them). The
+idempotent producer is not enabled (several Kafka-wire brokers do not
+implement it), so a retried batch can duplicate messages: delivery is
+at-least-once.
 """
 
 from __future__ import annotations
