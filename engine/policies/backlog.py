@@ -43,6 +43,7 @@ Interface (what the action runner calls):
     backlog.pending_actions()           # actions with entries: drain these first
     backlog.stacking(action_id)         # False: a 0-policy applies (append dead-letters)
     r = await backlog.append(action_id, records, reason)  # committed when it returns
+    r = await backlog.store(...); await backlog.trim(action_id)  # the same in two steps
     entries = await backlog.peek(action_id, limit)  # [(seq, Record)], oldest first
     await backlog.ack(action_id, [seq for seq, _ in delivered])
     await backlog.settle_unconfigured() # dead-letter entries of removed actions
@@ -197,7 +198,10 @@ class Backlog:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         # One thread owns the connection: calls are serialized in submission
-        # order, and counters are only changed there.
+        # order. The counters are changed on the event loop, when a call's
+        # result arrives: a caller sees the backlog's counts move in the
+        # same step as its own (the action runner's counts balance at every
+        # scrape).
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="backlog")
         self._expiring = asyncio.Lock()  # one select -> dead-letter -> delete at a time
 
@@ -234,7 +238,8 @@ class Backlog:
                 a.max_age, a.age_policy = float(p.backlog_time), p.policy_id
 
     async def open(self) -> None:
-        await self._run(self._open)
+        for action_id, count, nbytes in await self._run(self._open):
+            self._account(action_id, count, nbytes)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -277,6 +282,15 @@ class Backlog:
         pushes a size bound over, the oldest entries of that scope are
         dead-lettered before this returns (back-pressure while the
         dead-letter store is down)."""
+        appended = await self.store(action_id, records, reason)
+        await self.trim(action_id)
+        return appended
+
+    async def store(self, action_id: str, records: Sequence[Record],
+                    reason: str | None = None) -> Appended:
+        """`append` without the size bounds: committed and counted when it
+        returns, with no await in between (a caller can count the records
+        out of its own hands in the same step); `trim` after it."""
         a = self._actions[action_id]
         if not records:
             return Appended(0, 0)
@@ -286,10 +300,15 @@ class Backlog:
                 entries(((r, why) for r in records), f"backlog:{action_id}"))
             a.stats.refused += len(records)
             return Appended(0, len(records))
-        await self._run(self._insert, action_id, records, self.clock())
-        if any(g.bytes > g.limit for g in a.groups):
-            await self._expire(self.clock(), size_only=True)
+        nbytes = await self._run(self._insert, action_id, records, self.clock())
+        self._account(action_id, len(records), nbytes)
         return Appended(len(records), 0)
+
+    async def trim(self, action_id: str) -> None:
+        """Dead-letter the oldest entries of every size bound of the action
+        that is over its limit."""
+        if any(g.bytes > g.limit for g in self._actions[action_id].groups):
+            await self._expire(self.clock(), size_only=True)
 
     async def peek(self, action_id: str, limit: int) -> list[tuple[int, Record]]:
         """The action's oldest `limit` entries, in order (not removed)."""
@@ -297,13 +316,14 @@ class Backlog:
             return []
         return await self._run(self._select, action_id, limit)
 
-    async def ack(self, action_id: str, seqs: Iterable[int]) -> int:
+    async def ack(self, action_id: str, seqs: Iterable[int]) -> set[int]:
         """Remove delivered (or otherwise settled) entries; one transaction.
-        Returns how many were still there."""
+        Returns the seqs that were still there (a bound may have expired an
+        entry while it was being delivered: dead-lettered and counted then)."""
         seqs = list(seqs)
         if not seqs:
-            return 0
-        return await self._run(self._delete, [(action_id, seqs)], False)
+            return set()
+        return self._gone(await self._run(self._delete, [(action_id, seqs)]), False)
 
     async def settle_unconfigured(self) -> int:
         """Dead-letter the entries of actions found on disk that no
@@ -316,7 +336,8 @@ class Backlog:
                 why = f"action {action_id} is no longer configured"
                 await self.dead_letters.write(
                     entries(((r, why) for _, r in batch), f"backlog:{action_id}"))
-                n += await self._run(self._delete, [(action_id, [s for s, _ in batch])], True)
+                n += len(self._gone(await self._run(
+                    self._delete, [(action_id, [s for s, _ in batch])]), True))
         return n
 
     async def expire(self, now: float | None = None) -> list[tuple[Record, str]]:
@@ -324,7 +345,8 @@ class Backlog:
         first; return them with their reasons. Call periodically."""
         return await self._expire(self.clock() if now is None else now, size_only=False)
 
-    # -- internals (the _x methods without await run in the backlog thread) -----
+    # -- internals: _open, _take_over, _insert, _select, _delete and _candidates
+    #    run in the backlog thread (through _run); the others on the event loop
 
     def _action(self, action_id: str) -> _Action:
         a = self._actions.get(action_id)
@@ -342,12 +364,21 @@ class Backlog:
         for g in a.groups:
             g.bytes += nbytes
 
-    def _open(self) -> None:
+    def _gone(self, gone: dict[str, dict[int, int]], expired: bool) -> set[int]:
+        """Count out the rows `_delete` removed ({action: {seq: size}}); their seqs."""
+        for action_id, sizes in gone.items():
+            self._account(action_id, -len(sizes), -sum(sizes.values()))
+            if expired:
+                self._actions[action_id].stats.expired += len(sizes)
+        return {seq for sizes in gone.values() for seq in sizes}
+
+    def _open(self) -> list[tuple[str, int, int]]:
+        """Open the database; (action_id, count, bytes) of what it holds."""
         if not self.durable:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.executescript(SCHEMA)
             self._db = db
-            return
+            return []
         # One process per database: `_next_seq` is kept in memory, and two
         # engines draining one backlog would send each other's entries. The
         # lock goes with the process (also on kill -9).
@@ -369,10 +400,9 @@ class Backlog:
             self._take_over(db, other)
         rows = db.execute("SELECT action_id, count(*), sum(size) FROM backlog "
                           "GROUP BY action_id").fetchall()
-        for action_id, count, nbytes in rows:
-            self._account(action_id, count, nbytes)
         self._next_seq = (db.execute("SELECT max(seq) FROM backlog").fetchone()[0] or 0) + 1
         self._db = db
+        return rows
 
     @staticmethod
     def _take_over(db: sqlite3.Connection, other: str) -> None:
@@ -425,7 +455,8 @@ class Backlog:
         finally:
             os.close(fd)
 
-    def _insert(self, action_id: str, records: Sequence[Record], now: float) -> None:
+    def _insert(self, action_id: str, records: Sequence[Record], now: float) -> int:
+        """Commit the records; their size in bytes."""
         blobs = [_encode(r) for r in records]
         seq = self._next_seq
         rows = [(action_id, seq + i, now, len(b), b) for i, b in enumerate(blobs)]
@@ -438,44 +469,41 @@ class Backlog:
             db.execute("ROLLBACK")
             raise
         self._next_seq = seq + len(rows)
-        self._account(action_id, len(rows), sum(map(len, blobs)))
+        return sum(map(len, blobs))
 
     def _select(self, action_id: str, limit: int) -> list[tuple[int, Record]]:
         rows = self._db.execute("SELECT seq, record FROM backlog WHERE action_id = ? "
                                 "ORDER BY seq LIMIT ?", (action_id, limit)).fetchall()
         return [(seq, _decode(blob)) for seq, blob in rows]
 
-    def _delete(self, batches: list[tuple[str, list[int]]], expired: bool) -> int:
-        """Delete (action_id, seqs) batches in one transaction; count only
-        rows still present (an entry may be acked and expired concurrently)."""
+    def _delete(self, batches: list[tuple[str, list[int]]]) -> dict[str, dict[int, int]]:
+        """Delete (action_id, seqs) batches in one transaction; {action:
+        {seq: size}} of the rows still present (an entry may be acked and expired
+        concurrently)."""
         db = self._db
-        gone: dict[str, list[int]] = {}
+        gone: dict[str, dict[int, int]] = {}
         db.execute("BEGIN IMMEDIATE")
         try:
             for action_id, seqs in batches:
-                sizes = gone.setdefault(action_id, [])
+                sizes = gone.setdefault(action_id, {})
                 for i in range(0, len(seqs), IN_CHUNK):
                     chunk = seqs[i:i + IN_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    sizes += [s for (s,) in db.execute(
+                    sizes.update(db.execute(
                         f"DELETE FROM backlog WHERE action_id = ? AND seq IN ({marks}) "
-                        "RETURNING size", (action_id, *chunk))]
+                        "RETURNING seq, size", (action_id, *chunk)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        for action_id, sizes in gone.items():
-            self._account(action_id, -len(sizes), -sum(sizes))
-            if expired:
-                self._actions[action_id].stats.expired += len(sizes)
-        return sum(map(len, gone.values()))
+        return gone
 
     def _candidates(self, now: float, size_only: bool) -> list[tuple[str, int, bytes, str]]:
         """Up to EXPIRE_CHUNK oldest entries past a bound: (action_id, seq, record, reason)."""
         db = self._db
         found: dict[tuple[str, int], tuple[bytes, str]] = {}
         if not size_only:
-            for action_id, a in self._actions.items():
+            for action_id, a in list(self._actions.items()):  # the loop may add one
                 if a.max_age is None or not a.stats.count:
                     continue
                 cutoff = now - a.max_age
@@ -532,4 +560,4 @@ class Backlog:
                 for action_id, items in by_action.items():
                     await self.dead_letters.write(entries(items, f"backlog:{action_id}"))
                     done += items
-                await self._run(self._delete, list(seqs.items()), True)
+                self._gone(await self._run(self._delete, list(seqs.items())), True)

@@ -56,8 +56,12 @@ async def drain_step(backlog: Backlog, action_id: str, sink: Sink, *, limiter: L
         await dead_letters.write([entry(records[i], outcome.failures[i].reason,
                                         f"action:{action_id}") for i in outcome.dead])
     kept = set(outcome.retry)
-    await backlog.ack(action_id, [seq for i, (seq, _) in enumerate(batch) if i not in kept])
-    step = Step(delivered=outcome.delivered, dead_lettered=len(outcome.dead),
+    removed = await backlog.ack(action_id,
+                                [seq for i, (seq, _) in enumerate(batch) if i not in kept])
+    # An entry a bound expired while it was written is dead-lettered and
+    # counted already: counted here only if this ack removed it.
+    dead = sum(1 for i in outcome.dead if batch[i][0] in removed)
+    step = Step(delivered=len(removed) - dead, dead_lettered=dead,
                 failed=len(outcome.retry), reason=outcome.reason)
     if step.failed:
         step.wait = backoff.failure()

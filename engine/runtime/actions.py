@@ -41,8 +41,9 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from engine.destinations.base import Failure, Record, Sink
 from engine.policies.backlog import Backlog
@@ -55,6 +56,7 @@ from engine.runtime.deadletter import DeadLetters
 from engine.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROBLEM_LOG_INTERVAL = 30.0  # a persisting failure is logged again this often
 FLOW_WAIT = 1.0              # longest a batch waits for flow control before going to the backlog
@@ -125,9 +127,6 @@ class ActionRunner:
         self.removed = False
         self.draining = True  # False: the backlog is another runner's now
         self._drain_wake = self._counted.wake
-        # Backlog calls whose outcome is not counted yet: the expiry loop must
-        # not sync the gauges in between (the counts would not balance).
-        self.busy = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._stepping = False  # a drain step (a write from the backlog) is under way
@@ -329,30 +328,40 @@ class ActionRunner:
     async def _keep(self, records: list[Record], reason: str | None, *,
                     behind: bool = False) -> None:
         """Append to the backlog; return once committed (or dead-lettered,
-        when a 0 policy disables stacking). `behind`: queued only to stay
-        behind older records (nothing failed: not reported). If the backlog
-        itself cannot be written, keep trying: the records stay in memory,
-        the batch unacked."""
-        backoff = Backoff(RetryPolicy.steady(0.1, STORE_RETRY_MAX))
-        while True:
-            try:
-                self.busy += 1
-                appended = await self.backlog.append(self.action_id, records, reason)
-                break
-            except (sqlite3.Error, OSError) as e:
-                delay = backoff.failure()
-                self._report(f"cannot write the backlog; {len(records)} record(s) stay "
-                             f"unacked, retrying in {delay:g}s", f"{type(e).__name__}: {e}")
-                await asyncio.sleep(delay)
-            finally:
-                self.busy -= 1
+        when a 0 policy disables stacking) and the action's size bounds are
+        kept again. `behind`: queued only to stay behind older records
+        (nothing failed: not reported). If the backlog itself cannot be
+        written, keep trying: the records stay in memory, the batch unacked."""
+        appended = await self._retrying(
+            lambda: self.backlog.store(self.action_id, records, reason),
+            f"cannot write the backlog; {len(records)} record(s) stay unacked")
+        # Out of flight in the step the backlog counted them in (no await
+        # in between): the counts balance at every scrape.
+        self._out(len(records))
+        self.sync_backlog()
         if appended.stored:
             self.counts.appended += appended.stored
             if not behind:
                 self._report(f"{appended.stored} record(s) kept in the backlog", reason)
             self._drain_wake.set()
-        self._out(len(records))
-        self.sync_backlog()
+            # Stored already: a failure here is retried alone (retrying the
+            # store would keep the records twice).
+            await self._retrying(lambda: self.backlog.trim(self.action_id),
+                                 "cannot dead-letter the backlog entries past its size "
+                                 "bound; the batch stays unacked")
+            self.sync_backlog()
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], problem: str) -> T:
+        """`call()` until the backlog's storage answers (SQLite, disk or
+        dead-letter store errors are reported and retried)."""
+        backoff = Backoff(RetryPolicy.steady(0.1, STORE_RETRY_MAX))
+        while True:
+            try:
+                return await call()
+            except (sqlite3.Error, OSError) as e:
+                delay = backoff.failure()
+                self._report(f"{problem}, retrying in {delay:g}s", f"{type(e).__name__}: {e}")
+                await asyncio.sleep(delay)
 
     # -- the backlog drain ------------------------------------------------------
 
@@ -370,14 +379,12 @@ class ActionRunner:
             async with lock:
                 if not self.draining:
                     return
-                self.busy += 1
                 self._stepping = True
                 try:
                     step = await drain_step(backlog, action_id, self.sink, limiter=self.limiter,
                                             backoff=backoff, dead_letters=self.dead_letters,
                                             batch_size=self.batch_size)
                 finally:
-                    self.busy -= 1
                     self._stepping = False
             self._count_forwarded(step.delivered)
             if step.dead_lettered:
@@ -475,5 +482,5 @@ async def expire_periodically(backlog: Backlog,
             log.warning("backlog: %d record(s) expired and dead-lettered, first: %s",
                         len(expired), expired[0][1])
         for runner in runners():
-            if runner.backlog is backlog and not runner.busy:
+            if runner.backlog is backlog:
                 runner.sync_backlog()

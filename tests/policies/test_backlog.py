@@ -43,8 +43,8 @@ async def test_append_peek_ack_in_order(tmp_path, dead):
         assert b.size("a1") == (10, nbytes(recs))
         got = await b.peek("a1", 3)
         assert [r for _, r in got] == recs[:3]
-        assert await b.ack("a1", [s for s, _ in got]) == 3
-        assert await b.ack("a1", [s for s, _ in got]) == 0     # already gone: not counted twice
+        assert await b.ack("a1", [s for s, _ in got]) == {s for s, _ in got}
+        assert await b.ack("a1", [s for s, _ in got]) == set()  # already gone: not counted twice
         assert [r for _, r in await b.peek("a1", 100)] == recs[3:]
         assert b.size("a1") == (7, nbytes(recs[3:]))
         assert await b.peek("a2-unknown", 10) == []
@@ -199,6 +199,43 @@ async def test_expiry_by_size_drops_oldest_first_at_append(tmp_path, dead):
         assert [e["payload"]["i"] for e in dead.entries] == list(range(20))
         assert all("backlog_size " + str(10 * one) in e["reason"] for e in dead.entries)
         assert b.stats("a1").expired == 20
+    finally:
+        await b.close()
+
+
+async def test_counts_move_when_a_result_reaches_the_event_loop(tmp_path, dead):
+    # The action runner counts records out of flight in the step `store`
+    # returns in; if the backlog thread counted them itself, a scrape in
+    # between would see them twice (in flight and in the backlog).
+    b = await opened(tmp_path / "b.db", dead)
+    try:
+        recs = records(5)
+        task = asyncio.create_task(b.append("a1", recs))
+        await asyncio.sleep(0)        # the insert goes to the backlog thread
+        time.sleep(0.3)               # and commits while the loop is held here
+        assert b.size("a1") == (0, 0)
+        assert (await task).stored == 5
+        assert b.size("a1") == (5, nbytes(recs))
+        seqs = [s for s, _ in await b.peek("a1", 5)]
+        task = asyncio.create_task(b.ack("a1", seqs[:2]))
+        await asyncio.sleep(0)
+        time.sleep(0.3)
+        assert b.size("a1")[0] == 5
+        assert await task == set(seqs[:2]) and b.size("a1") == (3, nbytes(recs[2:]))
+    finally:
+        await b.close()
+
+
+async def test_store_leaves_the_size_bound_to_trim(tmp_path, dead):
+    recs = records(12, pad=50)
+    one = nbytes(recs[:1])
+    b = await opened(tmp_path / "b.db", dead, [policy("small", size=10 * one)])
+    try:
+        assert (await b.store("a1", recs)).stored == 12
+        assert b.size("a1")[0] == 12 and not dead.entries
+        await b.trim("a1")
+        assert b.size("a1")[0] == 10 and b.stats("a1").expired == 2
+        assert [e["payload"]["i"] for e in dead.entries] == [0, 1]
     finally:
         await b.close()
 

@@ -1,6 +1,7 @@
 """Pipeline behaviour with the real rule set and in-memory sinks."""
 
 import asyncio
+import time
 import zlib
 
 import orjson
@@ -8,11 +9,14 @@ import pytest
 
 from engine import RuleSpec, compile_ruleset
 from engine.destinations.base import Failure
+from engine.policies.backlog import Backlog
+from engine.policies.retry import RetryPolicy
 from engine.runtime.actions import ActionRunner
 from engine.runtime.deadletter import DeadLetters, FileDeadLetters
 from engine.runtime.metrics import Metrics
-from engine.runtime.worker import Worker
+from engine.runtime.worker import Worker, WorkerOptions
 from engine.sources.simulator import SimulatorSource
+from tests.policies.support import policy
 from tests.runtime.support import ListSource, MemorySink, assert_balanced, scrape
 
 RULES = [
@@ -175,6 +179,75 @@ async def test_counts_balance_after_a_mixed_run(tmp_path):
     t = w.metrics.totals
     assert t.received == 2007 and t.malformed == 7 and t.inflight == 0
     assert t.forwarded > 0 and t.dead_lettered > 7
+
+
+class SlowDisk(Backlog):
+    """A backlog whose thread lingers after each commit (a slow disk): a
+    window in which only that thread knows the rows changed."""
+
+    def _insert(self, *args):
+        n = super()._insert(*args)
+        time.sleep(0.002)
+        return n
+
+    def _delete(self, *args):
+        gone = super()._delete(*args)
+        time.sleep(0.002)
+        return gone
+
+
+@pytest.mark.parametrize("where,bound", [("memory", None), ("file", None), ("file", 4000)],
+                         ids=["in-memory", "on-disk", "size-bound"])
+async def test_counts_balance_at_every_step_with_a_slow_backlog(tmp_path, where, bound):
+    # Checked at every turn of the event loop, not only at a scrape: a
+    # record must never be in flight and in the backlog (or delivered) at once.
+    items = events(1500, seed=7)
+    n_attempt: dict[tuple, int] = {}
+
+    def flaky(record):
+        h = zlib.crc32(orjson.dumps(record.payload)) % 5
+        k = (record.action_id, orjson.dumps(record.payload))
+        n_attempt[k] = n_attempt.get(k, 0) + 1
+        if h == 0:
+            return Failure("HTTP 400", False)
+        return Failure("timeout", True) if h == 1 and n_attempt[k] < 3 else None
+
+    metrics, dl = Metrics(), FileDeadLetters(str(tmp_path / "dl.jsonl"))
+    policies = [policy("p", size=bound)] if bound else []
+    path = Backlog.MEMORY if where == "memory" else str(tmp_path / "backlog.db")
+    backlog = SlowDisk(path, dl, policies)
+    runners = [ActionRunner(a, rule, MemorySink(fail=flaky), metrics=metrics, dead_letters=dl,
+                            batch_size=50, linger=0.001, backlog=backlog,
+                            retry_policy=RetryPolicy(initial=0.005, cap=0.02))
+               for a, rule in (("alert", "battery-low"), ("all", "everything"))]
+    w = Worker(compile_ruleset(RULES), runners, [ListSource(batches_of(items, 60))],
+               metrics=metrics, dead_letters=dl, rule_keys=[r.key for r in RULES],
+               backlog=backlog, options=WorkerOptions(drain_backlog_at_end=True))
+    off: list[tuple] = []
+    steps = 0
+
+    async def check_every_step():
+        nonlocal steps
+        while True:
+            for key, c in metrics.actions.by_labels.items():
+                if c.matched + c.restored != (c.forwarded + c.backlogged + c.dead_lettered
+                                              + c.inflight):
+                    off.append((key, c.matched, c.forwarded, c.backlogged, c.dead_lettered,
+                                c.inflight))
+            steps += 1
+            await asyncio.sleep(0)
+
+    checker = asyncio.create_task(check_every_step())
+    try:
+        await asyncio.wait_for(w.run(), 60)
+    finally:
+        checker.cancel()
+    totals = metrics.actions.by_labels
+    assert all(c.appended for c in totals.values()), "no record went through the backlog"
+    if bound:
+        assert any(c.expired for c in totals.values()), "the size bound never applied"
+    assert steps > 100 and off == [], off[:5]
+    assert all(c.inflight == 0 and c.backlogged == 0 for c in totals.values())
 
 
 async def test_metrics_endpoint_balances_at_the_end_and_health(tmp_path):
