@@ -44,7 +44,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def _start(config: Path, tmp: Path, metrics: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine", "run", str(config), "--status", "log",
+    return subprocess.Popen([sys.executable, "-m", "engine", "run", str(config), "--workers", "1",
+                             "--status", "log",
                              "--metrics-listen", f"127.0.0.1:{metrics}",
                              "--state-dir", str(tmp / "state")],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

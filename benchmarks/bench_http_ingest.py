@@ -126,7 +126,8 @@ actions:
     channel_detail: {{file_forwarding: {{path: {tmp}/out.jsonl}}}}
 """)
     with open(tmp / "engine.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(tmp / "engine.yaml")],
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", "--workers", "1",
+                                 str(tmp / "engine.yaml")],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz")
     return proc, f"http://127.0.0.1:{ingest}/in"

@@ -7,7 +7,7 @@ built yet say so and exit non-zero rather than pretend.
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -284,15 +284,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"engine run: {e}", file=sys.stderr)
         return EXIT_ERROR
     index = supervisor.worker_index()
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         print("engine run: --workers must be 0 (one per core) or more", file=sys.stderr)
         return EXIT_ERROR
-    if index is None and args.workers != 1:
-        n = args.workers or os.cpu_count() or 1
-        if (why := supervisor.check_sources(config)) is not None or config.api is not None:
-            print(f"engine run --workers: {why or 'the management API runs in one worker'}",
-                  file=sys.stderr)
+    n = 1
+    if index is None:
+        n = args.workers or supervisor.usable_cpus()
+        why = supervisor.single_process_reason(config) if n > 1 else None
+        if why is not None and args.workers is None:  # the default: say why, run one
+            logging.getLogger("engine.app.supervisor").info(
+                "one process, not one per core (%d): %s", n, why)
+            n = 1
+        elif why is not None:
+            print(f"engine run --workers: {why}", file=sys.stderr)
             return EXIT_ERROR
+    if n > 1:
         extra = ["--log-format", args.log_format, "--log-level", args.log_level,
                  "--status", "log", "--status-interval", str(args.status_interval)]
         # The workers apply the same overrides, then their own port/state dir on top.
@@ -707,9 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live status line (tty) or periodic log lines (default: tty if stderr is one)")
     p.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between status log lines when not on a terminal (default 10)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N worker processes under a supervisor (0: one per core; "
-                        "Kafka, HTTP and MQTT-with-shared_group sources only; default 1)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run N worker processes under a supervisor (Kafka, HTTP and "
+                        "MQTT-with-shared_group sources only; 1: this process alone). "
+                        "Default and 0: one per usable core (affinity and cgroup CPU "
+                        "quota); by default, one process where the configuration "
+                        "cannot be divided")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve /metrics, /healthz and /readyz here (overrides metrics.listen; "
                    "enables the endpoint without a metrics: section)")

@@ -26,12 +26,20 @@ left behind are taken over at start (`stranded_backlogs`).
 Other sources are not divided (MQTT without `shared_group`: every worker
 would receive every message; device_api: its device registry and
 connections live in one process), so the supervisor refuses them.
+
+How many by default (`engine run` without `--workers`): one per CPU this
+process may use (`usable_cpus`: its affinity mask, capped by a cgroup CPU
+quota such as a container's `--cpus`, which `os.cpu_count()` does not see),
+or one process, saying why, when the configuration cannot be divided
+(`single_process_reason`). SIGHUP to the supervisor is passed to every
+worker (each reloads its rule files).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -87,10 +95,82 @@ def stranded_backlogs(root: str, index: int | None, n: int) -> tuple[str, ...]:
     return tuple(path for _, path in sorted(found) if os.path.exists(path))
 
 
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"
+                ) -> int:
+    """The CPUs this process may use: its affinity mask, capped by the CPU
+    quota of its cgroups (rounded down: two workers on 1.5 CPUs would be
+    throttled); at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        n = min(n, math.floor(quota))
+    return max(1, n)
+
+
+def _cgroup_quota(root: str, proc_cgroup: str) -> float | None:
+    """CPUs allowed by the smallest quota on the way from this process's
+    cgroup up to the root (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`);
+    None: no quota (or no cgroup filesystem)."""
+    v2, v1 = "", ""
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    v2 = path
+                elif "cpu" in controllers.split(","):
+                    v1 = path
+    except (OSError, ValueError):
+        pass
+    found: list[float] = []
+    for base, path, read in ((root, v2, _v2_quota), (os.path.join(root, "cpu"), v1, _v1_quota),
+                             (os.path.join(root, "cpu,cpuacct"), v1, _v1_quota)):
+        parts = [p for p in path.split("/") if p]
+        # Innermost first; a container's own cgroup namespace shows it as "/".
+        for k in range(len(parts), -1, -1):
+            q = read(os.path.join(base, *parts[:k]))
+            if q is not None:
+                found.append(q)
+    return min(found) if found else None
+
+
+def _v2_quota(d: str) -> float | None:
+    try:
+        with open(os.path.join(d, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(d: str) -> float | None:
+    try:
+        with open(os.path.join(d, "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def single_process_reason(config: Any) -> str | None:
+    """Why this configuration must run in one process, or None."""
+    if config.api is not None:
+        return "the management API runs in one process"
+    return check_sources(config)
+
+
 def check_sources(config: Any) -> str | None:
     """Why the configured sources cannot be divided between workers, or None."""
     for entry in config.sources:
         kind = entry.kind
+        if kind == "http" and entry.options.listen.rpartition(":")[2] == "0":
+            return ("an HTTP source on port 0 cannot be shared by several workers (each "
+                    "would listen on another port); give it a port")
         if kind == "mqtt" and entry.options.shared_group is None:
             return ("source 'mqtt' without shared_group cannot be shared by several workers "
                     "(each would get every message); set mqtt.shared_group")
@@ -164,10 +244,17 @@ class Supervisor:
     def _stop(self, *_: object) -> None:
         self._stopping = True
 
+    def _reload(self, *_: object) -> None:
+        """SIGHUP: each worker reloads its rule files."""
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         """Start the workers and supervise them until SIGTERM/SIGINT; the
         exit code is 0 when every worker stopped cleanly."""
         old = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
         try:
             for i in range(self.n):
                 self._start(i)

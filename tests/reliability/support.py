@@ -196,7 +196,8 @@ class Engine:
         self.metrics_port = metrics_port
         self.log = tmp / "engine.log"
         self.proc = Proc([PYTHON, "-m", "engine", "run", str(self.config_path), "--status", "log",
-                          "--status-interval", "2", "--log-format", "text"], self.log,
+                          "--status-interval", "2", "--log-format", "text", "--workers", "1"],
+                         self.log,
                          env={"PYTHONUNBUFFERED": "1", "ENGINE_RELOAD_POLL": "0"}, cwd=str(tmp))
         self.starts = 0
 

@@ -66,9 +66,13 @@ class EngineProcess:
     """`engine run CONFIG` in a subprocess; always terminated at the end."""
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
-                 stderr_file: Path | None = None, cwd: Path | None = None) -> None:
+                 stderr_file: Path | None = None, cwd: Path | None = None,
+                 default_workers: bool = False) -> None:
+        """One process unless `extra` has --workers or `default_workers`
+        (the command's default: one per usable core)."""
+        one = () if "--workers" in extra or default_workers else ("--workers", "1")
         self.args = [*ENGINE, "run", str(config), "--status", "log", "--status-interval", "1",
-                     *extra]
+                     *one, *extra]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         # stderr to a file lets a test read the log while the engine runs.
         self.stderr_file = stderr_file

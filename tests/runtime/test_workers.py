@@ -23,19 +23,22 @@ from tests.runtime.test_cli import RULE, expected_status, file_action
 from tests.runtime.test_reload import event
 
 
-def three_free_ports() -> int:
-    """A port p with p + 1 and p + 2 free too (the supervisor serves the
-    merged metrics on p, worker i its own on p + 1 + i)."""
+def three_free_ports(workers: int = 2) -> int:
+    """A port p with p + 1 ... p + workers free too (the supervisor serves
+    the merged metrics on p, worker i its own on p + 1 + i)."""
     for _ in range(50):
         p = free_port()
+        socks = [socket.socket() for _ in range(workers)]
         try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", p + 1))
-                s2.bind(("127.0.0.1", p + 2))
+            for i, s in enumerate(socks):
+                s.bind(("127.0.0.1", p + 1 + i))
         except OSError:
             continue
+        finally:
+            for s in socks:
+                s.close()
         return p
-    raise RuntimeError("no three consecutive free ports")
+    raise RuntimeError("no consecutive free ports")
 
 
 def children(pid: int) -> list[int]:
@@ -122,6 +125,94 @@ async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
             f"/proc/{pid}/status").read_text()
 
 
+async def test_by_default_one_worker_per_usable_core_and_sighup_reaches_them(tmp_path):
+    n = supervisor.usable_cpus()
+    http_port, metrics = free_port(), three_free_ports(n)
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
+        "metrics": {"listen": f"127.0.0.1:{metrics}"}, "worker": {"state_dir": "st"},
+        "rules": [RULE], "actions": [file_action(out)]})
+    items = SimulatorSource(rate=100, seed=8, start=1.7e9).make(600)
+    with EngineProcess(config, default_workers=True, env={"ENGINE_RELOAD_POLL": "0"},
+                       stderr_file=tmp_path / "err.log") as engine:
+        await wait_ready(metrics, engine)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.post(f"http://127.0.0.1:{http_port}/in", data=b"\n".join(items)) as r:
+                assert r.status == 200
+            workers = await merged(s, metrics)
+        assert sorted(workers) == [str(i) for i in range(n)], workers
+        assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [
+            f"worker-{i}" for i in range(n)]
+        pids = children(engine.proc.pid)
+        assert len(pids) == n
+
+        # SIGHUP to the supervisor (systemd's ExecReload) reloads every worker.
+        engine.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while engine.log().count("reloading the configuration (SIGHUP)") < n:
+            assert time.monotonic() < deadline, engine.log()
+            await asyncio.sleep(0.1)
+        assert engine.proc.poll() is None and children(engine.proc.pid) == pids
+        code, err = engine.stop()
+    assert code == 0, err
+    assert sorted(out.read_bytes().splitlines()) == sorted(
+        orjson.dumps(x) for x in expected_status(items))
+
+
+def test_by_default_a_configuration_that_cannot_be_divided_runs_in_one_process(tmp_path):
+    data = tmp_path / "in.ndjson"
+    items = SimulatorSource(rate=100, seed=2, start=1.7e9).make(300)
+    data.write_bytes(b"\n".join(items) + b"\n")
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"file": {"path": str(data)}}], "rules": [RULE],
+        "actions": [file_action(out)]})
+    r = subprocess.run([*ENGINE, "run", str(config), "--status", "log"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    if supervisor.usable_cpus() > 1:  # said once, with the reason
+        assert r.stderr.count("one process, not one per core") == 1, r.stderr
+        assert "source 'file' cannot be shared" in r.stderr
+    assert "worker 0 started" not in r.stderr
+    assert sorted(out.read_bytes().splitlines()) == sorted(
+        orjson.dumps(x) for x in expected_status(items))
+    assert not (tmp_path / "state" / "worker-0").exists()
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    cases = 0
+
+    def usable(proc_cgroup: str, files: dict[str, str]) -> int:
+        nonlocal cases
+        cases += 1
+        root = tmp_path / str(cases)
+        for rel, text in files.items():
+            (root / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "fs" / rel).write_text(text)
+        (root / "cgroup").parent.mkdir(parents=True, exist_ok=True)
+        (root / "cgroup").write_text(proc_cgroup)
+        return supervisor.usable_cpus(str(root / "fs"), str(root / "cgroup"))
+
+    assert usable("0::/\n", {}) == cores                      # no quota anywhere
+    assert usable("0::/\n", {"cpu.max": "max 100000\n"}) == cores
+    # v2: the smallest quota from the process's cgroup up to the root, rounded down
+    assert usable("0::/a/b\n", {"a/b/cpu.max": "max 100000\n", "a/cpu.max": "150000 100000\n",
+                                "cpu.max": "400000 100000\n"}) == 1
+    assert usable("0::/a\n", {"a/cpu.max": "200000 100000\n"}) == min(cores, 2)
+    assert usable("0::/\n", {"cpu.max": "5000 100000\n"}) == 1  # a share of one CPU: one
+    assert usable("0::/k\n", {"k/cpu.max": "6400000 100000\n"}) == cores  # more than there are
+    # v1, cpu and cpuacct mounted together or cpu alone; -1 is no quota
+    assert usable("4:cpu,cpuacct:/docker/x\n1:memory:/docker/x\n", {
+        "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "100000\n",
+        "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n"}) == 1
+    assert usable("3:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n",
+                                "cpu/cpu.cfs_period_us": "100000\n"}) == cores
+    assert usable("garbage", {"cpu.max": "not numbers"}) == cores
+
+
 def test_workers_refuse_sources_they_cannot_divide(tmp_path):
     cases = {
         "mqtt without shared_group": ({"mqtt": {"topics": ["a/#"]}},
@@ -132,6 +223,8 @@ def test_workers_refuse_sources_they_cannot_divide(tmp_path):
         "device_api": ({"device_api": {"listen": "127.0.0.1:0"}},
                        "source 'device_api' cannot be shared"),
         "file": ({"file": {"path": str(tmp_path / "in.ndjson")}}, "source 'file' cannot"),
+        "http on port 0": ({"http": {"listen": "127.0.0.1:0", "auth": "none"}},
+                           "HTTP source on port 0 cannot be shared"),
     }
     for name, (source, why) in cases.items():
         config = write_config(tmp_path / "rules.yaml", {
