@@ -6,15 +6,25 @@ share its port through SO_REUSEPORT) and the selective rule of
 `bench_http_ingest.py` (a file action), waits until every worker's /readyz
 answers, then a separate load process posts JSON arrays of `BENCH_EVENTS`
 simulated notifications (default 3,000, ~2 MB: few requests, so the load
-process needs little of the 2 cores) from 8 connections for
+process needs little of the 2 cores) from `BENCH_CONNECTIONS` (16)
+connections for
 `BENCH_SECONDS` (new connections per request, so the kernel spreads them
-over the workers). events/s = events answered 200 per
+over the workers; each a pre-built request written to a plain asyncio
+stream, no HTTP client). events/s = events answered 200 per
 second; the CPU seconds the workers (and the load process) used in that
 time are read from /proc. The load process shares the 2 cores with the
 workers, which caps the 2-worker figure: its share is reported too.
 
     .venv/bin/python -m pytest benchmarks/bench_workers.py --benchmark-only -s \
         --benchmark-columns=min,median,rounds
+
+`test_kafka_with_workers`: the same with a Kafka source instead (`bash
+scripts/services.sh up` first): a 4-partition topic pre-filled with
+`BENCH_KAFKA_EVENTS` notifications (default 1,000,000), the broad rule
+(device id and time of every property report, ~70 %) to a file, each
+round a new consumer group; events/s from the first input received to the last (the
+group joins are left out), and the CPU seconds of the workers and of the
+broker (tansu, on the same 2 cores) in that time.
 """
 
 from __future__ import annotations
@@ -23,15 +33,20 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
+import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http_ingest import _cpu_s, _free_port, _good_stream, _wait_ready  # noqa: E402 - the same load
+from bench_http_ingest import _cpu_s, _free_port, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 RESULTS: dict[int, dict[str, float]] = {}
 
 
@@ -84,6 +99,119 @@ actions:
             "load_process_cpu_s": round(load_cpu, 2)}
 
 
+KAFKA_EVENTS = int(os.environ.get("BENCH_KAFKA_EVENTS", "1000000"))
+KAFKA_RESULTS: dict[int, dict[str, float]] = {}
+
+
+def _broker_pid() -> int:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"tansu" in (d / "cmdline").read_bytes().split(b"\0")[0]:
+                    return int(d.name)
+            except OSError:
+                continue
+    raise RuntimeError("no tansu broker running (bash scripts/services.sh up)")
+
+
+@pytest.fixture(scope="module")
+def kafka_topic():
+    from bench_e2e_kafka import BOOTSTRAP, _admin, _produce
+
+    from engine.sources.simulator import SimulatorSource
+
+    name = f"bench-workers-{uuid.uuid4().hex[:8]}"
+    items = SimulatorSource(rate=10_000, devices=1000, seed=2, start=1.7e9).make(KAFKA_EVENTS)
+    asyncio.run(_admin(create=[name]))
+    asyncio.run(_produce(name, items))
+    yield name, BOOTSTRAP
+    asyncio.run(_admin(delete=[name]))
+
+
+async def _received(session: aiohttp.ClientSession, metrics: int) -> float:
+    async with session.get(f"http://127.0.0.1:{metrics}/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("engine_source_received_total{"))
+
+
+async def _watch_kafka(metrics: int, pids: list[int], broker: int) -> dict[str, float]:
+    """Poll the received count until it reaches KAFKA_EVENTS and stays:
+    the rate and CPU seconds from the first input to the last."""
+    first: tuple[float, float, float, float] | None = None
+    last = (0.0, 0.0, 0.0, 0.0)
+    async with aiohttp.ClientSession() as s:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            n = await _received(s, metrics)
+            now = (time.monotonic(), n, sum(_cpu_s(p) for p in pids), _cpu_s(broker))
+            if n and first is None:
+                first = now
+            if n > last[1]:
+                last = now
+            elif n >= KAFKA_EVENTS and now[0] - last[0] > 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"only {last[1]} of {KAFKA_EVENTS} consumed")
+    assert first is not None
+    seconds = last[0] - first[0]
+    return {"events_per_s": round((last[1] - first[1]) / seconds),
+            "worker_cpu_s": round(last[2] - first[2], 2),
+            "broker_cpu_s": round(last[3] - first[3], 2), "seconds": round(seconds, 2),
+            "received": last[1]}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kafka_with_workers(benchmark, tmp_path, kafka_topic, workers):
+    topic, bootstrap = kafka_topic
+    benchmark.group = "engine run --workers N: Kafka events/s"
+    metrics = _free_port()
+    while metrics + 1 == _free_port():
+        metrics = _free_port()
+    (tmp_path / "engine.yaml").write_text(f"""
+sources: [{{kafka: {{bootstrap_servers: "{bootstrap}", topics: [{topic}],
+            group_id: g-{uuid.uuid4().hex[:8]}, auto_offset_reset: earliest}}}}]
+worker: {{state_dir: {tmp_path}/state}}
+rules:
+  - rule_id: broad
+    subject: {{resource: device.property, event: report}}
+    select: "notify_data.header.device_id AS device_id, event_time"
+actions:
+  - action_id: out
+    rule_id: broad
+    channel: FILE_FORWARDING
+    channel_detail: {{file_forwarding: {{path: {tmp_path}/out-{workers}.jsonl}}}}
+""")
+    found: dict[str, float] = {}
+
+    def one_round() -> None:
+        with open(tmp_path / f"engine-{workers}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "engine", "run",
+                                     str(tmp_path / "engine.yaml"), "--workers", str(workers),
+                                     "--status", "log",
+                                     "--metrics-listen", f"127.0.0.1:{metrics}"],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz", 60)
+            pids = _children(proc.pid) if workers > 1 else [proc.pid]
+            found.update(asyncio.run(_watch_kafka(metrics, pids, _broker_pid())))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+    benchmark.pedantic(one_round, rounds=1, iterations=1)
+    benchmark.extra_info.update(found)
+    KAFKA_RESULTS[workers] = found
+    scaling = ""
+    if workers == 2 and 1 in KAFKA_RESULTS:
+        scaling = (f"; 2 ÷ 1 workers: "
+                   f"{found['events_per_s'] / KAFKA_RESULTS[1]['events_per_s']:.2f}×")
+    print(f"\n{workers} worker(s), Kafka: {found['events_per_s']:,} events/s over "
+          f"{found['seconds']} s ({found['received']:,.0f} received), workers used "
+          f"{found['worker_cpu_s']} CPU-s, the broker {found['broker_cpu_s']} CPU-s{scaling}")
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_http_ingest_with_workers(benchmark, tmp_path, workers):
     benchmark.group = "engine run --workers N: HTTP ingest events/s"
@@ -100,11 +228,38 @@ def test_http_ingest_with_workers(benchmark, tmp_path, workers):
           f"{SECONDS:g} s{scaling}")
 
 
+async def _load(url: str, seconds: float, concurrency: int, body: bytes, events: int) -> float:
+    """Events/s of `body` (`events` events) answered 200: one pre-built
+    HTTP/1.1 request per new connection (for SO_REUSEPORT to spread them),
+    so the load process spends little more than a connect and a send."""
+    u = urllib.parse.urlsplit(url)
+    request = (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+               "Connection: close\r\n\r\n").encode() + body
+    sent = 0
+    end = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal sent
+        while time.monotonic() < end:
+            reader, writer = await asyncio.open_connection(u.hostname, u.port)
+            writer.write(request)
+            await writer.drain()
+            status = await reader.readline()
+            assert status.split()[1] == b"200", status
+            await reader.read()  # to the end: the server closes (Connection: close)
+            writer.close()
+            sent += events
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return sent / seconds
+
+
 if __name__ == "__main__":  # the load process: prints events/s and its own CPU seconds
     from engine.sources.simulator import SimulatorSource
 
     items = SimulatorSource(rate=1e6, devices=300, seed=3, start=1.7e9).make(EVENTS)
-    rate = asyncio.run(_good_stream(sys.argv[1], float(sys.argv[2]), 8, force_close=True,
-                                    body=b"[" + b",".join(items) + b"]", events=EVENTS))
+    rate = asyncio.run(_load(sys.argv[1], float(sys.argv[2]), CONNECTIONS,
+                             b"[" + b",".join(items) + b"]", EVENTS))
     usage = os.times()
     print(rate, usage.user + usage.system)
