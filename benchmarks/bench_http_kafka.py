@@ -4,7 +4,10 @@ application producing with quixstreams' producer.
 
 Both run as a process of their own and are fed by the same separate load
 process: NDJSON bodies of 100 simulated notifications (all kinds, ~65 KB)
-from 8 keep-alive connections for `BENCH_SECONDS` (default 8). Both answer
+from `BENCH_CONNECTIONS` (8) keep-alive connections for `BENCH_SECONDS`
+(default 8), each request pre-built and written to a plain asyncio stream
+(`_raw_stream`: no HTTP client, so the load process leaves the servers
+more of the 2 cores). Both answer
 a body only after Kafka acknowledged every output of it (acks=all), so
 both are at-least-once:
 
@@ -42,10 +45,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e_kafka import BOOTSTRAP, OTHER, RULES, _admin, _count, _whole_filter  # noqa: E402
-from bench_http_ingest import _free_port, _good_stream, _serve_load, _wait_ready  # noqa: E402
+from bench_http_ingest import _free_port, _raw_stream, _serve_load, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
 
 
 def _items() -> list[bytes]:
@@ -199,5 +203,5 @@ def test_http_to_kafka_engine_vs_quixstreams_producer(benchmark, tmp_path):
 
 
 if __name__ == "__main__":  # the load process: prints events/s
-    print(asyncio.run(_good_stream(sys.argv[1], float(sys.argv[2]), 8, body=BODY,
-                                   content_type="application/x-ndjson", events=len(ITEMS))))
+    print(asyncio.run(_raw_stream(sys.argv[1], float(sys.argv[2]), CONNECTIONS, BODY,
+                                  len(ITEMS), "application/x-ndjson")))

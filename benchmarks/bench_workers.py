@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http_ingest import _cpu_s, _free_port, _wait_ready  # noqa: E402
+from bench_http_ingest import _cpu_s, _free_port, _raw_stream, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "3000"))
@@ -228,38 +227,11 @@ def test_http_ingest_with_workers(benchmark, tmp_path, workers):
           f"{SECONDS:g} s{scaling}")
 
 
-async def _load(url: str, seconds: float, concurrency: int, body: bytes, events: int) -> float:
-    """Events/s of `body` (`events` events) answered 200: one pre-built
-    HTTP/1.1 request per new connection (for SO_REUSEPORT to spread them),
-    so the load process spends little more than a connect and a send."""
-    u = urllib.parse.urlsplit(url)
-    request = (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-               "Connection: close\r\n\r\n").encode() + body
-    sent = 0
-    end = time.monotonic() + seconds
-
-    async def client() -> None:
-        nonlocal sent
-        while time.monotonic() < end:
-            reader, writer = await asyncio.open_connection(u.hostname, u.port)
-            writer.write(request)
-            await writer.drain()
-            status = await reader.readline()
-            assert status.split()[1] == b"200", status
-            await reader.read()  # to the end: the server closes (Connection: close)
-            writer.close()
-            sent += events
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return sent / seconds
-
-
 if __name__ == "__main__":  # the load process: prints events/s and its own CPU seconds
     from engine.sources.simulator import SimulatorSource
 
     items = SimulatorSource(rate=1e6, devices=300, seed=3, start=1.7e9).make(EVENTS)
-    rate = asyncio.run(_load(sys.argv[1], float(sys.argv[2]), CONNECTIONS,
-                             b"[" + b",".join(items) + b"]", EVENTS))
+    rate = asyncio.run(_raw_stream(sys.argv[1], float(sys.argv[2]), CONNECTIONS,
+                                   b"[" + b",".join(items) + b"]", EVENTS, keep_alive=False))
     usage = os.times()
     print(rate, usage.user + usage.system)
