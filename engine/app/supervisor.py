@@ -237,7 +237,11 @@ class Supervisor:
 
     def _start(self, i: int) -> None:
         env = {**os.environ, ENV_INDEX: str(i), ENV_COUNT: str(self.n)}
-        p = self.procs[i] = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole
+        # foreground group) reaches the supervisor only, which passes one
+        # SIGTERM on; a worker signalled twice would give up its drain.
+        p = self.procs[i] = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent,
+                                             start_new_session=True)
         self._started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, p.pid)
 

@@ -161,6 +161,40 @@ async def test_by_default_one_worker_per_usable_core_and_sighup_reaches_them(tmp
         orjson.dumps(x) for x in expected_status(items))
 
 
+async def test_ctrl_c_reaches_each_worker_once_through_the_supervisor(tmp_path):
+    # A terminal's Ctrl-C signals its whole foreground process group. Had the
+    # workers got it too, the supervisor's SIGTERM would be their second
+    # signal, on which a worker stops without waiting for its drain.
+    http_port, metrics = free_port(), three_free_ports()
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
+        "metrics": {"listen": f"127.0.0.1:{metrics}"},
+        "rules": [RULE], "actions": [file_action(out)]})
+    items = SimulatorSource(rate=100, seed=6, start=1.7e9).make(400)
+    err = tmp_path / "err.log"
+    with err.open("wb") as f:  # a group of its own, as a shell gives a job
+        proc = subprocess.Popen([*ENGINE, "run", str(config), "--workers", "2", "--status",
+                                 "log"], cwd=tmp_path, stderr=f, start_new_session=True)
+    try:
+        await wait_ready(metrics)
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{http_port}/in", data=b"\n".join(items)) as r:
+            assert r.status == 200
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = err.read_text()
+    assert "not waiting for the drain" not in log, log
+    assert log.count("SIGTERM received") == 2 and "SIGINT received" not in log, log
+    assert sorted(out.read_bytes().splitlines()) == sorted(
+        orjson.dumps(x) for x in expected_status(items))
+
+
 def test_by_default_a_configuration_that_cannot_be_divided_runs_in_one_process(tmp_path):
     data = tmp_path / "in.ndjson"
     items = SimulatorSource(rate=100, seed=2, start=1.7e9).make(300)
