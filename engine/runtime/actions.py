@@ -130,6 +130,7 @@ class ActionRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._stepping = False  # a drain step (a write from the backlog) is under way
+        self._closing = False   # close() began: the drain takes no new step
         self._problem: str | None = None
         self._problem_logged = 0.0
 
@@ -153,13 +154,19 @@ class ActionRunner:
         self._drain_task = asyncio.create_task(self._drain(), name=f"backlog {self.action_id}")
         self._tasks.append(self._drain_task)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
         """Stop writing (unsettled parcels stay unacked, the backlog stays on
-        disk) and close the sink."""
+        disk) and close the sink. A drain step under way is let finish - cut
+        off, its write would be sent again (by the runner that has the
+        backlog, or at the next start): a replaced runner's always (its
+        write has a timeout), otherwise for up to `grace` seconds (the
+        worker's shutdown time left)."""
+        self._closing = True  # no drain step after the one under way
+        step = self._drain_task if self._stepping else None
+        if step is not None and self.draining and grace > 0:
+            await asyncio.wait({step}, timeout=grace)
         for task in self._tasks:
-            # A replaced runner's drain step is let finish: cut off, its
-            # write would be sent again by the runner that has the backlog.
-            if not (task is self._drain_task and self._stepping and not self.draining):
+            if not (task is step and not self.draining):
                 task.cancel()
         for task in self._tasks:
             try:
@@ -371,13 +378,13 @@ class ActionRunner:
         backlog, action_id = self.backlog, self.action_id
         backoff = Backoff(self.retry_policy)
         lock = self._counted.drain_lock
-        while self.draining:
+        while self.draining and not self._closing:
             if not backlog.size(action_id)[0]:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
             async with lock:
-                if not self.draining:
+                if not self.draining or self._closing:
                     return
                 self._stepping = True
                 try:
@@ -402,7 +409,7 @@ class ActionRunner:
                              f"{how}{step.wait:.1f}s", step.reason)
             elif step.delivered:
                 self._recovered()
-            if step.wait and self.draining:
+            if step.wait and self.draining and not self._closing:
                 await asyncio.sleep(step.wait)
 
     def sync_backlog(self) -> None:

@@ -115,6 +115,7 @@ class Worker:
         self.unconfigured_dead_lettered = 0   # backlog entries of removed actions, at start
         self._tasks: list[asyncio.Task[None]] = []
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._stop_deadline: float | None = None  # monotonic; set by stop()
         specs = runner_specs(config, self.options.deliver) if config is not None else {}
         self._specs: dict[str, RunnerSpec] = {r.action_id: specs[r.action_id]
                                               for r in self.runners if r.action_id in specs}
@@ -245,9 +246,13 @@ class Worker:
             for task in [*self._tasks, *self._background, expiry]:
                 if task is not None:
                     task.cancel()
+            # A drain step under way may finish within the shutdown time
+            # left (cut off, its records would be sent again at the next start).
+            deadline = (time.monotonic() if self.timed_out else self._stop_deadline
+                        or time.monotonic() + self.shutdown_timeout)
             async with self._reload_lock:  # not while a reload opens actions
                 for runner in self._open:
-                    await runner.close()
+                    await runner.close(grace=max(0.0, deadline - time.monotonic()))
                 self._open.clear()
             for source in started:
                 await source.close()
@@ -311,6 +316,7 @@ class Worker:
         for source in self.sources:
             source.stop()
         loop = asyncio.get_running_loop()
+        self._stop_deadline = time.monotonic() + self.shutdown_timeout
         self._abort_timer = loop.call_later(self.shutdown_timeout, self.abort)
 
     def abort(self) -> None:

@@ -250,6 +250,40 @@ async def test_counts_balance_at_every_step_with_a_slow_backlog(tmp_path, where,
     assert all(c.inflight == 0 and c.backlogged == 0 for c in totals.values())
 
 
+@pytest.mark.parametrize("grace", [5.0, 0.0])
+async def test_a_stop_lets_a_drain_step_under_way_finish(tmp_path, grace):
+    # Cut off, a drain step's write would be sent again at the next start
+    # though the destination has it: closing waits for it, within `grace`.
+    from tests.policies.support import records
+
+    gate = asyncio.Event()
+    sink, dl = MemorySink(gate=gate), FileDeadLetters(str(tmp_path / "dl.jsonl"))
+    backlog = Backlog(str(tmp_path / "backlog.db"), dl)
+    runner = ActionRunner("a1", "r1", sink, metrics=Metrics(), dead_letters=dl, backlog=backlog)
+    await backlog.open()
+    try:
+        await backlog.store("a1", records(10))
+        await runner.open()
+        while not sink.writes:  # the drain step's write is under way
+            await asyncio.sleep(0.01)
+        closing = asyncio.create_task(runner.close(grace=grace))
+        await asyncio.sleep(0.2)
+        gate.set()  # the destination answers
+        await asyncio.wait_for(closing, 10)
+        if grace:
+            assert len(sink.records) == 10 and backlog.size("a1") == (0, 0)
+            assert runner.counts.forwarded == 10 and sink.writes == 1  # and no second step
+        else:
+            assert not sink.records and backlog.size("a1")[0] == 10
+    finally:
+        await backlog.close()
+    again = Backlog(str(tmp_path / "backlog.db"), dl)
+    again.add_action("a1", "r1", "MEMORY")
+    await again.open()
+    assert again.size("a1")[0] == (0 if grace else 10)  # on disk too
+    await again.close()
+
+
 async def test_metrics_endpoint_balances_at_the_end_and_health(tmp_path):
     import aiohttp
 
