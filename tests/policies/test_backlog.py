@@ -199,6 +199,12 @@ async def test_expiry_by_size_drops_oldest_first_at_append(tmp_path, dead):
         assert [e["payload"]["i"] for e in dead.entries] == list(range(20))
         assert all("backlog_size " + str(10 * one) in e["reason"] for e in dead.entries)
         assert b.stats("a1").expired == 20
+        # store() alone leaves the bound to trim() (the runner counts between)
+        assert (await b.store("a1", records(4, pad=50, start=30))).stored == 4
+        assert b.size("a1")[0] == 14 and len(dead.entries) == 20
+        await b.trim("a1")
+        assert b.size("a1")[0] == 10 and b.stats("a1").expired == 24
+        assert [e["payload"]["i"] for e in dead.entries] == list(range(24))
     finally:
         await b.close()
 
@@ -222,20 +228,6 @@ async def test_counts_move_when_a_result_reaches_the_event_loop(tmp_path, dead):
         time.sleep(0.3)
         assert b.size("a1")[0] == 5
         assert await task == set(seqs[:2]) and b.size("a1") == (3, nbytes(recs[2:]))
-    finally:
-        await b.close()
-
-
-async def test_store_leaves_the_size_bound_to_trim(tmp_path, dead):
-    recs = records(12, pad=50)
-    one = nbytes(recs[:1])
-    b = await opened(tmp_path / "b.db", dead, [policy("small", size=10 * one)])
-    try:
-        assert (await b.store("a1", recs)).stored == 12
-        assert b.size("a1")[0] == 12 and not dead.entries
-        await b.trim("a1")
-        assert b.size("a1")[0] == 10 and b.stats("a1").expired == 2
-        assert [e["payload"]["i"] for e in dead.entries] == [0, 1]
     finally:
         await b.close()
 

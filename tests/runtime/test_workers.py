@@ -66,16 +66,21 @@ async def merged(s: aiohttp.ClientSession, port: int) -> dict[str, dict[str, flo
     return out
 
 
+def http_config(tmp_path: Path, http_port: int, out: Path, **sections) -> Path:
+    """rules.yaml: an HTTP source on `http_port`, the status rule, a file action."""
+    return write_config(tmp_path / "rules.yaml", {
+        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
+                              "auth": "none"}}],
+        **sections, "rules": [RULE], "actions": [file_action(out)]})
+
+
 async def test_workers_share_the_port_restart_and_stop_together(tmp_path):
     http_port, metrics = free_port(), three_free_ports()
     out = tmp_path / "out.jsonl"
     # The file's metrics port and state dir are overridden on the command
     # line; each worker takes its own port and directory from those.
-    config = write_config(tmp_path / "rules.yaml", {
-        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
-                              "auth": "none"}}],
-        "metrics": {"listen": "127.0.0.1:1"}, "worker": {"state_dir": "unused"},
-        "rules": [RULE], "actions": [file_action(out)]})
+    config = http_config(tmp_path, http_port, out, metrics={"listen": "127.0.0.1:1"},
+                         worker={"state_dir": "unused"})
     items = SimulatorSource(rate=100, seed=4, start=1.7e9).make(3000)
     with EngineProcess(config, "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics}",
                        "--state-dir", str(tmp_path / "st"),
@@ -129,11 +134,8 @@ async def test_by_default_one_worker_per_usable_core_and_sighup_reaches_them(tmp
     n = supervisor.usable_cpus()
     http_port, metrics = free_port(), three_free_ports(n)
     out = tmp_path / "out.jsonl"
-    config = write_config(tmp_path / "rules.yaml", {
-        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
-                              "auth": "none"}}],
-        "metrics": {"listen": f"127.0.0.1:{metrics}"}, "worker": {"state_dir": "st"},
-        "rules": [RULE], "actions": [file_action(out)]})
+    config = http_config(tmp_path, http_port, out, metrics={"listen": f"127.0.0.1:{metrics}"},
+                         worker={"state_dir": "st"})
     items = SimulatorSource(rate=100, seed=8, start=1.7e9).make(600)
     with EngineProcess(config, default_workers=True, env={"ENGINE_RELOAD_POLL": "0"},
                        stderr_file=tmp_path / "err.log") as engine:
@@ -167,11 +169,7 @@ async def test_ctrl_c_reaches_each_worker_once_through_the_supervisor(tmp_path):
     # signal, on which a worker stops without waiting for its drain.
     http_port, metrics = free_port(), three_free_ports()
     out = tmp_path / "out.jsonl"
-    config = write_config(tmp_path / "rules.yaml", {
-        "sources": [{"http": {"listen": f"127.0.0.1:{http_port}", "path": "/in",
-                              "auth": "none"}}],
-        "metrics": {"listen": f"127.0.0.1:{metrics}"},
-        "rules": [RULE], "actions": [file_action(out)]})
+    config = http_config(tmp_path, http_port, out, metrics={"listen": f"127.0.0.1:{metrics}"})
     items = SimulatorSource(rate=100, seed=6, start=1.7e9).make(400)
     err = tmp_path / "err.log"
     with err.open("wb") as f:  # a group of its own, as a shell gives a job
