@@ -30,11 +30,14 @@ broker (tansu, on the same 2 cores) in that time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -56,11 +59,46 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _metrics_port(workers: int, avoid: int) -> int:
+    """A free port p whose next `workers` ports (the workers' own) are free
+    and not `avoid`."""
+    while True:
+        p = _free_port()
+        own = range(p + 1, p + 1 + workers)
+        if avoid in own:
+            continue
+        try:
+            for q in own:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", q))
+        except OSError:
+            continue
+        return p
+
+
+@contextlib.contextmanager
+def _engine(tmp: Path, workers: int, config: str, avoid: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """`engine run --workers N` on `config` (its metrics on the command
+    line), ready: (metrics port, the workers' pids); stopped at the end."""
+    metrics = _metrics_port(workers, avoid)
+    (tmp / "engine.yaml").write_text(config)
+    with open(tmp / f"engine-{workers}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(tmp / "engine.yaml"),
+                                 "--workers", str(workers), "--status", "log",
+                                 "--metrics-listen", f"127.0.0.1:{metrics}"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        # with --workers the supervisor's /readyz: every worker is ready
+        _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz", 60)
+        yield metrics, _children(proc.pid) if workers > 1 else [proc.pid]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def _round(tmp: Path, workers: int) -> dict[str, float]:
-    ingest, metrics = _free_port(), _free_port()
-    while ingest in (metrics + 1, metrics + 2):  # the workers' own ports
-        metrics = _free_port()
-    (tmp / "engine.yaml").write_text(f"""
+    ingest = _free_port()
+    config = f"""
 sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none, max_body_bytes: 8388608}}}}]
 worker: {{state_dir: {tmp}/state}}
 rules:
@@ -73,16 +111,8 @@ actions:
     rule_id: low
     channel: FILE_FORWARDING
     channel_detail: {{file_forwarding: {{path: {tmp}/out.jsonl}}}}
-""")
-    with open(tmp / f"engine-{workers}.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(tmp / "engine.yaml"),
-                                 "--workers", str(workers), "--status", "log",
-                                 "--metrics-listen", f"127.0.0.1:{metrics}"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    try:
-        # with --workers the supervisor's /readyz: every worker is ready
-        _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz", 60)
-        pids = _children(proc.pid) if workers > 1 else [proc.pid]
+"""
+    with _engine(tmp, workers, config, avoid=ingest) as (_, pids):
         cpu0 = sum(_cpu_s(p) for p in pids)
         load = subprocess.Popen([sys.executable, __file__, f"http://127.0.0.1:{ingest}/in",
                                  str(SECONDS)], stdout=subprocess.PIPE)
@@ -90,9 +120,6 @@ actions:
         load_cpu = float(out.split()[1])
         cpu = sum(_cpu_s(p) for p in pids) - cpu0
         rate = float(out.split()[0])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     return {"events_per_s": round(rate), "worker_cpu_s": round(cpu, 2),
             "events_per_worker_cpu_s": round(rate * SECONDS / cpu) if cpu else 0,
             "load_process_cpu_s": round(load_cpu, 2)}
@@ -165,10 +192,7 @@ async def _watch_kafka(metrics: int, pids: list[int], broker: int) -> dict[str, 
 def test_kafka_with_workers(benchmark, tmp_path, kafka_topic, workers):
     topic, bootstrap = kafka_topic
     benchmark.group = "engine run --workers N: Kafka events/s"
-    metrics = _free_port()
-    while metrics + 1 == _free_port():
-        metrics = _free_port()
-    (tmp_path / "engine.yaml").write_text(f"""
+    config = f"""
 sources: [{{kafka: {{bootstrap_servers: "{bootstrap}", topics: [{topic}],
             group_id: g-{uuid.uuid4().hex[:8]}, auto_offset_reset: earliest}}}}]
 worker: {{state_dir: {tmp_path}/state}}
@@ -181,23 +205,12 @@ actions:
     rule_id: broad
     channel: FILE_FORWARDING
     channel_detail: {{file_forwarding: {{path: {tmp_path}/out-{workers}.jsonl}}}}
-""")
+"""
     found: dict[str, float] = {}
 
     def one_round() -> None:
-        with open(tmp_path / f"engine-{workers}.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "engine", "run",
-                                     str(tmp_path / "engine.yaml"), "--workers", str(workers),
-                                     "--status", "log",
-                                     "--metrics-listen", f"127.0.0.1:{metrics}"],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            _wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz", 60)
-            pids = _children(proc.pid) if workers > 1 else [proc.pid]
+        with _engine(tmp_path, workers, config) as (metrics, pids):
             found.update(asyncio.run(_watch_kafka(metrics, pids, _broker_pid())))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
 
     benchmark.pedantic(one_round, rounds=1, iterations=1)
     benchmark.extra_info.update(found)
