@@ -7,7 +7,6 @@ built yet say so and exit non-zero rather than pretend.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -289,14 +288,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     n = 1
     if index is None:
-        n = args.workers or supervisor.usable_cpus()
-        why = supervisor.single_process_reason(config) if n > 1 else None
-        if why is not None and args.workers is None:  # the default: say why, run one
-            logging.getLogger("engine.app.supervisor").info(
-                "one process, not one per core (%d): %s", n, why)
-            n = 1
-        elif why is not None:
-            print(f"engine run --workers: {why}", file=sys.stderr)
+        try:
+            n = supervisor.how_many(config, args.workers)
+        except ValueError as e:
+            print(f"engine run --workers: {e}", file=sys.stderr)
             return EXIT_ERROR
     if n > 1:
         extra = ["--log-format", args.log_format, "--log-level", args.log_level,

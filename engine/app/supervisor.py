@@ -31,7 +31,7 @@ How many by default (`engine run` without `--workers`): one per CPU this
 process may use (`usable_cpus`: its affinity mask, capped by a cgroup CPU
 quota such as a container's `--cpus`, which `os.cpu_count()` does not see),
 or one process, saying why, when the configuration cannot be divided
-(`single_process_reason`). SIGHUP to the supervisor is passed to every
+(`how_many`). SIGHUP to the supervisor is passed to every
 worker (each reloads its rule files).
 """
 
@@ -157,6 +157,21 @@ def _v1_quota(d: str) -> float | None:
         return None
 
 
+def how_many(config: Any, requested: int | None) -> int:
+    """The worker processes `engine run --workers requested` runs (None:
+    the option not given; None and 0: one per usable CPU). More than one for
+    a configuration that cannot be divided: ValueError naming why when
+    asked for, one process (logged, with why) by default."""
+    n = requested or usable_cpus()
+    why = single_process_reason(config) if n > 1 else None
+    if why is None:
+        return n
+    if requested is not None:
+        raise ValueError(why)
+    log.info("one process, not one per core (%d): %s", n, why)
+    return 1
+
+
 def single_process_reason(config: Any) -> str | None:
     """Why this configuration must run in one process, or None."""
     if config.api is not None:
@@ -168,7 +183,7 @@ def check_sources(config: Any) -> str | None:
     """Why the configured sources cannot be divided between workers, or None."""
     for entry in config.sources:
         kind = entry.kind
-        if kind == "http" and entry.options.listen.rpartition(":")[2] == "0":
+        if kind == "http" and _host_port(entry.options.listen)[1] == 0:
             return ("an HTTP source on port 0 cannot be shared by several workers (each "
                     "would listen on another port); give it a port")
         if kind == "mqtt" and entry.options.shared_group is None:

@@ -378,13 +378,13 @@ class ActionRunner:
         backlog, action_id = self.backlog, self.action_id
         backoff = Backoff(self.retry_policy)
         lock = self._counted.drain_lock
-        while self.draining and not self._closing:
+        while self._may_step:
             if not backlog.size(action_id)[0]:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
                 continue
             async with lock:
-                if not self.draining or self._closing:
+                if not self._may_step:
                     return
                 self._stepping = True
                 try:
@@ -409,8 +409,14 @@ class ActionRunner:
                              f"{how}{step.wait:.1f}s", step.reason)
             elif step.delivered:
                 self._recovered()
-            if step.wait and self.draining and not self._closing:
+            if step.wait and self._may_step:
                 await asyncio.sleep(step.wait)
+
+    @property
+    def _may_step(self) -> bool:
+        """The drain may take another step: the backlog is this runner's and
+        it is not closing."""
+        return self.draining and not self._closing
 
     def sync_backlog(self) -> None:
         """Bring the backlog gauges and the dead-letter count up to date with
