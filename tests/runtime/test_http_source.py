@@ -164,6 +164,37 @@ async def test_unprocessed_batch_times_out_with_503():
         await src.close()
 
 
+async def test_bodies_in_many_chunks_are_read_whole_and_the_size_bound_holds():
+    """A chunked body arrives in several pieces: every item of it is taken,
+    in order; past max_body (declared or only counted) it is 413."""
+    src = HttpSource(listen="127.0.0.1:0", path="/in", max_body=4096, timeout=5)
+    await src.start()
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 20) for i in range(100)]  # ~3.4 KB
+
+    async def pieces(data: bytes, size: int):
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+            await asyncio.sleep(0.001)  # separate chunks on the wire
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            post = asyncio.create_task(s.post(
+                src.url, data=pieces(b"\n".join(lines), 300),
+                headers={"Content-Type": "application/x-ndjson"}))
+            batch = await asyncio.wait_for(src.batches().__aiter__().__anext__(), 2)
+            assert batch.items == lines
+            await batch.ack()
+            assert (await post).status == 200
+            big = b"\n".join(lines * 2)
+            for data in (big, pieces(big, 500)):  # Content-Length; chunked, counted
+                resp = await s.post(src.url, data=data)
+                assert resp.status == 413, data
+                assert "larger than 4096" in (await resp.json())["error"]
+    finally:
+        src.stop()
+        await src.close()
+
+
 def test_integers_beyond_64_bits_are_malformed_not_floats():
     from engine._core import MalformedEvent, decode_event
 
