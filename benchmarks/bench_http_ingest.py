@@ -93,6 +93,31 @@ async def _good_stream(url: str, seconds: float, concurrency: int = 4,
     return sent / seconds
 
 
+def _request(url: str, body: bytes, content_type: str = "application/json",
+             keep_alive: bool = True) -> bytes:
+    """A whole HTTP/1.1 POST of `body` to `url`, ready to write to a socket."""
+    u = urllib.parse.urlsplit(url)
+    return (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode() + body
+
+
+async def _read_answer(reader: asyncio.StreamReader, keep_alive: bool = True) -> None:
+    """Read one answer, which must be 200 (to the end of the stream
+    without keep-alive: the server closes)."""
+    status = await reader.readline()
+    assert status.split()[1] == b"200", status
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if keep_alive:
+        await reader.readexactly(length)
+    else:
+        await reader.read()
+
+
 async def _raw_stream(url: str, seconds: float, concurrency: int, body: bytes, events: int,
                       content_type: str = "application/json", keep_alive: bool = True) -> float:
     """Events/s of `body` (`events` events) answered 200, like `_good_stream`
@@ -101,9 +126,7 @@ async def _raw_stream(url: str, seconds: float, concurrency: int, body: bytes, e
     `keep_alive` False: a new connection per request (for SO_REUSEPORT to
     spread them over workers)."""
     u = urllib.parse.urlsplit(url)
-    request = (f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\n"
-               f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-               + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode() + body
+    request = _request(url, body, content_type, keep_alive)
     sent = 0
     end = time.monotonic() + seconds
 
@@ -116,17 +139,8 @@ async def _raw_stream(url: str, seconds: float, concurrency: int, body: bytes, e
                     reader, writer = await asyncio.open_connection(u.hostname, u.port)
                 writer.write(request)
                 await writer.drain()
-                status = await reader.readline()
-                assert status.split()[1] == b"200", status
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if keep_alive:
-                    await reader.readexactly(length)
-                else:
-                    await reader.read()  # to the end: the server closes
+                await _read_answer(reader, keep_alive)
+                if not keep_alive:
                     writer.close()
                     writer = None
                 sent += events

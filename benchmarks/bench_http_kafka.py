@@ -44,7 +44,7 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e_kafka import BOOTSTRAP, OTHER, RULES, _admin, _count, _whole_filter  # noqa: E402
+from bench_e2e_kafka import BOOTSTRAP, RULES, _admin, _count, _whole_filter  # noqa: E402
 from bench_http_ingest import _free_port, _raw_stream, _serve_load, _wait_ready  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
@@ -120,20 +120,23 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-def _engine(tmp: Path, topic: str) -> tuple[subprocess.Popen, str]:
+def _engine(tmp: Path, topic: str, kind: str = "whole") -> tuple[subprocess.Popen, str]:
+    """`engine run` (one worker): an HTTP source, rule `kind` of
+    bench_e2e_kafka.py and a Kafka action to `topic`."""
     ingest, metrics = _free_port(), _free_port()
-    rule = RULES["whole"]
+    rule = RULES[kind]
+    clauses = "".join(f"\n    {c}: {orjson.dumps(rule[c]).decode()}"
+                      for c in ("select", "where") if c in rule)
     (tmp / "engine.yaml").write_text(f"""
 sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none}}}}]
 metrics: {{listen: "127.0.0.1:{metrics}"}}
 worker: {{state_dir: {tmp}/state-{topic}}}
 rules:
-  - rule_id: whole
-    subject: {{resource: {rule["subject"]["resource"]}, event: {rule["subject"]["event"]}}}
-    where: "notify_data.header.product_id <> '{OTHER}'"
+  - rule_id: {kind}
+    subject: {{resource: {rule["subject"]["resource"]}, event: {rule["subject"]["event"]}}}{clauses}
 actions:
   - action_id: out
-    rule_id: whole
+    rule_id: {kind}
     channel: DMS_KAFKA_FORWARDING
     channel_detail:
       dms_kafka_forwarding:
