@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -266,9 +265,9 @@ def paced_produce(topic: str, rate: float, count: int) -> None:
     core's `kafka_batches`, as the engine's Kafka sink makes them) and
     written to the broker's socket as it falls due; a thread reads the
     answers. The load, the broker and the worker share 2 cores, and a
-    producer encoding as it goes took too much of them: librdkafka's
-    produce() per record, and aiokafka's request encoding, whose copies of
-    the request cost ~0.45 core at 186k events/s, left the worker ~135k/s."""
+    producer encoding as it goes took a large share of them (librdkafka's
+    produce() per record; aiokafka's request encoding, copying each request
+    several times, ~0.45 core at 186k events/s)."""
     from aiokafka.record.util import calc_crc32c
 
     per_slice = _per_slice(rate)
@@ -306,9 +305,8 @@ def paced_produce(topic: str, rate: float, count: int) -> None:
     reading.join()
     sock.close()
     assert not errors, f"produce errors {sorted(set(errors))}"
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"produced {count} in {time.monotonic() - t0:.2f}s ({time.process_time() - cpu0:.2f} "
-          f"CPU-s; user {usage.ru_utime:.2f}, system {usage.ru_stime:.2f} in all)", flush=True)
+    print(f"produced {count} in {time.monotonic() - t0:.2f}s "
+          f"({time.process_time() - cpu0:.2f} CPU-s)", flush=True)
 
 
 async def _latency_round(topic: str, rule: RuleSpec, rate: float, count: int) -> dict:
