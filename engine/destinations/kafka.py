@@ -1,16 +1,27 @@
 """DMS_KAFKA_FORWARDING: produce rule outputs to a Kafka topic.
 
 acks=all; the record key (the device id) is the message key, so one device's
-events land on one partition in order. A write() builds the record batches
-itself and queues them with aiokafka's batch API: its records are grouped by
-the partition aiokafka's default partitioner picks for the key, packed into
-batches of up to max_batch_bytes, and the batches of one partition are
-queued in order. Uncompressed, the core encodes the batches (kafka_batches:
+events land on one partition in order. A write() groups its records by the
+partition aiokafka's default partitioner picks for the key and packs them
+into batches of up to max_batch_bytes.
+
+Uncompressed (the default), the core encodes the batches (kafka_batches:
 half the CPU or less of aiokafka's builder driven from Python, see
-benchmarks/route_cpu.py); compressed, aiokafka's builder does. A record
-succeeds when its batch is acknowledged. The batches are closed before they
-are queued, so they go out at once (linger_ms does not delay them). The
-idempotent producer is not enabled (several Kafka-wire brokers do not
+benchmarks/route_cpu.py) and the sink produces them itself through
+aiokafka's client: one produce request per partition leader holding each
+partition's next batch, the acknowledgements read from the response. That
+is a third of the CPU per write of going through aiokafka's producer
+(accumulator, sender loop, a future per batch; benchmarks/README.md). The
+client still owns the connections, metadata, SASL and TLS. A partition's
+batches go one request at a time, and a write's requests only after the
+previous write's are answered, so order holds per partition; a batch that
+fails retryably (leader moved, timed out, connection lost) is sent again
+after a metadata refresh until timeout_s, as aiokafka's producer does, and
+then fails, and so do the later batches of its partition (in the same and
+the next write), so a retry never overtakes them. Compressed, aiokafka's
+builder and producer do it all.
+
+The idempotent producer is not enabled (several Kafka-wire brokers do not
 implement it), so a retried batch can duplicate messages: delivery is
 at-least-once.
 """
@@ -62,7 +73,7 @@ class DmsKafkaForwarding(_Model):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     """snappy/lz4/zstd need aiokafka's optional extras installed."""
     linger_ms: int = Field(default=5, ge=0, le=60_000)
-    """Passed to the producer; write() sends its batches at once."""
+    """Passed to the producer (it sends compressed batches); write() sends its batches at once."""
     max_batch_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     """Size of the record batches a write() builds per partition."""
     timeout_s: float = Field(default=15.0, gt=0, le=600)
@@ -81,6 +92,8 @@ DEFAULT_PORT = 9092
 MAX_REQUEST_BYTES = 1 << 20
 """Largest message (as aiokafka estimates it) accepted; aiokafka's default."""
 _KEY_CACHE_MAX = 100_000
+RETRY_BACKOFF_S = 0.1
+"""Wait before a batch is sent again (aiokafka's retry_backoff_ms)."""
 
 
 
@@ -140,6 +153,11 @@ def _failure(e: BaseException) -> Failure:
     raise e
 
 
+def _end_turn(turn: asyncio.Future[dict[int, Failure]]) -> None:
+    if not turn.done():
+        turn.set_result({})
+
+
 def _too_large(size: int) -> Failure:
     from aiokafka import errors as kafka_errors
 
@@ -148,47 +166,16 @@ def _too_large(size: int) -> Failure:
         "request size you have configured with the max_request_size configuration"))  # aiokafka's
 
 
-class _Encoded:
-    """A record batch the core encoded, in the shape aiokafka's producer
-    takes a batch builder (`send_batch`): closed, so nothing is appended."""
-
-    __slots__ = ("_buffer", "_count")
-
-    def __init__(self, buffer: bytes, count: int) -> None:
-        self._buffer, self._count = buffer, count
-
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
-
-    def append(self, **_: Any) -> None:
-        return None
-
-    def record_count(self) -> int:
-        return self._count
-
-    def size(self) -> int:
-        return len(self._buffer)
-
-    def _build(self) -> bytes:
-        return self._buffer
-
-    def _set_producer_state(self, *_: Any) -> None:
-        raise NotImplementedError("the sink does not enable the idempotent producer")
-
-
 @register
 class KafkaSink(Sink):
     channel = "DMS_KAFKA_FORWARDING"
     detail_key = "dms_kafka_forwarding"
     Config = DmsKafkaForwarding
     config: DmsKafkaForwarding
-    # A write queues its batches in call order (see write) and then
-    # waits for the broker; the next write is packed and queued meanwhile
-    # and goes out as soon as the producer has room (aiokafka sends one
-    # batch per partition at a time, so order holds per partition).
+    # A write sends its batches in call order (see write) and then waits
+    # for the broker; the next write is packed meanwhile and goes out when
+    # the previous one is answered (one request per partition at a time, so
+    # order holds per partition).
     writes_in_flight = 2
 
     def __init__(self, config: DmsKafkaForwarding, *,
@@ -198,7 +185,9 @@ class KafkaSink(Sink):
         super().__init__(config)
         self.connection = connection
         self._producer: AIOKafkaProducer | None = None
-        self._turn: asyncio.Future[None] | None = None  # the latest write's turn to queue
+        # The latest write's turn: done when its batches are sent and answered
+        # (queued, compressed), with the partitions it left failed.
+        self._turn: asyncio.Future[dict[int, Failure]] | None = None
         self._parts: list[int] = []          # the topic's partitions the cache is for
         # device id -> (its bytes, partition): one lookup per record
         self._key_parts: dict[str, tuple[bytes, int]] = {}
@@ -293,17 +282,14 @@ class KafkaSink(Sink):
             else random.choice(available))
 
     def _pack(self, records: Sequence[Record], cache: dict[str, tuple[bytes, int]], choose: Any
-              ) -> tuple[dict[int, list[tuple[Any, list[int]]]], dict[int, Failure]]:
-        """Uncompressed: the core encodes the batches (`kafka_batches`), the
-        producer takes them as closed batches."""
+              ) -> tuple[dict[int, list[tuple[bytes, list[int]]]], dict[int, Failure]]:
+        """Uncompressed: the core encodes the batches (`kafka_batches`)."""
         from aiokafka.record.util import calc_crc32c
 
         packed, too_large = kafka_batches(records, cache, choose, self.config.max_batch_bytes,
                                           MAX_REQUEST_BYTES, int(time.time() * 1000),
                                           calc_crc32c)
-        batches = {p: [(_Encoded(buf, len(idx)), idx) for buf, idx in group]
-                   for p, group in packed.items()}
-        return batches, {i: _too_large(size) for i, size in too_large}
+        return packed, {i: _too_large(size) for i, size in too_large}
 
     def _pack_compressed(self, records: Sequence[Record], cache: dict[str, tuple[bytes, int]],
                          choose: Any
@@ -353,19 +339,27 @@ class KafkaSink(Sink):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult()
-        # Concurrent writes queue their batches in the order write() was
-        # called, whatever each awaits before: each waits for the previous
-        # one's turn to end (batches queued, or the write gave up).
+        # Concurrent writes go out in the order write() was called, whatever
+        # each awaits before: each waits for the previous one's turn to end
+        # (its batches answered, or queued when compressed) and learns which
+        # partitions it left failed: its own batches to those fail too, so
+        # they are retried behind the failed ones. (Only the next write
+        # learns it: the runtime writes nothing more before the failed
+        # records are in its backlog.)
         after, turn = self._turn, asyncio.get_running_loop().create_future()
         self._turn = turn
         try:
             return await self._write(records, after, turn)
         finally:
-            if not turn.done():
-                turn.set_result(None)
+            if not turn.done():  # gave up early: still not before the previous write
+                if after is None or after.done():
+                    turn.set_result({})
+                else:
+                    after.add_done_callback(lambda _: _end_turn(turn))
 
-    async def _write(self, records: Sequence[Record], after: asyncio.Future[None] | None,
-                     turn: asyncio.Future[None]) -> WriteResult:
+    async def _write(self, records: Sequence[Record],
+                     after: asyncio.Future[dict[int, Failure]] | None,
+                     turn: asyncio.Future[dict[int, Failure]]) -> WriteResult:
         if (failed := await self._connect_or_fail(len(records))) is not None:
             return failed
         producer = self._producer
@@ -377,27 +371,128 @@ class KafkaSink(Sink):
             cache, choose = self._partitioner(topic)
         except Exception as e:
             return WriteResult(dict.fromkeys(range(len(records)), _failure(e)))
+        if self.config.compression != "none":
+            return await self._write_compressed(records, cache, choose, after, turn)
 
-        # Pack the records into closed batches, per partition in record order.
-        # batches[p] = [(batch, indexes of its records), ...]
-        if self.config.compression == "none":
-            batches, failures = self._pack(records, cache, choose)
+        # batches[p] = [(batch bytes, indexes of its records), ...], in record order
+        batches, failures = self._pack(records, cache, choose)
+        broken = await after if after is not None else {}
+        for p, f in broken.items():  # behind a failed batch: fail too, keep the order
+            for _, idx in batches.pop(p, ()):
+                failures.update(dict.fromkeys(idx, f))
+        broken = await self._produce(topic, batches, failures)
+        turn.set_result(broken)
+        return WriteResult(failures)
+
+    async def _produce(self, topic: str, batches: dict[int, list[tuple[bytes, list[int]]]],
+                       failures: dict[int, Failure]) -> dict[int, Failure]:
+        """Send `batches` in rounds (every partition's first batch, then every
+        second one...), each round's batches in one request per leader, and
+        wait for the acks. A batch that fails retryably is sent again until
+        timeout_s; one that fails for good fails the rest of its partition.
+        Fills `failures` (record index -> Failure); returns the partitions
+        left failed."""
+        deadline = time.monotonic() + self.config.timeout_s
+        broken: dict[int, Failure] = {}
+        for n in range(max((len(g) for g in batches.values()), default=0)):
+            todo = {p: g[n] for p, g in batches.items() if n < len(g)}
+            while todo:
+                errors = await self._send_round(topic, todo, deadline)
+                retry = {}
+                for p, e in errors.items():
+                    f = _failure(e)
+                    if f.retryable and time.monotonic() + RETRY_BACKOFF_S < deadline:
+                        retry[p] = todo[p]
+                        continue
+                    broken[p] = f
+                    for _, idx in batches.pop(p)[n:]:
+                        failures.update(dict.fromkeys(idx, f))
+                if retry:
+                    log.info("Kafka sink for topic %r: resending to partition(s) %s",
+                             topic, sorted(retry))
+                    await self._refresh_metadata(deadline)
+                todo = retry
+        return broken
+
+    async def _send_round(self, topic: str, todo: dict[int, tuple[bytes, list[int]]],
+                          deadline: float) -> dict[int, BaseException]:
+        """One batch per partition, in one produce request per leader (split
+        where a request would pass MAX_REQUEST_BYTES); the error of each
+        partition that failed."""
+        from aiokafka import errors as kafka_errors
+        from aiokafka.protocol.produce import ProduceRequest
+        from aiokafka.structs import TopicPartition
+
+        assert self._producer is not None
+        client = self._producer.client
+        errors: dict[int, BaseException] = {}
+        requests: dict[int, list[list[tuple[int, bytes]]]] = {}
+        for p, (buf, _) in todo.items():
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, p))
+            if leader is None or leader < 0:
+                errors[p] = kafka_errors.LeaderNotAvailableError(f"no leader for partition {p}")
+                continue
+            parts = requests.setdefault(leader, [[]])
+            if parts[-1] and sum(len(b) for _, b in parts[-1]) + len(buf) > MAX_REQUEST_BYTES:
+                parts.append([])
+            parts[-1].append((p, buf))
+        timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
+
+        async def send(leader: int, parts: list[tuple[int, bytes]]) -> None:
+            try:
+                response = await client.send(
+                    leader, ProduceRequest(None, -1, timeout_ms, [(topic, parts)]))
+            except Exception as e:  # connection lost, timed out, node not ready
+                errors.update(dict.fromkeys((p for p, _ in parts), e))
+                return
+            answered = set()
+            for _, partitions in response.topics:
+                for info in partitions:  # (partition, error_code, base offset, ...)
+                    answered.add(info[0])
+                    if info[1]:
+                        errors[info[0]] = kafka_errors.for_code(info[1])()
+            for p, _ in parts:
+                if p not in answered:
+                    errors[p] = kafka_errors.KafkaError(f"no answer for partition {p}")
+
+        sends = [send(leader, parts) for leader, group in requests.items() for parts in group]
+        if len(sends) == 1:
+            await sends[0]
         else:
-            batches, failures = self._pack_compressed(records, cache, choose)
+            await asyncio.gather(*sends)
+        return errors
 
-        # Queue the batches, then wait for every acknowledgement. The producer
-        # holds one undrained batch per partition, so a partition's later
-        # batches wait for its earlier ones, and it drains every partition's
-        # batch into one request: the batches go in rounds (every partition's
-        # first, then every second one...), awaited one by one, so only a
-        # partition's own earlier batch is ever waited for. (Gathering a
-        # task per partition did the same at ~20 us more per write.) Waiting
-        # for the turn keeps concurrent writes from interleaving their
-        # batches within a partition.
+    async def _refresh_metadata(self, deadline: float) -> None:
+        """Back off, then let aiokafka's client look the leaders up again."""
+        await asyncio.sleep(RETRY_BACKOFF_S)
+        assert self._producer is not None
+        try:
+            await asyncio.wait_for(self._producer.client.force_metadata_update(),
+                                   max(0.01, deadline - time.monotonic()))
+        except Exception:  # the next send reports what is wrong
+            pass
+
+    async def _write_compressed(self, records: Sequence[Record],
+                                cache: dict[str, tuple[bytes, int]], choose: Any,
+                                after: asyncio.Future[dict[int, Failure]] | None,
+                                turn: asyncio.Future[dict[int, Failure]]) -> WriteResult:
+        """aiokafka's builder compresses and its producer sends: the batches
+        are queued in rounds and the acks awaited. The producer holds one
+        undrained batch per partition, so a partition's later batches wait
+        for its earlier ones, and it drains every partition's batch into one
+        request: the batches go in rounds (every partition's first, then
+        every second one...), awaited one by one, so only a partition's own
+        earlier batch is ever waited for. Waiting for the turn keeps
+        concurrent writes from interleaving their batches within a
+        partition."""
+        producer = self._producer
+        assert producer is not None
+        topic = self.config.topic
+        batches, failures = self._pack_compressed(records, cache, choose)
         pending: list[tuple[list[int], asyncio.Future[Any]]] = []
         groups = list(batches.items())
         broken: set[int] = set()  # partitions a batch failed to queue on
-        if after is not None and not after.done():
+        if after is not None:
             await after
         for n in range(max((len(g) for _, g in groups), default=0)):
             for p, group in groups:
@@ -413,7 +508,7 @@ class KafkaSink(Sink):
                     f = _failure(e)
                     for _, rest in group[n:]:
                         failures.update(dict.fromkeys(rest, f))
-        turn.set_result(None)
+        turn.set_result({})
         for idx, fut in pending:
             try:
                 await fut

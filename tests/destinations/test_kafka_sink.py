@@ -160,6 +160,174 @@ def test_config_rules_and_secret_hiding():
     assert SECRET not in repr(c)
 
 
+# ------------------------------------------ the produce path, against a fake client
+# Partition errors the local broker cannot be made to answer: a moved leader,
+# a refused batch, a request that keeps timing out, a dropped connection.
+
+
+class FakeCluster:
+    def __init__(self, partitions: int = 3) -> None:
+        self.leaders = dict.fromkeys(range(partitions), 1)
+
+    def partitions_for_topic(self, topic):
+        return set(self.leaders)
+
+    def available_partitions_for_topic(self, topic):
+        return set(self.leaders)
+
+    def leader_for_partition(self, tp):
+        return self.leaders.get(tp.partition)
+
+
+class FakeClient:
+    """Answers each produce request partition by partition: `answer(p,
+    attempt)` gives an error code (0: stored) or an exception to raise for
+    the whole request. Keeps what was stored, per partition, in order."""
+
+    def __init__(self, answer) -> None:
+        self.cluster = FakeCluster()
+        self.answer = answer
+        self.attempts: dict[int, int] = {}
+        self.sent: list[tuple[int, list[int]]] = []   # (partition, seqs) in send order
+        self.stored: dict[int, list[int]] = {}
+        self.refreshed = 0
+
+    async def send(self, node_id, request):
+        from aiokafka.record.memory_records import MemoryRecords
+
+        await asyncio.sleep(0)
+        out = []
+        raised = None
+        for topic, parts in request._topics:
+            answers = []
+            for p, buf in parts:
+                seqs = [orjson.loads(r.value)["seq"] for r in MemoryRecords(buf).next_batch()]
+                self.sent.append((p, seqs))
+                attempt = self.attempts[p] = self.attempts.get(p, 0) + 1
+                code = self.answer(p, attempt)
+                if isinstance(code, BaseException):
+                    raised = code
+                    continue
+                if code == 0:
+                    self.stored.setdefault(p, []).extend(seqs)
+                answers.append((p, code, 0, -1, -1))
+            out.append((topic, answers))
+        if raised is not None:
+            raise raised
+        return type("Response", (), {"topics": out})()
+
+    def force_metadata_update(self):
+        self.refreshed += 1
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(True)
+        return fut
+
+
+class FakeProducer:
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+
+    async def partitions_for(self, topic):
+        return set(self.client.cluster.leaders)
+
+    async def stop(self) -> None:
+        pass
+
+
+def fake_sink(answer, monkeypatch, **kw) -> tuple[KafkaSink, FakeClient]:
+    monkeypatch.setattr("engine.destinations.kafka.RETRY_BACKOFF_S", 0.01)
+    sink = KafkaSink(cfg(max_batch_bytes=1024, **kw))
+    client = FakeClient(answer)
+    sink._producer = FakeProducer(client)  # type: ignore[assignment]
+    return sink, client
+
+
+def numbered(n: int, start: int = 0) -> list[Record]:
+    """~100-byte records of 12 devices (all 3 partitions get some)."""
+    return [Record({"seq": i, "pad": "x" * 80}, f"dev-{i % 12}") for i in range(start, start + n)]
+
+
+def partition_of(sink: KafkaSink, recs: list[Record]) -> list[int]:
+    cache, _ = sink._partitioner("t")
+    return [cache[r.key][1] for r in recs]
+
+
+async def test_a_moved_leader_is_looked_up_again_and_its_batches_resent_in_order(monkeypatch):
+    # Partition 0's first attempt is refused (NOT_LEADER_OR_FOLLOWER, 6): the
+    # sink refreshes the metadata and sends it again, and only then the
+    # partition's next batch; nothing fails.
+    sink, client = fake_sink(lambda p, attempt: 6 if (p, attempt) == (0, 1) else 0, monkeypatch)
+    recs = numbered(60)
+    result = await sink.write(recs)
+    assert result.failures == {}
+    parts = partition_of(sink, recs)
+    for p in range(3):
+        assert client.stored[p] == [i for i in range(60) if parts[i] == p]  # once each, in order
+    assert client.refreshed == 1
+    zero = [seqs for p, seqs in client.sent if p == 0]
+    assert len(zero) >= 3 and zero[0] == zero[1]  # the refused batch went again, first
+
+
+async def test_a_refused_batch_fails_its_partition_only_and_for_good(monkeypatch):
+    # MESSAGE_TOO_LARGE (10) is not retryable: partition 1's batch and the
+    # ones after it fail permanently; the later ones are not even sent.
+    sink, client = fake_sink(lambda p, attempt: 10 if p == 1 else 0, monkeypatch)
+    recs = numbered(60)
+    result = await sink.write(recs)
+    parts = partition_of(sink, recs)
+    assert set(result.failures) == {i for i in range(60) if parts[i] == 1}
+    assert all(not f.retryable and "MessageSizeTooLarge" in f.reason
+               for f in result.failures.values())
+    assert sum(p == 1 for p, _ in client.sent) == 1
+    assert sorted(client.stored) == [0, 2] and client.refreshed == 0
+
+
+async def test_retryable_errors_are_retried_until_timeout_s_then_fail(monkeypatch):
+    # REQUEST_TIMED_OUT (7) on partition 2 every time: resent until the
+    # write's timeout_s, then its records fail retryably; the rest is stored.
+    sink, client = fake_sink(lambda p, attempt: 7 if p == 2 else 0, monkeypatch, timeout_s=0.3)
+    recs = numbered(30)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    result = await sink.write(recs)
+    assert 0.2 < loop.time() - t0 < 2
+    parts = partition_of(sink, recs)
+    assert set(result.failures) == {i for i in range(30) if parts[i] == 2}
+    assert all(f.retryable for f in result.failures.values())
+    assert client.attempts[2] > 3 and 2 not in client.stored
+
+
+async def test_a_lost_connection_is_retried(monkeypatch):
+    from aiokafka.errors import KafkaConnectionError
+
+    sink, client = fake_sink(
+        lambda p, attempt: KafkaConnectionError("reset by peer") if attempt == 1 else 0,
+        monkeypatch)
+    recs = numbered(12)
+    assert (await sink.write(recs)).failures == {}
+    assert sum(len(v) for v in client.stored.values()) == 12
+
+
+async def test_the_next_write_does_not_overtake_a_failed_batch(monkeypatch):
+    # Two writes under way at once (the action runner's writes_in_flight):
+    # the first one's partition 0 fails for good, so the second one's
+    # records for partition 0 fail too, unsent (they would otherwise land
+    # before the first one's, retried later); its other partitions go out.
+    sink, client = fake_sink(lambda p, attempt: 10 if (p, attempt) == (0, 1) else 0, monkeypatch)
+    first, second = numbered(30), numbered(30, start=100)
+    r1, r2 = await asyncio.gather(sink.write(first), sink.write(second))
+    p1, p2 = partition_of(sink, first), partition_of(sink, second)
+    assert set(r1.failures) == {i for i in range(30) if p1[i] == 0}
+    assert set(r2.failures) == {i for i in range(30) if p2[i] == 0}
+    assert all(s < 100 for p, seqs in client.sent if p == 0 for s in seqs)
+    assert client.stored[1] == [r.payload["seq"] for r, p in
+                                zip(first + second, p1 + p2, strict=True) if p == 1]
+    # Only the next write learns of it: a third one sends to partition 0 again.
+    assert (await sink.write(numbered(6, start=200))).failures == {}
+    assert client.stored[0] == [r.payload["seq"] for r in numbered(6, start=200)
+                                if partition_of(sink, [r])[0] == 0]
+
+
 # ------------------------------------------------------------------ live broker
 
 
