@@ -160,6 +160,19 @@ def test_config_rules_and_secret_hiding():
     assert SECRET not in repr(c)
 
 
+@pytest.mark.parametrize("version", range(9))
+def test_produce_requests_are_aiokafkas_byte_for_byte(version):
+    from aiokafka.protocol import produce
+
+    from engine.destinations.kafka import _produce_request, encode_produce
+
+    topics = [("t", [(0, b"\x00" * 70), (2, b"batch-2")]), ("topic-\u00e9", [(1, b"")])]
+    cls = getattr(produce, f"ProduceRequest_v{version}")
+    ours = _produce_request()(None, -1, 15_000, topics).build(cls)
+    expected = (cls(-1, 15_000, topics) if version < 3 else cls(None, -1, 15_000, topics)).encode()
+    assert ours.encode() == encode_produce(version, -1, 15_000, topics) == expected
+
+
 # ------------------------------------------ the produce path, against a fake client
 # Partition errors the local broker cannot be made to answer: a moved leader,
 # a refused batch, a request that keeps timing out, a dropped connection.
