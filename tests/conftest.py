@@ -29,73 +29,29 @@ def pytest_runtest_makereport(item, call):
                            f"{call.excinfo.value.msg}")
 
 
+
 # Kafka topics the suite creates (uuid-named, one or more per test) are
 # deleted when it ends: the local broker keeps topics in memory, so a
 # machine that runs the suite again and again would otherwise grow without
-# bound. Only topics that did not exist when the session started are
-# deleted, and only when the broker answers (best effort: cleanup never
-# fails a run).
-def _kafka_topics() -> set[str] | None:
-    import asyncio
-    import socket
-
-    from tests.services import HOST, KAFKA_BOOTSTRAP, KAFKA_PORT
-
-    try:
-        socket.create_connection((HOST, KAFKA_PORT), timeout=0.5).close()
-    except OSError:
-        return None
-
-    async def topics() -> set[str]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            return set(await admin.list_topics())
-        finally:
-            await admin.close()
-
-    try:
-        return asyncio.run(topics())
-    except Exception:
-        return None
-
-
-def _delete_kafka_topics(names: list[str]) -> None:
-    import asyncio
-
-    from tests.services import KAFKA_BOOTSTRAP
-
-    async def delete() -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
-        await admin.start()
-        try:
-            for i in range(0, len(names), 50):
-                await admin.delete_topics(names[i:i + 50])
-        finally:
-            await admin.close()
-
-    try:
-        asyncio.run(delete())
-    except Exception as e:
-        print(f"\nKafka topics left by the suite not deleted: {type(e).__name__}: {e}")
+# bound. Only topics that did not exist when the session started, and only
+# when the broker answers (best effort: cleanup never fails a run).
+_TOPICS_BEFORE = pytest.StashKey[set[str] | None]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_TOPICS_BEFORE] = _kafka_topics()
+    try:
+        from tests.services import kafka_topics
+    except ImportError:  # this file copied elsewhere (tests/test_strict_skips.py)
+        return
+    session.config.stash[_TOPICS_BEFORE] = kafka_topics()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     before = session.config.stash.get(_TOPICS_BEFORE, None)
     if before is None:
         return
-    after = _kafka_topics() or set()
-    new = sorted(t for t in after - before if not t.startswith("__"))
+    from tests.services import delete_kafka_topics, kafka_topics
+
+    new = sorted(t for t in (kafka_topics() or set()) - before if not t.startswith("__"))
     if new:
-        _delete_kafka_topics(new)
-
-
-_TOPICS_BEFORE = pytest.StashKey[set[str] | None]()
+        delete_kafka_topics(new)

@@ -45,3 +45,50 @@ VM_URL = _env("ENGINE_TEST_VM_URL", f"http://{HOST}:{VM_PORT}")
 # Kafka wire protocol (tansu, memory storage: topics vanish when it restarts).
 KAFKA_PORT = int(_env("ENGINE_TEST_KAFKA_PORT", "9092"))
 KAFKA_BOOTSTRAP = _env("ENGINE_TEST_KAFKA_BOOTSTRAP", f"{HOST}:{KAFKA_PORT}")
+
+
+def kafka_topics() -> set[str] | None:
+    """The local broker's topics, or None when it does not answer."""
+    import asyncio
+    import socket
+
+    try:
+        socket.create_connection((HOST, KAFKA_PORT), timeout=0.5).close()
+    except OSError:
+        return None
+
+    async def topics() -> set[str]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(topics())
+    except Exception:
+        return None
+
+
+def delete_kafka_topics(names: list[str]) -> None:
+    """Delete `names` from the local broker (best effort: reports, never raises)."""
+    import asyncio
+
+    async def delete() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
+        await admin.start()
+        try:
+            for i in range(0, len(names), 50):
+                await admin.delete_topics(names[i:i + 50])
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(delete())
+    except Exception as e:
+        print(f"\nKafka topics left by the suite not deleted: {type(e).__name__}: {e}")
