@@ -237,14 +237,18 @@ def _kafka_workload(shape: str) -> tuple[list[Record], int]:
     """(records, records per write): `notification`: the ~293-byte payloads
     of the other tests, one 10,000-record write; `broad`: the broad rule's
     output (device id and time, ~60 bytes) in writes of 2,000, as the
-    engine's worker makes them (bench_e2e_kafka.py)."""
+    engine's worker makes them at its maximum rate (bench_e2e_kafka.py);
+    `body`: the same in writes of 65, what one HTTP body of 100 events
+    makes when bodies come one at a time (bench_http_latency.py); `one`:
+    2,000 writes of one record (the cost of a write itself)."""
     if shape == "notification":
         return [r for d in range(10) for r in records(N_BATCH // 10, device=f"dev-{d}")], N_BATCH
+    n, per_write = {"broad": (N_BATCH, 2000), "body": (N_BATCH, 65), "one": (2000, 1)}[shape]
     return [Record({"device_id": f"dev-{i % 1000}", "event_time": "20231114T221320Z"},
-                   f"dev-{i % 1000}", "20231114T221320Z", "r", "a") for i in range(N_BATCH)], 2000
+                   f"dev-{i % 1000}", "20231114T221320Z", "r", "a") for i in range(n)], per_write
 
 
-KAFKA_SHAPES = ["notification", "broad"]
+KAFKA_SHAPES = ["notification", "broad", "body", "one"]
 
 
 @pytest.mark.parametrize("shape", KAFKA_SHAPES)
