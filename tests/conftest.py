@@ -29,7 +29,6 @@ def pytest_runtest_makereport(item, call):
                            f"{call.excinfo.value.msg}")
 
 
-
 # Kafka topics the suite creates (uuid-named, one or more per test) are
 # deleted when it ends: the local broker keeps topics in memory, so a
 # machine that runs the suite again and again would otherwise grow without

@@ -47,48 +47,44 @@ KAFKA_PORT = int(_env("ENGINE_TEST_KAFKA_PORT", "9092"))
 KAFKA_BOOTSTRAP = _env("ENGINE_TEST_KAFKA_BOOTSTRAP", f"{HOST}:{KAFKA_PORT}")
 
 
+
+def _kafka_admin(use, timeout_ms: int):
+    """`await use(admin)` with an admin client of the local broker."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run():
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP,
+                                    request_timeout_ms=timeout_ms)
+        await admin.start()
+        try:
+            return await use(admin)
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
 def kafka_topics() -> set[str] | None:
     """The local broker's topics, or None when it does not answer."""
-    import asyncio
     import socket
 
     try:
         socket.create_connection((HOST, KAFKA_PORT), timeout=0.5).close()
-    except OSError:
-        return None
-
-    async def topics() -> set[str]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=10_000)
-        await admin.start()
-        try:
-            return set(await admin.list_topics())
-        finally:
-            await admin.close()
-
-    try:
-        return asyncio.run(topics())
+        return set(_kafka_admin(lambda admin: admin.list_topics(), 10_000))
     except Exception:
         return None
 
 
 def delete_kafka_topics(names: list[str]) -> None:
     """Delete `names` from the local broker (best effort: reports, never raises)."""
-    import asyncio
 
-    async def delete() -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
-        await admin.start()
-        try:
-            for i in range(0, len(names), 50):
-                await admin.delete_topics(names[i:i + 50])
-        finally:
-            await admin.close()
+    async def delete(admin) -> None:
+        for i in range(0, len(names), 50):
+            await admin.delete_topics(names[i:i + 50])
 
     try:
-        asyncio.run(delete())
+        _kafka_admin(delete, 30_000)
     except Exception as e:
         print(f"\nKafka topics left by the suite not deleted: {type(e).__name__}: {e}")

@@ -9,8 +9,8 @@ Uncompressed (the default), the core encodes the batches (kafka_batches:
 half the CPU or less of aiokafka's builder driven from Python, see
 benchmarks/route_cpu.py) and the sink produces them itself through
 aiokafka's client: one produce request per partition leader holding each
-partition's next batch, the acknowledgements read from the response. That
-is a third of the CPU per write of going through aiokafka's producer
+partition's next batch, the acknowledgements read from the response: about
+a third less CPU per write than going through aiokafka's producer
 (accumulator, sender loop, a future per batch; benchmarks/README.md). The
 client still owns the connections, metadata, SASL and TLS. A partition's
 batches go one request at a time, and a write's requests only after the
@@ -392,7 +392,7 @@ class KafkaSink(Sink):
         finally:
             if not turn.done():  # gave up early: still not before the previous write
                 if after is None or after.done():
-                    turn.set_result({})
+                    _end_turn(turn)
                 else:
                     after.add_done_callback(lambda _: _end_turn(turn))
 
