@@ -166,11 +166,21 @@ async def test_influxdb_v1_write_and_query():
         async with http.get("/ping") as r:
             assert r.status == 204
         async with http.post("/query", data={"q": f'CREATE DATABASE "{db}"'}) as r:
-            assert r.status == 200, await r.text()
+            text = await r.text()  # InfluxQL errors come with 200, in the body
+            assert r.status == 200 and '"error"' not in text, text
         try:
             line = "foundation,device=dev-1 battery=87i,ratio=0.5 1700000000"
-            async with http.post("/write", params={"db": db, "precision": "s"}, data=line) as r:
-                assert r.status == 204, await r.text()
+            for attempt in range(5):
+                async with http.post("/write", params={"db": db, "precision": "s"},
+                                     data=line) as r:
+                    status, text = r.status, await r.text()
+                # A CI run once got 404 "database not found" here after a
+                # clean CREATE (InfluxDB 1.x, cf. influxdb#5547); the sink
+                # retries that, and so does this check, briefly.
+                if status != 404 or attempt == 4:
+                    break
+                await asyncio.sleep(0.5)
+            assert status == 204, text
             q = "SELECT battery, ratio, device FROM foundation"
             async with http.get("/query", params={"db": db, "q": q, "epoch": "s"}) as r:
                 assert r.status == 200

@@ -482,6 +482,11 @@ class InfluxDBSink(Sink):
         except _Status as e:
             status, reason = e.status, f"InfluxDB {e.status}: {e.text[:300]}"
             retryable = status == 0 or status >= 500 or status in (408, 429)
+            if status == 404 and not self._v2 and "database not found" in e.text:
+                # Dropped under us (or InfluxDB 1.x briefly not seeing a
+                # database it just created, influxdb#5547): the next write
+                # creates it again, as Telegraf does, and nothing is dead-lettered.
+                retryable, self._ready = True, False
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
             status, reason = 0, f"InfluxDB TLS error: {e}"
             retryable = False

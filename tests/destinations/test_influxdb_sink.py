@@ -269,6 +269,26 @@ async def test_v1_failures_keep_their_positions_across_requests(influx_db):
     assert [r["battery"] for r in rows] == [0, 1, 2]
 
 
+@pytest.mark.services
+async def test_v1_database_dropped_under_the_sink_is_recreated_by_the_retry(influx_db):
+    recs = [Record(r.payload, event_time=f"2016-01-01T00:00:00.{i:03d}Z")
+            for i, r in enumerate(records(2))]
+    sink = InfluxDBSink(cfg(influx_db))
+    await sink.open()
+    try:
+        assert (await sink.write(recs[:1])).ok
+        await influx_query(f'DROP DATABASE "{influx_db}"')
+        result = await sink.write(recs)  # 404 database not found: not for the dead letters
+        assert len(result.failures) == 2
+        assert all(f.retryable and "database not found" in f.reason
+                   for f in result.failures.values())
+        assert (await sink.write(recs)).ok  # the retry
+    finally:
+        await sink.close()
+    rows = series_values(await influx_query("SELECT battery FROM battery_status", influx_db))
+    assert [r["battery"] for r in rows] == [0, 1]
+
+
 async def test_v1_destination_down_is_retryable():
     sink = InfluxDBSink(cfg(port=closed_port(), timeout_s=2))
     await sink.open()  # does not raise: the server may come back
