@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aiohttp import web
 from pydantic import Field
 
 from engine import _core
 from engine.schema import Listen, ListenerTls, RequiredAuth, parse_listen
 from engine.sources.base import Batch, Source, SourceContext, SourceOptions
-from engine.sources.listen import start_site
+from engine.sources.http_server import Answer, Head, Server
+from engine.sources.listen import listening
 from engine.sources.listener_auth import (
     Authenticator,
     authenticator_from_config,
@@ -141,9 +140,8 @@ def _scalar(first: int) -> str:
     return "a number"
 
 
-def _json(status: int, obj: dict, **headers: str) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json",
-                        headers=headers or None)
+def _json(status: int, obj: dict, **headers: str) -> Answer:
+    return Answer(status, orjson.dumps(obj), headers or None)
 
 
 class _Request:
@@ -204,7 +202,7 @@ class HttpSource(Source):
         self._pending: set[_Request] = set()
         self._inflight = 0
         self._stopping = False
-        self._runner: web.AppRunner | None = None
+        self._server: Server | None = None
         self.reuse_port = False  # several workers on one port (engine run --workers)
         # Refused requests by HTTP status (engine_source_rejected_total); every
         # reason is there from the start, so a dashboard sees 0 rather than nothing.
@@ -224,17 +222,12 @@ class HttpSource(Source):
         return f"{scheme}://{self.host}:{self.port}{self.path}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.max_body)
-        app.router.add_post(self.path, self._handle)
-        # Requests still pending at close are answered by close() itself:
-        # the runner need not wait for them.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context,
-                           reuse_port=True if self.reuse_port else None)
-        await start_site(site, f"HTTP source {self.name} (listen)", self.host, self.port)
-        if self.port == 0:  # an ephemeral port was asked for: report the real one
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server = Server(self)
+        async with listening(f"HTTP source {self.name} (listen)", self.host, self.port):
+            port = await server.start(self.host, self.port, ssl=self.ssl_context,
+                                      reuse_port=self.reuse_port)
+        self._server = server
+        self.port = port  # the real one when an ephemeral port was asked for
         log.info("HTTP source %s listening on %s (%s)", self.name, self.url,
                  self.auth.scheme + " authentication" if self.auth is not None
                  else "no authentication: auth: none")
@@ -250,9 +243,9 @@ class HttpSource(Source):
         for req in list(self._pending):
             req.given_up = True
             req.finish(False)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Up to `batch_size` items a batch: a large body is cut into several,
@@ -284,83 +277,81 @@ class HttpSource(Source):
             if req is None:
                 req = await self._queue.get()
 
-    def _refuse(self) -> web.Response:
-        self.unauthorized += 1
-        self.rejected["401"] += 1
-        if self.metrics is not None:
-            self.metrics.unauthorized.labels(self.name).inc()
-        assert self.auth is not None
-        return web.Response(status=401, headers={"WWW-Authenticate": self.auth.scheme})
+    # ---------------------------------------------------------- the server's Handler
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        if self.auth is not None and not self.auth.allows(request.headers):
-            return self._refuse()  # before reading anything of the body
-        response = await self._answer(request)
-        if response.status in (400, 413, 429, 503):
-            self.rejected[str(response.status)] += 1
-        return response
-
-    async def _read(self, request: web.Request) -> bytes | None:
-        """The whole body, or None when it is larger than max_body. The
-        chunks are joined once (request.read() copies a body twice more: a
-        bytearray, then bytes of it), and a body that came in one chunk is
-        not copied at all."""
-        if (request.content_length or 0) > self.max_body:
-            return None  # refused before reading it
-        content = request.content
-        if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: fewer, larger chunks
-            content.set_read_chunk_size(self.max_body)
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await content.readany():
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _answer(self, request: web.Request) -> web.Response:
+    def admit(self, head: Head) -> Answer | None:
+        """Decided on the head, before any of the body is read: None admits
+        the request (it then counts in flight until answered)."""
+        if head.path != self.path:
+            return _json(404, {"error": f"no such path: POST notifications to {self.path}"})
+        if head.method != "POST":
+            return Answer(405, orjson.dumps({"error": "only POST"}), {"Allow": "POST"})
+        if self.auth is not None and not self.auth.allows(head.headers):
+            self.unauthorized += 1
+            self.rejected["401"] += 1
+            if self.metrics is not None:
+                self.metrics.unauthorized.labels(self.name).inc()
+            return Answer(401, b"", {"WWW-Authenticate": self.auth.scheme})
         if self._stopping:
-            return _json(503, {"error": "shutting down"}, **{"Retry-After": "5"})
+            return self._rejected(_json(503, {"error": "shutting down"}, **{"Retry-After": "5"}))
         if self._inflight >= self.max_inflight:
-            return _json(429, {"error": f"{self._inflight} requests in flight"},
-                         **{"Retry-After": "1"})
+            return self._rejected(_json(429, {"error": f"{self._inflight} requests in flight"},
+                                        **{"Retry-After": "1"}))
+        if (head.content_length or 0) > self.max_body:
+            return self.too_large(head, admitted=False)
         self._inflight += 1
+        return None
+
+    def release(self, head: Head) -> None:
+        self._inflight -= 1
+
+    def too_large(self, head: Head, admitted: bool = True) -> Answer:
+        if admitted:
+            self._inflight -= 1
+        return self._rejected(_json(413, {"error": f"body larger than {self.max_body} bytes"}))
+
+    def _rejected(self, answer: Answer) -> Answer:
+        self.rejected[str(answer.status)] += 1
+        return answer
+
+    async def respond(self, head: Head, data: bytes) -> Answer:
         try:
-            received_at = time.monotonic()
-            data = await self._read(request)
-            if data is None:
-                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
-            try:
-                body = read_body(data, request.content_type)
-            except BodyError as e:
-                return _json(400, {"error": str(e)})
-            if body.kind == "array" and body.count == 0:
-                return _json(200, {"accepted": 0})
-            loop = asyncio.get_running_loop()
-            req = _Request(body, loop.create_future(), received_at)
-            self._pending.add(req)
-            # A timer rather than wait_for(shield()): two futures and a task
-            # fewer per request (per-request cost is what NDJSON ingest pays).
-            timer = loop.call_later(self.timeout, req.finish, None)
-            try:
-                self._queue.put_nowait(req)
-                processed = await req.done
-            finally:
-                timer.cancel()
-                self._pending.discard(req)
-            if processed is None:
-                # Still in the pipeline and may yet be delivered; the client
-                # resends on its own schedule (duplicates are at-least-once).
-                req.given_up = True
-                return _json(503, {"error": f"not processed within {self.timeout:g}s"},
-                             **{"Retry-After": "5"})
-            if not processed:
-                return _json(503, {"error": "shutting down before the request was processed; "
-                                            "send it again"}, **{"Retry-After": "5"})
-            return _json(200, {"accepted": body.count})
+            answer = await self._answer(head, data)
         finally:
             self._inflight -= 1
+        if answer.status in (400, 503):
+            self.rejected[str(answer.status)] += 1
+        return answer
+
+    async def _answer(self, head: Head, data: bytes) -> Answer:
+        try:
+            body = read_body(data, head.content_type)
+        except BodyError as e:
+            return _json(400, {"error": str(e)})
+        if body.kind == "array" and body.count == 0:
+            return _json(200, {"accepted": 0})
+        loop = asyncio.get_running_loop()
+        req = _Request(body, loop.create_future(), head.received_at)
+        self._pending.add(req)
+        # A timer rather than wait_for(shield()): two futures and a task
+        # fewer per request (per-request cost is what NDJSON ingest pays).
+        timer = loop.call_later(self.timeout, req.finish, None)
+        try:
+            self._queue.put_nowait(req)
+            processed = await req.done
+        finally:
+            timer.cancel()
+            self._pending.discard(req)
+        if processed is None:
+            # Still in the pipeline and may yet be delivered; the client
+            # resends on its own schedule (duplicates are at-least-once).
+            req.given_up = True
+            return _json(503, {"error": f"not processed within {self.timeout:g}s"},
+                         **{"Retry-After": "5"})
+        if not processed:
+            return _json(503, {"error": "shutting down before the request was processed; "
+                                        "send it again"}, **{"Retry-After": "5"})
+        return _json(200, {"accepted": body.count})
 
 
 async def _no_ack() -> None:
