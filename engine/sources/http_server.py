@@ -148,6 +148,7 @@ class Connection(asyncio.Protocol):
         self.closing = False                     # answering no more requests
         self.lingering = False                   # discarding a refused body, then closing
         self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None   # the answer being made
         self._target: list[bytes] = []
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -303,7 +304,8 @@ class Connection(asyncio.Protocol):
             self._write(ex, ex.answer)
             return
         self.busy = True
-        self.loop.create_task(self._respond(ex))
+        # Kept: the loop holds tasks only weakly.
+        self.task = self.loop.create_task(self._respond(ex))
 
     async def _respond(self, ex: _Exchange) -> None:
         chunks = ex.chunks
