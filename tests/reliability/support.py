@@ -44,6 +44,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_pairs(n: int) -> list[int]:
+    """`n` distinct ports p in [20000, 30000) with p and p + 10000 free now."""
+    import random
+
+    found: list[int] = []
+    while len(found) < n:
+        p = random.randrange(20000, 30000)
+        if p in found:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        found.append(p)
+    return found
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3):
@@ -402,15 +421,7 @@ class DurableTansu:
         self.dir = _tmpdir("rel-tansu-")
         (self.dir / "data").mkdir()
         self.port = free_port()
-        ports = [free_port() for _ in range(6)]
-        self.s3_port = ports[3]
-        self.weed = Proc([WEED, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
-                          "-ip.bind=127.0.0.1", "-bucket=tansu", f"-master.port={ports[0]}",
-                          f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
-                          f"-s3.port={ports[3]}", f"-admin.port={ports[4]}",
-                          f"-debug.port={ports[5]}", "-webdav=false", "-admin.ui=false",
-                          "-s3.port.iceberg=0", "-s3.port.lance=0"], self.dir / "weed.log",
-                         cwd=str(self.dir))
+        self.weed = self._weed()
         env = {"AWS_ENDPOINT": f"http://127.0.0.1:{self.s3_port}", "AWS_ALLOW_HTTP": "true",
                "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -424,10 +435,37 @@ class DurableTansu:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _weed(self) -> Proc:
+        """`weed mini` on ports p whose p + 10000 (its gRPC ports) are free
+        too: with ephemeral ports (up to 60999) it had to look for other
+        gRPC ports, and a CI run once saw its S3 gateway never answer."""
+        ports = _port_pairs(6)
+        self.s3_port = ports[3]
+        return Proc([WEED, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
+                     "-ip.bind=127.0.0.1", "-bucket=tansu", f"-master.port={ports[0]}",
+                     f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
+                     f"-s3.port={ports[3]}", f"-admin.port={ports[4]}",
+                     f"-debug.port={ports[5]}", "-webdav=false", "-admin.ui=false",
+                     "-s3.port.iceberg=0", "-s3.port.lance=0"], self.dir / "weed.log",
+                    cwd=str(self.dir))
+
     def start_storage(self) -> None:
-        self.weed.start()
-        # The bucket exists once the S3 gateway answers a request for it.
-        wait_until(lambda: self._bucket_ready(), 60, "SeaweedFS S3", interval=0.3)
+        # The bucket exists once the S3 gateway answers a request for it
+        # (~2 s). Not up in 30 s: once more on other ports, then the log.
+        for attempt in (1, 2):
+            self.weed.start()
+            try:
+                wait_until(lambda: self._bucket_ready(), 30, "SeaweedFS S3", interval=0.3)
+                return
+            except TimeoutError:
+                self.weed.stop(timeout=15)
+                log = (self.dir / "weed.log").read_text(errors="replace")[-2000:]
+                if attempt == 2:
+                    raise TimeoutError(f"SeaweedFS S3 not up in 30 s, twice; weed.log "
+                                       f"ends:\n{log}") from None
+                shutil.rmtree(self.dir / "data", ignore_errors=True)
+                (self.dir / "data").mkdir()
+                self.weed = self._weed()
 
     def _bucket_ready(self) -> bool:
         import urllib.error
