@@ -47,7 +47,6 @@ KAFKA_PORT = int(_env("ENGINE_TEST_KAFKA_PORT", "9092"))
 KAFKA_BOOTSTRAP = _env("ENGINE_TEST_KAFKA_BOOTSTRAP", f"{HOST}:{KAFKA_PORT}")
 
 
-
 def _kafka_admin(use, timeout_ms: int):
     """`await use(admin)` with an admin client of the local broker."""
     import asyncio

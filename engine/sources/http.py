@@ -285,13 +285,12 @@ class HttpSource(Source):
         if head.path != self.path:
             return _json(404, {"error": f"no such path: POST notifications to {self.path}"})
         if head.method != "POST":
-            return Answer(405, orjson.dumps({"error": "only POST"}), {"Allow": "POST"})
+            return _json(405, {"error": "only POST"}, Allow="POST")
         if self.auth is not None and not self.auth.allows(head.headers):
             self.unauthorized += 1
-            self.rejected["401"] += 1
             if self.metrics is not None:
                 self.metrics.unauthorized.labels(self.name).inc()
-            return Answer(401, b"", {"WWW-Authenticate": self.auth.scheme})
+            return self._rejected(Answer(401, b"", {"WWW-Authenticate": self.auth.scheme}))
         if self._stopping:
             return self._rejected(_json(503, {"error": "shutting down"}, **{"Retry-After": "5"}))
         if self._inflight >= self.max_inflight:
@@ -319,9 +318,7 @@ class HttpSource(Source):
             answer = await self._answer(head, data)
         finally:
             self._inflight -= 1
-        if answer.status in (400, 503):
-            self.rejected[str(answer.status)] += 1
-        return answer
+        return self._rejected(answer) if answer.status in (400, 503) else answer
 
     async def _answer(self, head: Head, data: bytes) -> Answer:
         try:

@@ -45,7 +45,7 @@ LINGER_S = 2.0          # after a refusal before the body: discard, then close
 MAX_TARGET = 8192
 MAX_HEAD = 65536
 
-_REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
             414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
@@ -113,9 +113,10 @@ def _http_date() -> str:
 def encode_answer(a: Answer, close: bool) -> bytes:
     extra = "".join(f"{k}: {v}\r\n" for k, v in a.headers.items()) if a.headers else ""
     ctype = "Content-Type: application/json\r\n" if a.body else ""
+    conn = "Connection: close\r\n" if close else ""
     return (f"HTTP/1.1 {a.status} {_REASONS.get(a.status, 'Unknown')}\r\n"
-            f"Date: {_http_date()}\r\n{ctype}Content-Length: {len(a.body)}\r\n{extra}"
-            f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode() + a.body
+            f"Date: {_http_date()}\r\n{ctype}Content-Length: {len(a.body)}\r\n{extra}{conn}"
+            "\r\n").encode() + a.body
 
 
 class _Exchange:
