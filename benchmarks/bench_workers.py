@@ -18,6 +18,13 @@ workers, which caps the 2-worker figure: its share is reported too.
     .venv/bin/python -m pytest benchmarks/bench_workers.py --benchmark-only -s \
         --benchmark-columns=min,median,rounds
 
+`test_file_with_workers`: the same rule with no load process at all: a
+file of `BENCH_FILE_EVENTS` notifications (default 3,000,000, ~2 GB,
+written once per run to the benchmark's temporary directory, read from the
+page cache) replayed by `engine run --workers N`, which divides it into N
+byte ranges; events/s and CPU seconds from the first input received to the
+last, from each worker's own metrics endpoint polled every 0.1 s.
+
 `test_kafka_with_workers`: the same with a Kafka source instead (`bash
 scripts/services.sh up` first): a 4-partition topic pre-filled with
 `BENCH_KAFKA_EVENTS` notifications (default 1,000,000), the broad rule
@@ -96,16 +103,21 @@ def _engine(tmp: Path, workers: int, config: str, avoid: int = 0) -> Iterator[tu
         proc.wait(timeout=60)
 
 
+SELECTIVE = """
+rules:
+  - rule_id: low
+    subject: {resource: device.property, event: report}
+    select: "notify_data.header.device_id AS d"
+    where: "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') < 10"
+"""
+
+
 def _round(tmp: Path, workers: int) -> dict[str, float]:
     ingest = _free_port()
     config = f"""
 sources: [{{http: {{listen: "127.0.0.1:{ingest}", path: /in, auth: none, max_body_bytes: 8388608}}}}]
 worker: {{state_dir: {tmp}/state}}
-rules:
-  - rule_id: low
-    subject: {{resource: device.property, event: report}}
-    select: "notify_data.header.device_id AS d"
-    where: "GET_SERVICE_PROPERTY('Battery', 'batteryLevel') < 10"
+{SELECTIVE}
 actions:
   - action_id: out
     rule_id: low
@@ -123,6 +135,106 @@ actions:
     return {"events_per_s": round(rate), "worker_cpu_s": round(cpu, 2),
             "events_per_worker_cpu_s": round(rate * SECONDS / cpu) if cpu else 0,
             "load_process_cpu_s": round(load_cpu, 2)}
+
+
+FILE_EVENTS = int(os.environ.get("BENCH_FILE_EVENTS", "3000000"))
+FILE_RESULTS: dict[int, dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def replay_file(tmp_path_factory):
+    from engine.sources.simulator import SimulatorSource
+
+    path = tmp_path_factory.mktemp("replay") / "in.ndjson"
+    chunk = b"\n".join(SimulatorSource(rate=10_000, devices=1000, seed=4,
+                                       start=1.7e9).make(100_000)) + b"\n"
+    with open(path, "wb") as f:
+        for _ in range(FILE_EVENTS // 100_000):
+            f.write(chunk)
+    yield path
+    path.unlink()
+
+
+async def _scrape(session: aiohttp.ClientSession, port: int) -> tuple[float, float]:
+    """A worker's received count and its process's CPU seconds."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    received = cpu = 0.0
+    for line in text.splitlines():
+        if line.startswith("engine_source_received_total{"):
+            received += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("process_cpu_seconds_total "):
+            cpu = float(line.rsplit(" ", 1)[1])
+    return received, cpu
+
+
+async def _watch_file(ports: list[int]) -> dict[str, float]:
+    """Each worker's received count (its own endpoint) until every worker
+    has finished and gone: the rate and the workers' CPU seconds from the
+    first input seen to the last (what a worker read after its last sample
+    counts in neither)."""
+    first: dict[int, tuple[float, float, float]] = {}  # port -> (time, received, cpu)
+    last: dict[int, tuple[float, float, float]] = {}
+    gone: set[int] = set()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(gone) < len(ports):
+            for port in ports:
+                if port in gone:
+                    continue
+                try:
+                    sample = (time.monotonic(), *await _scrape(s, port))
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    gone.add(port)  # finished its part and exited
+                    continue
+                if sample[1] and port not in first:
+                    first[port] = sample
+                if sample[1] > last.get(port, (0, 0, 0))[1]:
+                    last[port] = sample
+            await asyncio.sleep(0.1)
+    assert len(gone) == len(ports), "the workers did not finish in 300 s"
+    t0, t1 = min(v[0] for v in first.values()), max(v[0] for v in last.values())
+    n = sum(v[1] for v in last.values()) - sum(v[1] for v in first.values())
+    cpu = sum(last[p][2] - first[p][2] for p in last)
+    return {"events_per_s": round(n / (t1 - t0)), "worker_cpu_s": round(cpu, 2),
+            "events_per_worker_cpu_s": round(n / cpu), "seconds": round(t1 - t0, 2)}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_file_with_workers(benchmark, tmp_path, replay_file, workers):
+    benchmark.group = "engine run --workers N: file replay events/s"
+    config = f"""
+sources: [{{file: {{path: "{replay_file}"}}}}]
+worker: {{state_dir: {tmp_path}/state}}
+{SELECTIVE}
+actions:
+  - action_id: out
+    rule_id: low
+    channel: FILE_FORWARDING
+    channel_detail: {{file_forwarding: {{path: {tmp_path}/out.jsonl}}}}
+"""
+    found: dict[str, float] = {}
+
+    def one_round() -> None:
+        with _engine(tmp_path, workers, config) as (metrics, _):
+            ports = [metrics] if workers == 1 else [metrics + 1 + i for i in range(workers)]
+            found.update(asyncio.run(_watch_file(ports)))
+        # Every worker's exit summary: together they read the whole file.
+        summaries = [line for line in (tmp_path / f"engine-{workers}.log").read_text().splitlines()
+                     if line.startswith("engine run: ") and " in, " in line]
+        assert len(summaries) == workers, summaries
+        assert sum(int(line.split()[2]) for line in summaries) == FILE_EVENTS, summaries
+
+    benchmark.pedantic(one_round, rounds=1, iterations=1)
+    benchmark.extra_info.update(found)
+    FILE_RESULTS[workers] = found
+    scaling = ""
+    if workers == 2 and 1 in FILE_RESULTS:
+        scaling = (f"; 2 ÷ 1 workers: "
+                   f"{found['events_per_s'] / FILE_RESULTS[1]['events_per_s']:.2f}×")
+    print(f"\n{workers} worker(s), file replay: {found['events_per_s']:,} events/s over "
+          f"{found['seconds']} s, workers used {found['worker_cpu_s']} CPU-s "
+          f"({found['events_per_worker_cpu_s']:,} events per worker CPU-s){scaling}")
 
 
 KAFKA_EVENTS = int(os.environ.get("BENCH_KAFKA_EVENTS", "1000000"))

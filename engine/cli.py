@@ -302,7 +302,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.state_dir is not None:
             extra += ["--state-dir", args.state_dir]
         return supervisor.supervise(args.files, extra, n, config.worker.shutdown_timeout,
-                                    config.metrics.listen if config.metrics else None)
+                                    config.metrics.listen if config.metrics else None,
+                                    finite=supervisor.finite(config))
     # Backlogs a different number of workers left under this state directory.
     adopt = supervisor.stranded_backlogs(config.worker.state_dir, index,
                                          supervisor.worker_count())
@@ -331,7 +332,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             worker = Worker.from_config(config, config_paths=args.files,
                                         options=WorkerOptions(adopt_backlogs=adopt))
             if index is not None:
-                supervisor.share_ports(worker.sources)
+                supervisor.share_sources(worker.sources, index, supervisor.worker_count())
             await serve(worker, status(worker))
         print(exit_summary(worker.metrics.totals), file=sys.stderr)
 
@@ -710,9 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between status log lines when not on a terminal (default 10)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run N worker processes under a supervisor (Kafka, HTTP and "
-                        "MQTT-with-shared_group sources only; 1: this process alone). "
-                        "Default and 0: one per usable core (affinity and cgroup CPU "
-                        "quota); by default, one process where the configuration "
+                        "MQTT-with-shared_group sources; a file source only when N is "
+                        "given: each worker replays a part of the file; 1: this process "
+                        "alone). Default and 0: one per usable core (affinity and cgroup "
+                        "CPU quota); by default, one process where the configuration "
                         "cannot be divided")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve /metrics, /healthz and /readyz here (overrides metrics.listen; "

@@ -23,9 +23,16 @@ stays 0: any free port), composed on top of `--metrics-listen`/`--state-dir`;
 the supervisor serves the configured port itself, every worker's metrics
 merged (engine.app.metrics_merge). Backlogs a different number of workers
 left behind are taken over at start (`stranded_backlogs`).
+A file source is divided only when `--workers N` is asked for explicitly:
+worker i replays the i-th of N byte ranges of the file (per-device order
+then holds within a part, not across parts; by default a file is replayed
+by one process, in order); a worker whose file sources all ended exits 0
+and is done, not restarted, and the supervisor exits once every worker has
+(a worker that fails replays its part again: at-least-once).
 Other sources are not divided (MQTT without `shared_group`: every worker
 would receive every message; device_api: its device registry and
-connections live in one process), so the supervisor refuses them.
+connections live in one process; standard input), so the supervisor
+refuses them.
 
 How many by default (`engine run` without `--workers`): one per CPU this
 process may use (`usable_cpus`: its affinity mask, capped by a cgroup CPU
@@ -53,6 +60,7 @@ log = logging.getLogger(__name__)
 ENV_INDEX = "ENGINE_WORKER_INDEX"
 ENV_COUNT = "ENGINE_WORKERS"
 SHARED_SOURCES = ("kafka", "http", "mqtt")  # sources N workers can divide between them
+DIVIDED_SOURCES = ("file",)  # ... when asked to explicitly (--workers N)
 _RESTART_MIN, _RESTART_MAX, _STABLE_S = 1.0, 30.0, 60.0
 _PR_SET_PDEATHSIG = 1
 
@@ -163,7 +171,7 @@ def how_many(config: Any, requested: int | None) -> int:
     a configuration that cannot be divided: ValueError naming why when
     asked for, one process (logged, with why) by default."""
     n = requested or usable_cpus()
-    why = single_process_reason(config) if n > 1 else None
+    why = single_process_reason(config, explicit=bool(requested)) if n > 1 else None
     if why is None:
         return n
     if requested is not None:
@@ -172,17 +180,27 @@ def how_many(config: Any, requested: int | None) -> int:
     return 1
 
 
-def single_process_reason(config: Any) -> str | None:
-    """Why this configuration must run in one process, or None."""
+def single_process_reason(config: Any, explicit: bool = False) -> str | None:
+    """Why this configuration must run in one process, or None (`explicit`:
+    `--workers N` was asked for)."""
     if config.api is not None:
         return "the management API runs in one process"
-    return check_sources(config)
+    return check_sources(config, explicit)
 
 
-def check_sources(config: Any) -> str | None:
-    """Why the configured sources cannot be divided between workers, or None."""
+def check_sources(config: Any, explicit: bool = False) -> str | None:
+    """Why the configured sources cannot be divided between workers, or None
+    (`explicit`: `--workers N` was asked for, which divides files too)."""
     for entry in config.sources:
         kind = entry.kind
+        if kind in DIVIDED_SOURCES:
+            if entry.options.path == "-":
+                return ("source 'file' reading standard input cannot be shared by several "
+                        "workers; give it a file's path")
+            if not explicit:
+                return ("source 'file' is replayed in order by one process unless --workers N "
+                        "asks to divide it (per-device order then holds within each part)")
+            continue
         if kind == "http" and _host_port(entry.options.listen)[1] == 0:
             return ("an HTTP source on port 0 cannot be shared by several workers (each "
                     "would listen on another port); give it a port")
@@ -194,7 +212,8 @@ def check_sources(config: Any) -> str | None:
                     "report every connect and disconnect); run it in a worker of its own")
         if kind not in SHARED_SOURCES:
             return (f"source {kind!r} cannot be shared by several workers; --workers "
-                    f"supports {', '.join(SHARED_SOURCES)} (mqtt with shared_group)")
+                    f"supports {', '.join(SHARED_SOURCES + DIVIDED_SOURCES)} (mqtt with "
+                    f"shared_group)")
     return None
 
 
@@ -222,11 +241,20 @@ def for_worker(config: Any, index: int) -> Any:
     return config.model_copy(update=update)
 
 
-def share_ports(sources: Sequence[Any]) -> None:
-    """Let the HTTP sources of several workers bind the same port."""
+def finite(config: Any) -> bool:
+    """Whether every source ends by itself (files): such a worker is done
+    once it exits 0."""
+    return all(entry.kind in DIVIDED_SOURCES for entry in config.sources)
+
+
+def share_sources(sources: Sequence[Any], index: int, count: int) -> None:
+    """Worker `index` of `count`: the HTTP sources bind their port with the
+    other workers; a file source reads its part of the file."""
     for s in sources:
         if hasattr(s, "reuse_port"):
             s.reuse_port = True
+        if hasattr(s, "part"):
+            s.part = (index, count)
 
 
 def _die_with_parent() -> None:
@@ -239,10 +267,14 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, argv: Sequence[str], n: int, *, shutdown_timeout: float = 30.0) -> None:
-        """`argv`: the `engine run` command line of one worker."""
+    def __init__(self, argv: Sequence[str], n: int, *, shutdown_timeout: float = 30.0,
+                 finite: bool = False) -> None:
+        """`argv`: the `engine run` command line of one worker; `finite`:
+        its sources end by themselves, so a worker that exits 0 is done."""
         self.argv = list(argv)
         self.n = n
+        self.finite = finite
+        self.done = [False] * n
         self.shutdown_timeout = shutdown_timeout
         self.procs: list[subprocess.Popen | None] = [None] * n
         self._started = [0.0] * n
@@ -270,14 +302,15 @@ class Supervisor:
                 p.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
-        """Start the workers and supervise them until SIGTERM/SIGINT; the
-        exit code is 0 when every worker stopped cleanly."""
+        """Start the workers and supervise them until SIGTERM/SIGINT (or,
+        `finite`, until every worker is done); the exit code is 0 when every
+        worker stopped cleanly."""
         old = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
         try:
             for i in range(self.n):
                 self._start(i)
-            while not self._stopping:
+            while not self._stopping and not all(self.done):
                 self._watch()
                 time.sleep(0.2)
             return self._shutdown()
@@ -289,17 +322,21 @@ class Supervisor:
         now = time.monotonic()
         for i, p in enumerate(self.procs):
             if p is None:
-                if now >= self._due[i]:
+                if not self.done[i] and now >= self._due[i]:
                     self._start(i)
                 continue
             code = p.poll()
             if code is None:
                 continue
+            self.procs[i] = None
+            if code == 0 and self.finite:
+                self.done[i] = True
+                log.info("worker %d (pid %d) finished its part", i, p.pid)
+                continue
             ran = now - self._started[i]
             self._delay[i] = (_RESTART_MIN if ran > _STABLE_S
                               else min(self._delay[i] * 2, _RESTART_MAX))
             self._due[i] = now + self._delay[i]
-            self.procs[i] = None
             log.error("worker %d (pid %d) exited with %s after %.1f s; restarting in %g s",
                       i, p.pid, code, ran, self._delay[i])
 
@@ -321,9 +358,11 @@ class Supervisor:
 
 
 def supervise(files: Sequence[str], extra_args: Sequence[str], n: int,
-              shutdown_timeout: float, metrics_listen: str | None = None) -> int:
+              shutdown_timeout: float, metrics_listen: str | None = None,
+              finite: bool = False) -> int:
     """Run N workers; with `metrics_listen` (HOST:PORT, PORT not 0) serve
-    their metrics merged there (the workers use `worker_port`)."""
+    their metrics merged there (the workers use `worker_port`); `finite`:
+    see `Supervisor`."""
     from engine.app.metrics_merge import MergedEndpoint
 
     argv = [sys.executable, "-m", "engine", "run", *extra_args, "--", *files]
@@ -338,7 +377,7 @@ def supervise(files: Sequence[str], extra_args: Sequence[str], n: int,
                 return 1
             endpoint.start()
     try:
-        return Supervisor(argv, n, shutdown_timeout=shutdown_timeout).run()
+        return Supervisor(argv, n, shutdown_timeout=shutdown_timeout, finite=finite).run()
     finally:
         if endpoint is not None:
             endpoint.close()

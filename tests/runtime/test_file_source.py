@@ -28,3 +28,31 @@ async def test_stop_ends_the_replay(tmp_path):
         n += len(b.items)
         src.stop()
     assert n == 100
+
+
+async def test_parts_read_every_line_exactly_once(tmp_path):
+    """`engine run --workers N` divides a file by byte ranges: whatever the
+    line lengths, blank lines, a missing last newline or more parts than
+    lines, the parts in order are the file's lines in order."""
+    import random
+
+    rnd = random.Random(7)
+    p = tmp_path / "in.ndjson"
+    for case in range(40):
+        lines = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * rnd.choice((0, 1, 5, 300, 5000)))
+                 for i in range(rnd.choice((0, 1, 2, 3, 17, 200)))]
+        blanks = [b"", b"  "] if case % 3 == 0 else []
+        text = b"\n".join(lines + blanks + lines[:1])
+        if case % 2:
+            text += b"\n"
+        p.write_bytes(text)
+        expected = [s for s in map(bytes.strip, text.split(b"\n")) if s]
+        for n in (1, 2, 3, 5, 8):
+            got, read = [], 0
+            for i in range(n):
+                src = FileSource(str(p), batch_size=rnd.choice((1, 3, 1000)))
+                src.part = (i, n)
+                got += [item async for b in src.batches() for item in b.items]
+                read += src.bytes_read
+            assert got == expected, (case, n)
+            assert read == len(text), (case, n)  # nothing read twice or skipped

@@ -206,11 +206,36 @@ def test_by_default_a_configuration_that_cannot_be_divided_runs_in_one_process(t
     assert r.returncode == 0, r.stderr
     if supervisor.usable_cpus() > 1:  # said once, with the reason
         assert r.stderr.count("one process, not one per core") == 1, r.stderr
-        assert "source 'file' cannot be shared" in r.stderr
+        assert "source 'file' is replayed in order by one process unless --workers" in r.stderr
     assert "worker 0 started" not in r.stderr
     assert sorted(out.read_bytes().splitlines()) == sorted(
         orjson.dumps(x) for x in expected_status(items))
     assert not (tmp_path / "state" / "worker-0").exists()
+
+
+def test_workers_asked_for_divide_a_file_and_finish(tmp_path):
+    """`--workers 2` on a file: each worker replays its part, exits 0 and is
+    not restarted; the supervisor exits 0 once both have; every line's
+    output is delivered once."""
+    data = tmp_path / "in.ndjson"
+    items = SimulatorSource(rate=100, seed=3, start=1.7e9).make(6000)
+    data.write_bytes(b"\n".join(items) + b"\n")
+    out = tmp_path / "out.jsonl"
+    config = write_config(tmp_path / "rules.yaml", {
+        "sources": [{"file": {"path": str(data)}}], "rules": [RULE],
+        "actions": [file_action(out)]})
+    r = subprocess.run([*ENGINE, "run", str(config), "--workers", "2", "--status", "log"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for i in range(2):
+        assert r.stderr.count(f"worker {i} started") == 1, r.stderr
+        assert f"worker {i} (pid" in r.stderr and "finished its part" in r.stderr, r.stderr
+    assert "restarting" not in r.stderr, r.stderr
+    received = [int(line.split("engine run: ", 1)[1].split()[0])
+                for line in r.stderr.splitlines() if "engine run: " in line and " in, " in line]
+    assert len(received) == 2 and min(received) > 0 and sum(received) == 6000, received
+    assert sorted(out.read_bytes().splitlines()) == sorted(
+        orjson.dumps(x) for x in expected_status(items))
 
 
 def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path):
@@ -254,7 +279,7 @@ def test_workers_refuse_sources_they_cannot_divide(tmp_path):
                                "mqtt.device_status cannot be shared"),
         "device_api": ({"device_api": {"listen": "127.0.0.1:0"}},
                        "source 'device_api' cannot be shared"),
-        "file": ({"file": {"path": str(tmp_path / "in.ndjson")}}, "source 'file' cannot"),
+        "standard input": ({"file": {"path": "-"}}, "reading standard input cannot be shared"),
         "http on port 0": ({"http": {"listen": "127.0.0.1:0", "auth": "none"}},
                            "HTTP source on port 0 cannot be shared"),
     }
