@@ -103,6 +103,17 @@ def _engine(tmp: Path, workers: int, config: str, avoid: int = 0) -> Iterator[tu
         proc.wait(timeout=60)
 
 
+def _record(benchmark, results: dict[int, dict[str, float]], workers: int,
+            found: dict[str, float]) -> str:
+    """Keep a round's figures; with 2 workers after 1, the scaling factor
+    (text to print)."""
+    benchmark.extra_info.update(found)
+    results[workers] = found
+    if workers == 2 and 1 in results:
+        return f"; 2 ÷ 1 workers: {found['events_per_s'] / results[1]['events_per_s']:.2f}×"
+    return ""
+
+
 SELECTIVE = """
 rules:
   - rule_id: low
@@ -226,12 +237,7 @@ actions:
         assert sum(int(line.split()[2]) for line in summaries) == FILE_EVENTS, summaries
 
     benchmark.pedantic(one_round, rounds=1, iterations=1)
-    benchmark.extra_info.update(found)
-    FILE_RESULTS[workers] = found
-    scaling = ""
-    if workers == 2 and 1 in FILE_RESULTS:
-        scaling = (f"; 2 ÷ 1 workers: "
-                   f"{found['events_per_s'] / FILE_RESULTS[1]['events_per_s']:.2f}×")
+    scaling = _record(benchmark, FILE_RESULTS, workers, found)
     print(f"\n{workers} worker(s), file replay: {found['events_per_s']:,} events/s over "
           f"{found['seconds']} s, workers used {found['worker_cpu_s']} CPU-s "
           f"({found['events_per_worker_cpu_s']:,} events per worker CPU-s){scaling}")
@@ -325,12 +331,7 @@ actions:
             found.update(asyncio.run(_watch_kafka(metrics, pids, _broker_pid())))
 
     benchmark.pedantic(one_round, rounds=1, iterations=1)
-    benchmark.extra_info.update(found)
-    KAFKA_RESULTS[workers] = found
-    scaling = ""
-    if workers == 2 and 1 in KAFKA_RESULTS:
-        scaling = (f"; 2 ÷ 1 workers: "
-                   f"{found['events_per_s'] / KAFKA_RESULTS[1]['events_per_s']:.2f}×")
+    scaling = _record(benchmark, KAFKA_RESULTS, workers, found)
     print(f"\n{workers} worker(s), Kafka: {found['events_per_s']:,} events/s over "
           f"{found['seconds']} s ({found['received']:,.0f} received), workers used "
           f"{found['worker_cpu_s']} CPU-s, the broker {found['broker_cpu_s']} CPU-s{scaling}")
@@ -341,11 +342,7 @@ def test_http_ingest_with_workers(benchmark, tmp_path, workers):
     benchmark.group = "engine run --workers N: HTTP ingest events/s"
     found: dict[str, float] = {}
     benchmark.pedantic(lambda: found.update(_round(tmp_path, workers)), rounds=1, iterations=1)
-    benchmark.extra_info.update(found)
-    RESULTS[workers] = found
-    scaling = ""
-    if workers == 2 and 1 in RESULTS:
-        scaling = f"; 2 ÷ 1 workers: {found['events_per_s'] / RESULTS[1]['events_per_s']:.2f}×"
+    scaling = _record(benchmark, RESULTS, workers, found)
     print(f"\n{workers} worker(s): {found['events_per_s']:,} events/s, workers used "
           f"{found['worker_cpu_s']} CPU-s ({found['events_per_worker_cpu_s']:,} events per "
           f"worker CPU-s), the load process {found['load_process_cpu_s']} CPU-s in "

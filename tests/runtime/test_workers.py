@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -193,14 +194,21 @@ async def test_ctrl_c_reaches_each_worker_once_through_the_supervisor(tmp_path):
         orjson.dumps(x) for x in expected_status(items))
 
 
-def test_by_default_a_configuration_that_cannot_be_divided_runs_in_one_process(tmp_path):
+def file_config(tmp_path: Path, count: int, seed: int) -> tuple[list[bytes], Path, Path]:
+    """rules.yaml replaying `count` simulated notifications from a file to
+    the status rule's file action: (the notifications, output, config)."""
     data = tmp_path / "in.ndjson"
-    items = SimulatorSource(rate=100, seed=2, start=1.7e9).make(300)
+    items = SimulatorSource(rate=100, seed=seed, start=1.7e9).make(count)
     data.write_bytes(b"\n".join(items) + b"\n")
     out = tmp_path / "out.jsonl"
     config = write_config(tmp_path / "rules.yaml", {
         "sources": [{"file": {"path": str(data)}}], "rules": [RULE],
         "actions": [file_action(out)]})
+    return items, out, config
+
+
+def test_by_default_a_configuration_that_cannot_be_divided_runs_in_one_process(tmp_path):
+    items, out, config = file_config(tmp_path, 300, seed=2)
     r = subprocess.run([*ENGINE, "run", str(config), "--status", "log"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -217,19 +225,13 @@ def test_workers_asked_for_divide_a_file_and_finish(tmp_path):
     """`--workers 2` on a file: each worker replays its part, exits 0 and is
     not restarted; the supervisor exits 0 once both have; every line's
     output is delivered once."""
-    data = tmp_path / "in.ndjson"
-    items = SimulatorSource(rate=100, seed=3, start=1.7e9).make(6000)
-    data.write_bytes(b"\n".join(items) + b"\n")
-    out = tmp_path / "out.jsonl"
-    config = write_config(tmp_path / "rules.yaml", {
-        "sources": [{"file": {"path": str(data)}}], "rules": [RULE],
-        "actions": [file_action(out)]})
+    items, out, config = file_config(tmp_path, 6000, seed=3)
     r = subprocess.run([*ENGINE, "run", str(config), "--workers", "2", "--status", "log"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     for i in range(2):
         assert r.stderr.count(f"worker {i} started") == 1, r.stderr
-        assert f"worker {i} (pid" in r.stderr and "finished its part" in r.stderr, r.stderr
+        assert re.search(rf"worker {i} \(pid \d+\) finished its part", r.stderr), r.stderr
     assert "restarting" not in r.stderr, r.stderr
     received = [int(line.split("engine run: ", 1)[1].split()[0])
                 for line in r.stderr.splitlines() if "engine run: " in line and " in, " in line]
