@@ -711,8 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between status log lines when not on a terminal (default 10)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run N worker processes under a supervisor (Kafka, HTTP and "
-                        "MQTT-with-shared_group sources; a file source only when N is "
-                        "given: each worker replays a part of the file; 1: this process "
+                        "MQTT-with-shared_group sources; a file source only when an N of 2 "
+                        "or more is given: each worker replays a part of the file; 1: this process "
                         "alone). Default and 0: one per usable core (affinity and cgroup "
                         "CPU quota); by default, one process where the configuration "
                         "cannot be divided")

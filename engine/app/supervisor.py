@@ -23,7 +23,7 @@ stays 0: any free port), composed on top of `--metrics-listen`/`--state-dir`;
 the supervisor serves the configured port itself, every worker's metrics
 merged (engine.app.metrics_merge). Backlogs a different number of workers
 left behind are taken over at start (`stranded_backlogs`).
-A file source is divided only when `--workers N` is asked for explicitly:
+A file source is divided only when `--workers N` (N >= 2) is asked for:
 worker i replays the i-th of N byte ranges of the file (per-device order
 then holds within a part, not across parts; by default a file is replayed
 by one process, in order); a worker whose file sources all ended exits 0
@@ -199,7 +199,8 @@ def check_sources(config: Any, explicit: bool = False) -> str | None:
                         "workers; give it a file's path")
             if not explicit:
                 return ("source 'file' is replayed in order by one process unless --workers N "
-                        "asks to divide it (per-device order then holds within each part)")
+                        "(N >= 2) asks to divide it (per-device order then holds within each "
+                        "part)")
             continue
         if kind == "http" and _host_port(entry.options.listen)[1] == 0:
             return ("an HTTP source on port 0 cannot be shared by several workers (each "
