@@ -56,17 +56,16 @@ class FileSource(Source):
         f: BinaryIO = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
         try:
             loop = asyncio.get_running_loop()
-            left = None  # bytes of this part still to read; None: to the end
+            left = sys.maxsize  # bytes of this part still to read (the whole file: no limit)
             if self.part is not None and f is not sys.stdin.buffer:
                 left = await loop.run_in_executor(None, _seek_part, f, *self.part)
-            while not self._stopped and left != 0:
+            while not self._stopped and left > 0:
                 lines = await loop.run_in_executor(None, _read_lines, f, self.batch_size, left)
                 if not lines:
                     break
                 n = sum(map(len, lines))
                 self.bytes_read += n
-                if left is not None:
-                    left -= n
+                left -= n
                 # Blank lines are separators, not malformed events.
                 items = [s for s in map(bytes.strip, lines) if s]
                 if items:
@@ -76,19 +75,16 @@ class FileSource(Source):
                 f.close()
 
 
-def _read_lines(f: BinaryIO, n: int, left: int | None = None) -> list[bytes]:
-    """Up to n lines; with `left`, only the lines that start within the next
-    `left` bytes (a part ends at the start of a line, so they end there too)."""
-    out = []
-    for _ in range(n):
-        if left is not None and left <= 0:
-            break
+def _read_lines(f: BinaryIO, n: int, left: int) -> list[bytes]:
+    """Up to n lines, those that start within the next `left` bytes (a part
+    ends at the start of a line, so they end there too)."""
+    out: list[bytes] = []
+    while len(out) < n and left > 0:
         line = f.readline()
         if not line:
             break
         out.append(line)
-        if left is not None:
-            left -= len(line)
+        left -= len(line)
     return out
 
 
